@@ -1,0 +1,14 @@
+//! What `ingest` and `worker` share: settings, the job message, storage keys and storage,
+//! the RabbitMQ topology and log setup. Free of actix-web, so the worker does not compile it.
+
+pub mod amqp;
+pub mod job;
+pub mod key;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+
+pub use job::{PathFacts, UploadMode, VoicemailJob};
+pub use key::{KeyError, StorageKey};
+pub use settings::Settings;
+pub use store::{FsStore, ObjectWriter, Storage, StorageError, StoredObject};

@@ -1,0 +1,426 @@
+//! Where voicemail files live.
+//!
+//! [`Storage`] is the one abstraction both services use; [`FsStore`] (the local file system)
+//! is the default. An object store (S3, via the `object_store` crate) fits the same trait:
+//! `create` maps to a multipart upload that becomes visible on `commit`.
+//!
+//! Layout of a storage directory:
+//! - `voicemails/` — one file per storage key, at the key's canonical path. Nothing else is
+//!   ever written here, so every regular file in it is a stored voicemail.
+//! - `tmp/` — uploads in progress; renamed into `voicemails/` once complete and fsynced.
+//! - `journal/` — ingest's jobs waiting for RabbitMQ (see ingest).
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+use crate::key::StorageKey;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Uploads are written to disk in pieces of this size: large enough to need few system calls,
+/// small enough that memory stays flat whatever the body size.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Files up to this size are read in one go when fetched.
+const SMALL_FILE: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage is full: {0}")]
+    Full(#[source] io::Error),
+    #[error("storage {op} failed for {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl StorageError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        // ENOSPC and EDQUOT: tell the client to come back later rather than "broken".
+        if matches!(source.raw_os_error(), Some(28 | 122)) {
+            return StorageError::Full(source);
+        }
+        StorageError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A stored file being read.
+pub struct StoredObject {
+    pub size: u64,
+    pub body: BoxStream<'static, io::Result<Bytes>>,
+}
+
+pub trait Storage: Send + Sync + 'static {
+    /// Starts writing `key`. Nothing is visible under the key until [`ObjectWriter::commit`]
+    /// returns; dropping the writer discards what was written.
+    fn create(&self, key: &StorageKey) -> Box<dyn ObjectWriter>;
+
+    /// Opens a stored file, or `None` when nothing is stored under `key`.
+    fn open(&self, key: &StorageKey) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>>;
+
+    /// The stored key made of the first segments of `segments`, if any. (At most one can
+    /// exist: a stored file cannot have anything stored below it.)
+    fn find_prefix(
+        &self,
+        segments: Vec<String>,
+    ) -> BoxFuture<'_, Result<Option<StorageKey>, StorageError>>;
+}
+
+pub trait ObjectWriter: Send {
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Makes the file durable and visible under its key, replacing any previous version.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>>;
+}
+
+/// Local file-system storage with the durability a 201 promises: each file is written to
+/// `tmp/`, fsynced, renamed into place, and its directory fsynced.
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    voicemails: PathBuf,
+    tmp: PathBuf,
+}
+
+impl FsStore {
+    pub fn open(root: &Path) -> Result<Self, StorageError> {
+        let store = Self {
+            voicemails: root.join("voicemails"),
+            tmp: root.join("tmp"),
+        };
+        for dir in [&store.voicemails, &store.tmp] {
+            fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        }
+        Ok(store)
+    }
+
+    /// The directory holding the voicemail files.
+    pub fn voicemail_root(&self) -> &Path {
+        &self.voicemails
+    }
+
+    pub fn path_of(&self, key: &StorageKey) -> PathBuf {
+        self.voicemails.join(key.relative_path())
+    }
+
+    /// Removes uploads that a crash left unfinished. Only files older than `min_age` go, so
+    /// that another process's upload in progress is left alone.
+    pub fn remove_stale_temp_files(&self, min_age: Duration) -> Result<usize, StorageError> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        let entries =
+            fs::read_dir(&self.tmp).map_err(|e| StorageError::io("list", &self.tmp, e))?;
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+            if old && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl Storage for FsStore {
+    fn create(&self, key: &StorageKey) -> Box<dyn ObjectWriter> {
+        Box::new(FsWriter {
+            temp_path: self
+                .tmp
+                .join(format!("{}.part", uuid::Uuid::new_v4().simple())),
+            final_path: self.path_of(key),
+            voicemail_root: self.voicemails.clone(),
+            file: None,
+            buffer: Vec::new(),
+            committed: false,
+        })
+    }
+
+    fn open(&self, key: &StorageKey) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>> {
+        let path = self.path_of(key);
+        Box::pin(async move {
+            blocking(move || open_regular_file(&path)).await?.map_or(
+                Ok(None),
+                |(file, size, head)| {
+                    let body = match head {
+                        Some(bytes) => stream::once(async move { Ok(bytes) }).boxed(),
+                        None => tokio_util::io::ReaderStream::with_capacity(
+                            tokio::fs::File::from_std(file),
+                            64 * 1024,
+                        )
+                        .boxed(),
+                    };
+                    Ok(Some(StoredObject { size, body }))
+                },
+            )
+        })
+    }
+
+    fn find_prefix(
+        &self,
+        segments: Vec<String>,
+    ) -> BoxFuture<'_, Result<Option<StorageKey>, StorageError>> {
+        let root = self.voicemails.clone();
+        Box::pin(blocking(move || {
+            for end in 1..=segments.len() {
+                let Ok(key) = StorageKey::from_segments(segments[..end].iter().cloned()) else {
+                    return Ok(None);
+                };
+                let path = root.join(key.relative_path());
+                match fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_file() => return Ok(Some(key)),
+                    Ok(meta) if meta.is_dir() => continue,
+                    Ok(_) => return Ok(None),
+                    Err(e) if is_absent(&e) => return Ok(None),
+                    Err(e) => return Err(StorageError::io("stat", &path, e)),
+                }
+            }
+            Ok(None)
+        }))
+    }
+}
+
+/// Opens `path` if it is a regular file (never a directory or a symlink); a small file is read
+/// whole so that serving it needs no further disk round trip.
+#[allow(clippy::type_complexity)]
+fn open_regular_file(path: &Path) -> Result<Option<(File, u64, Option<Bytes>)>, StorageError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(StorageError::io("stat", path, e)),
+    }
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(StorageError::io("open", path, e)),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len();
+    if size > SMALL_FILE {
+        return Ok(Some((file, size, None)));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| StorageError::io("read", path, e))?;
+    let size = bytes.len() as u64;
+    Ok(Some((file, size, Some(Bytes::from(bytes)))))
+}
+
+fn is_absent(e: &io::Error) -> bool {
+    // ENOTDIR: a segment of the path is a file, so nothing is stored below it.
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20)
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StorageError>
+where
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
+}
+
+struct FsWriter {
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    voicemail_root: PathBuf,
+    /// Created on the first flush, so a small upload costs one trip to the blocking pool.
+    file: Option<File>,
+    buffer: Vec<u8>,
+    committed: bool,
+}
+
+impl FsWriter {
+    fn take_state(&mut self) -> (Option<File>, Vec<u8>, PathBuf) {
+        (
+            self.file.take(),
+            std::mem::take(&mut self.buffer),
+            self.temp_path.clone(),
+        )
+    }
+}
+
+fn write_out(file: Option<File>, buffer: &[u8], temp_path: &Path) -> Result<File, StorageError> {
+    let mut file = match file {
+        Some(file) => file,
+        None => OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(temp_path)
+            .map_err(|e| StorageError::io("create", temp_path, e))?,
+    };
+    file.write_all(buffer)
+        .map_err(|e| StorageError::io("write", temp_path, e))?;
+    Ok(file)
+}
+
+impl ObjectWriter for FsWriter {
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.buffer.extend_from_slice(&chunk);
+            if self.buffer.len() < WRITE_CHUNK {
+                return Ok(());
+            }
+            let (file, mut buffer, temp_path) = self.take_state();
+            let (file, buffer) = blocking(move || {
+                let file = write_out(file, &buffer, &temp_path)?;
+                buffer.clear();
+                Ok((file, buffer))
+            })
+            .await?;
+            self.file = Some(file);
+            self.buffer = buffer;
+            Ok(())
+        })
+    }
+
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>> {
+        Box::pin(async move {
+            let (file, buffer, temp_path) = self.take_state();
+            let final_path = self.final_path.clone();
+            let root = self.voicemail_root.clone();
+            blocking(move || {
+                let file = write_out(file, &buffer, &temp_path)?;
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fsync", &temp_path, e))?;
+                drop(file);
+                let parent = final_path.parent().unwrap_or(&root);
+                create_dirs_durably(&root, parent)?;
+                fs::rename(&temp_path, &final_path)
+                    .map_err(|e| StorageError::io("rename", &final_path, e))?;
+                sync_dir(parent)
+            })
+            .await?;
+            self.committed = true;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Unfinished upload (client gone, error, body too large): leave nothing behind.
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+/// `create_dir_all`, plus an fsync of the parent of every directory it created, so that the
+/// new directory entries survive a power loss along with the file.
+fn create_dirs_durably(root: &Path, dir: &Path) -> Result<(), StorageError> {
+    if dir == root || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(root);
+    create_dirs_durably(root, parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::io("create directory", dir, e)),
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("fsync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::decode_path;
+
+    fn key(raw: &str) -> StorageKey {
+        StorageKey::from_segments(decode_path(raw).unwrap()).unwrap()
+    }
+
+    async fn read_all(store: &FsStore, k: &StorageKey) -> Option<Vec<u8>> {
+        let object = store.open(k).await.unwrap()?;
+        let mut out = Vec::new();
+        let mut body = object.body;
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(out.len() as u64, object.size);
+        Some(out)
+    }
+
+    #[tokio::test]
+    async fn write_commit_read_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let k = key("acct/doc/a.mp3");
+        let big: Vec<u8> = (0..3 * WRITE_CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let mut w = store.create(&k);
+        for piece in big.chunks(10_000) {
+            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        assert_eq!(read_all(&store, &k).await, None, "invisible before commit");
+        w.commit().await.unwrap();
+        assert_eq!(read_all(&store, &k).await.unwrap(), big);
+
+        let mut w = store.create(&k);
+        w.write(Bytes::from_static(b"second")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(read_all(&store, &k).await.unwrap(), b"second");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let k = key("acct/doc/a.mp3");
+        let mut w = store.create(&k);
+        w.write(Bytes::from(vec![7u8; WRITE_CHUNK * 2]))
+            .await
+            .unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(!store.path_of(&k).exists());
+    }
+
+    #[tokio::test]
+    async fn find_prefix_resolves_doubled_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let k = key("acct/doc/a.mp3");
+        let w = store.create(&k);
+        w.commit().await.unwrap();
+        let doubled = decode_path("acct/doc/a.mp3/acct/doc/a.mp3").unwrap();
+        assert_eq!(store.find_prefix(doubled).await.unwrap(), Some(k.clone()));
+        let changed_plan = decode_path("acct/doc/a.mp3/other/layout").unwrap();
+        assert_eq!(
+            store.find_prefix(changed_plan).await.unwrap(),
+            Some(k.clone())
+        );
+        let exact = decode_path("acct/doc/a.mp3").unwrap();
+        assert_eq!(store.find_prefix(exact).await.unwrap(), Some(k));
+        let dir_only = decode_path("acct/doc").unwrap();
+        assert_eq!(store.find_prefix(dir_only).await.unwrap(), None);
+        let unknown = decode_path("acct/nope/a.mp3").unwrap();
+        assert_eq!(store.find_prefix(unknown).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,88 @@
+//! Errors a request can end with, and the status KAZOO gets for each.
+//!
+//! Only codes KAZOO's `kz_http_util:http_code_to_status_line/1` knows are used (400-431, 444,
+//! 451, 499, 500-508, 510, 511, 599): any other code crashes KAZOO's storage process.
+//! Bodies are a short JSON object: `{"error": "<stable code>", "message": "<text>"}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use vmpipe_common::{KeyError, StorageError};
+
+use crate::journal::JournalError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad path: {0}")]
+    BadPath(#[from] KeyError),
+    #[error("path is outside the storage prefix")]
+    OutsidePrefix,
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("request body ended early: {0}")]
+    Incomplete(String),
+    #[error("malformed multipart body: {0}")]
+    BadMultipart(String),
+    #[error("file part is not valid base64: {0}")]
+    BadBase64(String),
+    #[error("no voicemail is stored under this path")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("storage is full")]
+    StorageFull(#[source] StorageError),
+    #[error("storage failed")]
+    Storage(#[source] StorageError),
+    #[error("could not record the job for this file")]
+    Journal(#[from] JournalError),
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Full(_) => ApiError::StorageFull(e),
+            e => ApiError::Storage(e),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadPath(_) | ApiError::OutsidePrefix => "bad_path",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::Incomplete(_) => "incomplete_body",
+            ApiError::BadMultipart(_) => "bad_multipart",
+            ApiError::BadBase64(_) => "bad_base64",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::StorageFull(_) => "storage_full",
+            ApiError::Storage(_) => "storage_error",
+            ApiError::Journal(_) => "journal_error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadPath(_)
+            | ApiError::Incomplete(_)
+            | ApiError::BadMultipart(_)
+            | ApiError::BadBase64(_) => StatusCode::BAD_REQUEST,
+            ApiError::OutsidePrefix | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Storage(_) | ApiError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::MethodNotAllowed = self {
+            response.insert_header(("allow", "GET, HEAD, PUT, POST"));
+        }
+        // Server-side failures are logged with their cause; the client gets the summary.
+        response.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

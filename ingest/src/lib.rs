@@ -1,0 +1,131 @@
+//! vmpipe ingest: the web server KAZOO's `http` storage handler stores voicemails on.
+//!
+//! Each upload is streamed to storage, made durable, and answered 201; its job is then
+//! confirmed by RabbitMQ or kept in a local journal until it can be. All post-processing is
+//! the worker's.
+
+pub mod error;
+pub mod journal;
+pub mod queue;
+pub mod routes;
+pub mod upload;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use tokio::task::JoinHandle;
+use tracing::info;
+use tracing_actix_web::TracingLogger;
+use vmpipe_common::{FsStore, Settings, StorageError};
+
+use crate::journal::{Journal, JournalError};
+use crate::queue::JobQueue;
+use crate::routes::AppState;
+use crate::upload::Limits;
+
+/// KAZOO's HTTP client keeps idle connections for 120 s; keeping ours open longer means the
+/// client, not us, closes them, so a request never races a server-side close.
+const KEEP_ALIVE: Duration = Duration::from_secs(150);
+/// How long startup waits for RabbitMQ before serving anyway (jobs are journaled meanwhile).
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// An unfinished upload older than this at startup was left by a crash.
+const STALE_UPLOAD_AGE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("job journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    server: Server,
+    port: u16,
+    jobs: JobQueue,
+    queue_task: JoinHandle<()>,
+}
+
+impl Application {
+    /// Opens storage and the journal, starts the RabbitMQ connection task and binds the port.
+    /// Must be called inside a tokio runtime.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let store = FsStore::open(&settings.storage_dir)?;
+        let removed = store.remove_stale_temp_files(STALE_UPLOAD_AGE)?;
+        if removed > 0 {
+            info!(removed, "removed unfinished uploads left by a crash");
+        }
+        let journal = Journal::open(&settings.storage_dir.join("journal"))?;
+        let (jobs, queue_task) = JobQueue::start(
+            settings.amqp_url.expose().to_owned(),
+            settings.queue.clone(),
+            settings.publish_timeout(),
+            journal,
+        );
+        jobs.first_attempt(FIRST_CONNECT_WAIT).await;
+        let listen_error = |source| StartupError::Listen {
+            addr: settings.listen.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&settings.listen).map_err(listen_error)?;
+        let port = listener.local_addr().map_err(listen_error)?.port();
+        let state = web::Data::new(AppState {
+            store: Arc::new(store),
+            jobs: jobs.clone(),
+            prefix: settings.normalized_prefix().to_owned(),
+            limits: Limits {
+                max_body: settings.max_body.0,
+                base64: settings.base64,
+            },
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(TracingLogger::default())
+                .default_service(web::to(routes::dispatch))
+        })
+        .keep_alive(KEEP_ALIVE)
+        .listen(listener)
+        .map_err(listen_error)?
+        .run();
+        info!(addr = %settings.listen, port, prefix = %settings.path_prefix,
+            storage = %settings.storage_dir.display(), queue = %settings.queue, "ingest listening");
+        Ok(Self {
+            server,
+            port,
+            jobs,
+            queue_task,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (gracefully: in-flight uploads finish) from elsewhere, e.g. a test.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Whether jobs are currently confirmed by RabbitMQ (rather than journaled).
+    pub fn broker_connected(&self) -> bool {
+        self.jobs.is_connected()
+    }
+
+    /// Serves until SIGINT/SIGTERM or [`ServerHandle::stop`]; in-flight uploads finish first.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.jobs.stop();
+        let _ = self.queue_task.await;
+        info!("ingest stopped");
+        result
+    }
+}
