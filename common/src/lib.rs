@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod job;
 pub mod key;
 pub mod settings;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 
