@@ -22,6 +22,129 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+pub fn database_admin_url() -> String {
+    std::env::var("VMPIPE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of the test's own, dropped by [`TestDatabase::drop`]. The worker creates it
+/// (as on a fresh install); the test only names it.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub fn new() -> Self {
+        let name = format!("vmpipe_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = database_admin_url();
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .expect("test database reachable")
+    }
+
+    pub async fn drop(self) {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&database_admin_url())
+            .await
+            .expect("admin connection");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+            self.name
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
+    }
+}
+
+impl Default for TestDatabase {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A worker running in this process until [`TestWorker::stop`].
+pub struct TestWorker {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), vmpipe_worker::WorkerError>>,
+}
+
+impl TestWorker {
+    pub fn start(settings: Settings) -> Self {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(vmpipe_worker::run(settings, shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    /// Graceful stop: in-flight jobs finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("join").expect("worker result");
+    }
+}
+
+/// Polls `query` (a single count) until it returns `expected`, or fails after `timeout`.
+pub async fn wait_for_count(
+    pool: &sqlx::PgPool,
+    query: &'static str,
+    expected: i64,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count: i64 = sqlx::query_scalar(query)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(-1);
+        if count == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{query}: {count}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A mono 16-bit PCM WAV of `millis` of a warbling tone.
+pub fn wav_pcm16(sample_rate: u32, millis: u32) -> Vec<u8> {
+    let samples = (sample_rate as u64 * millis as u64 / 1000) as u32;
+    let data_len = samples * 2;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&sample_rate.to_le_bytes());
+    out.extend_from_slice(&(sample_rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for n in 0..samples {
+        let t = n as f64 / sample_rate as f64;
+        let value = (t * 2.0 * std::f64::consts::PI * (300.0 + 100.0 * (t * 3.0).sin())).sin();
+        out.extend_from_slice(&((value * 12000.0) as i16).to_le_bytes());
+    }
+    out
+}
+
 /// A running ingest with its own storage directory and queue.
 pub struct TestIngest {
     pub port: u16,
@@ -180,6 +303,63 @@ impl TestQueue {
                     .expect("ack");
                 let job = VoicemailJob::from_json(&message.delivery.data).expect("job JSON");
                 return Some((job, message.delivery.properties.clone()));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes raw bytes as a job, as ingest would (persistent, confirmed).
+    pub async fn publish(&self, payload: &[u8]) {
+        self.channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.name.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                payload,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+    }
+
+    /// The next dead letter: its body and the reason the worker gave.
+    pub async fn next_dead(&self, timeout: Duration) -> Option<(Vec<u8>, Option<String>)> {
+        let deadline = Instant::now() + timeout;
+        let dead = format!("{}.dead", self.name);
+        loop {
+            let got = self
+                .channel
+                .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                .await
+                .expect("basic_get");
+            if let Some(message) = got {
+                message
+                    .delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                let reason = message
+                    .delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-vmpipe-error").cloned())
+                    .and_then(|v| match v {
+                        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                        _ => None,
+                    });
+                return Some((message.delivery.data.clone(), reason));
             }
             if Instant::now() >= deadline {
                 return None;

@@ -2,6 +2,7 @@
 //! the RabbitMQ topology and log setup. Free of actix-web, so the worker does not compile it.
 
 pub mod amqp;
+pub mod backoff;
 pub mod job;
 pub mod key;
 pub mod settings;

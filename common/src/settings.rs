@@ -40,6 +40,8 @@ pub struct Settings {
     pub publish_timeout_ms: u64,
     /// `VMPIPE_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// `VMPIPE_WORKER_CONCURRENCY`: jobs a worker processes at once (its RabbitMQ prefetch).
+    pub worker_concurrency: u16,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             base64: Base64Mode::Auto,
             publish_timeout_ms: 2000,
             log_format: LogFormat::Text,
+            worker_concurrency: 8,
         }
     }
 }
@@ -117,6 +120,11 @@ impl Settings {
                 "path_prefix must start with '/': {:?}",
                 self.path_prefix
             )));
+        }
+        if self.worker_concurrency == 0 {
+            return Err(config::ConfigError::Message(
+                "worker_concurrency must be at least 1".into(),
+            ));
         }
         if self.queue.is_empty() || self.queue.len() > 200 {
             return Err(config::ConfigError::Message(

@@ -41,6 +41,8 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    #[error("{0} is below a stored file, or is a directory of stored files")]
+    Conflict(String),
     #[error("storage task failed: {0}")]
     Task(String),
 }
@@ -305,8 +307,14 @@ impl ObjectWriter for FsWriter {
                 drop(file);
                 let parent = final_path.parent().unwrap_or(&root);
                 create_dirs_durably(&root, parent)?;
-                fs::rename(&temp_path, &final_path)
-                    .map_err(|e| StorageError::io("rename", &final_path, e))?;
+                fs::rename(&temp_path, &final_path).map_err(|e| {
+                    // ENOTDIR, EISDIR: one key cannot be both a file and a folder of files.
+                    if matches!(e.raw_os_error(), Some(20 | 21)) {
+                        StorageError::Conflict(final_path.display().to_string())
+                    } else {
+                        StorageError::io("rename", &final_path, e)
+                    }
+                })?;
                 sync_dir(parent)
             })
             .await?;
@@ -335,7 +343,10 @@ fn create_dirs_durably(root: &Path, dir: &Path) -> Result<(), StorageError> {
     create_dirs_durably(root, parent)?;
     match fs::create_dir(dir) {
         Ok(()) => sync_dir(parent),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(20) => {
+            Err(StorageError::Conflict(dir.display().to_string()))
+        }
         Err(e) => Err(StorageError::io("create directory", dir, e)),
     }
 }
@@ -400,6 +411,25 @@ mod tests {
         drop(w);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(!store.path_of(&k).exists());
+    }
+
+    #[tokio::test]
+    async fn a_key_cannot_be_both_file_and_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        store.create(&key("a/b")).commit().await.unwrap();
+        let below_file = store.create(&key("a/b/c")).commit().await;
+        assert!(
+            matches!(below_file, Err(StorageError::Conflict(_))),
+            "{below_file:?}"
+        );
+        store.create(&key("x/y/z")).commit().await.unwrap();
+        let over_folder = store.create(&key("x/y")).commit().await;
+        assert!(
+            matches!(over_folder, Err(StorageError::Conflict(_))),
+            "{over_folder:?}"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("storage is full")]
     StorageFull(#[source] StorageError),
+    #[error("this path conflicts with a stored file: a key cannot be both a file and a folder")]
+    KeyConflict(#[source] StorageError),
     #[error("storage failed")]
     Storage(#[source] StorageError),
     #[error("could not record the job for this file")]
@@ -40,6 +42,7 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::Full(_) => ApiError::StorageFull(e),
+            StorageError::Conflict(_) => ApiError::KeyConflict(e),
             e => ApiError::Storage(e),
         }
     }
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::StorageFull(_) => "storage_full",
+            ApiError::KeyConflict(_) => "key_conflict",
             ApiError::Storage(_) => "storage_error",
             ApiError::Journal(_) => "journal_error",
         }
@@ -73,6 +77,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::KeyConflict(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) | ApiError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use vmpipe_common::VoicemailJob;
 use vmpipe_common::amqp;
+use vmpipe_common::backoff::Backoff;
 
 use crate::journal::{Journal, JournalError};
 
@@ -248,23 +249,5 @@ async fn publish(
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
         Confirmation::NotRequested => Ok(()),
-    }
-}
-
-/// Exponential reconnect delay: 0.5 s doubling to 30 s.
-#[derive(Default)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let delay = Duration::from_millis(500) * 2u32.saturating_pow(self.attempt.min(6));
-        self.attempt += 1;
-        delay.min(Duration::from_secs(30))
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
     }
 }

@@ -1,26 +1,77 @@
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use vmpipe_common::{Settings, telemetry};
+use vmpipe_common::{Settings, signals, telemetry};
+use vmpipe_worker::probe;
 
-/// vmpipe worker: indexes stored voicemails. Settings come from VMPIPE_* environment
-/// variables, over an optional TOML file, over built-in defaults (see README).
+/// vmpipe worker: indexes stored voicemails into PostgreSQL. Settings come from VMPIPE_*
+/// environment variables, over an optional TOML file, over built-in defaults (see README).
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
     /// Settings file (TOML); VMPIPE_CONFIG names one too.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then consume jobs (the default).
+    Run,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Measure audio files: one JSON object per line; exits non-zero if any cannot be probed.
+    Probe {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if let Some(Command::Probe { files }) = &cli.command {
+        return Ok(probe_files(files));
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log_format);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(vmpipe_common::signals::cancel_on_signal(shutdown.clone()));
-    vmpipe_worker::run(settings, shutdown).await?;
-    Ok(())
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
+            vmpipe_worker::run(settings, shutdown).await?;
+        }
+        Command::Migrate => {
+            vmpipe_worker::migrate(&settings).await?.close().await;
+        }
+        Command::Probe { .. } => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn probe_files(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        let line = match probe::probe_file(file) {
+            Ok(probed) => {
+                let mut value = serde_json::to_value(probed).expect("serialisable");
+                value["file"] = file.display().to_string().into();
+                value
+            }
+            Err(e) => {
+                failed = true;
+                serde_json::json!({ "file": file.display().to_string(), "error": e.to_string() })
+            }
+        };
+        println!("{line}");
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -1,0 +1,307 @@
+//! Consuming jobs: at-least-once, acked only after the row is committed.
+//!
+//! Each delivery runs in its own task (a panic there cannot stop the consumer). The number in
+//! flight is bounded by the channel's prefetch. A job that can never succeed goes to the
+//! dead-letter queue with the reason; one that failed for a passing reason (database away) is
+//! retried with backoff while it stays unacked, so a crash or shutdown hands it back to
+//! RabbitMQ.
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, message::Delivery};
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+use vmpipe_common::backoff::Backoff;
+use vmpipe_common::job::{JOB_SCHEMA_VERSION, is_credentials_probe};
+use vmpipe_common::{FsStore, Settings, StorageKey, VoicemailJob, amqp};
+
+use crate::db;
+use crate::index::VoicemailRow;
+use crate::probe;
+
+/// Why a job did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Retrying cannot help: dead-letter it.
+    #[error("{0}")]
+    Permanent(String),
+    /// Shutdown came while the job waited to retry: give it back to RabbitMQ.
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ ended the consumer")]
+    ConsumerEnded,
+    #[error("RabbitMQ refused the dead letter")]
+    DeadLetterNacked,
+}
+
+/// What every job needs.
+pub struct Context {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub store: FsStore,
+}
+
+/// Consumes until `shutdown`, reconnecting to RabbitMQ with backoff when the connection drops.
+pub async fn consume(context: Arc<Context>, shutdown: CancellationToken) {
+    let mut delay = Backoff::default();
+    loop {
+        match consume_once(&context, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => warn!(error = %e, "RabbitMQ connection lost or refused; reconnecting"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay.next_delay()) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One connection's worth of consuming. Returns Ok on shutdown (after in-flight jobs finish).
+async fn consume_once(
+    context: &Arc<Context>,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    let settings = &context.settings;
+    let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker").await?;
+    let channel = connection.create_channel().await?;
+    amqp::declare_queues(&channel, &settings.queue).await?;
+    channel
+        .basic_qos(settings.worker_concurrency, BasicQosOptions::default())
+        .await?;
+    // Dead letters are published with confirms: a job is acked only once its dead letter is safe.
+    let dead_letters = connection.create_channel().await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(queue = %settings.queue, concurrency = settings.worker_concurrency, "consuming jobs");
+
+    let tasks = TaskTracker::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let context = context.clone();
+                    let dead_letters = dead_letters.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move {
+                        handle_delivery(&context, &dead_letters, delivery, &shutdown).await;
+                    });
+                }
+                Some(Err(e)) => break Err(ConsumeError::Amqp(e)),
+                None => break Err(ConsumeError::ConsumerEnded),
+            }
+        }
+    };
+    // Stop new deliveries, let the jobs in hand finish (their acks need the channel open).
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
+    tasks.close();
+    tasks.wait().await;
+    let _ = connection.close(200, "worker stopping".into()).await;
+    result
+}
+
+async fn handle_delivery(
+    context: &Context,
+    dead_letters: &Channel,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+) {
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let span = info_span!("job", job_id = %message_id, storage_key = tracing::field::Empty,
+        request_id = tracing::field::Empty, redelivered = delivery.redelivered);
+    async {
+        let outcome = process(context, &delivery.data, shutdown).await;
+        let settled = match outcome {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+            Err(JobError::Interrupted) => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Err(JobError::Permanent(reason)) => {
+                warn!(%reason, "job can never succeed; dead-lettering it");
+                match dead_letter(
+                    dead_letters,
+                    &context.settings.dead_letter_queue(),
+                    &delivery,
+                    &reason,
+                )
+                .await
+                {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        // The queue's own dead-letter route still keeps it (without the reason).
+                        error!(error = %e, "could not publish the dead letter; rejecting instead");
+                        delivery.nack(BasicNackOptions::default()).await
+                    }
+                }
+            }
+        };
+        if let Err(e) = settled {
+            // The channel is gone: RabbitMQ redelivers the job, and the upsert makes that harmless.
+            warn!(error = %e, "could not settle the delivery; it will be redelivered");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Indexes one job. Passing failures are retried here, with backoff, until shutdown.
+pub async fn process(
+    context: &Context,
+    data: &[u8],
+    shutdown: &CancellationToken,
+) -> Result<(), JobError> {
+    let job = VoicemailJob::from_json(data)
+        .map_err(|e| JobError::Permanent(format!("not a vmpipe job: {e}")))?;
+    let span = tracing::Span::current();
+    span.record("storage_key", job.storage_key.as_str());
+    span.record("request_id", job.request_id.as_str());
+    if job.schema_version > JOB_SCHEMA_VERSION {
+        return Err(JobError::Permanent(format!(
+            "job schema version {} is newer than this worker's {JOB_SCHEMA_VERSION}",
+            job.schema_version
+        )));
+    }
+    let key = StorageKey::parse(&job.storage_key)
+        .map_err(|e| JobError::Permanent(format!("invalid storage key: {e}")))?;
+    let path = context.store.path_of(&key);
+    if !path.is_file() {
+        return Err(JobError::Permanent(format!(
+            "file missing: {}",
+            path.display()
+        )));
+    }
+
+    if is_credentials_probe(&job.attachment_name) {
+        return retry_transient(shutdown, || {
+            db::record_credential_probe(
+                &context.pool,
+                &job.storage_key,
+                job.account_id.as_deref(),
+                job.received_at,
+            )
+        })
+        .await;
+    }
+
+    let started = std::time::Instant::now();
+    let probed = match tokio::task::spawn_blocking(move || probe::probe_file(&path)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        // A panic while probing hostile audio is a probe error, not a dead worker.
+        Err(e) => Err(format!("probe crashed: {e}")),
+    };
+    let probe_time = started.elapsed();
+    let row = VoicemailRow::build(&job, &probed);
+    let written = retry_transient(shutdown, || db::upsert_voicemail(&context.pool, &row)).await?;
+    info!(
+        duration_ms = row.duration_ms,
+        probe_error = row.probe_error.as_deref(),
+        probe_ms = probe_time.as_millis() as u64,
+        written,
+        "voicemail indexed"
+    );
+    Ok(())
+}
+
+/// Runs `operation` until it succeeds or fails for good, waiting longer after each passing
+/// failure (database restarting, unreachable) instead of spinning.
+async fn retry_transient<T, F, Fut>(
+    shutdown: &CancellationToken,
+    mut operation: F,
+) -> Result<T, JobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut delay = Backoff::default();
+    loop {
+        match operation().await {
+            Ok(value) => return Ok(value),
+            Err(e) if db::is_transient(&e) => {
+                let wait = delay.next_delay();
+                warn!(error = %e, retry_in = ?wait, "database unavailable; will retry");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return Err(JobError::Interrupted),
+                }
+            }
+            Err(e) => {
+                return Err(JobError::Permanent(format!(
+                    "database refused the row: {e}"
+                )));
+            }
+        }
+    }
+}
+
+async fn dead_letter(
+    channel: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), ConsumeError> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-vmpipe-error".into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        "x-vmpipe-failed-at".into(),
+        AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
+    );
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    let properties = match delivery.properties.message_id() {
+        Some(id) => properties.with_message_id(id.clone()),
+        None => properties,
+    };
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Nack(_) => Err(ConsumeError::DeadLetterNacked),
+        _ => Ok(()),
+    }
+}
