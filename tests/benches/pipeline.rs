@@ -1,0 +1,146 @@
+//! Pipeline benchmark: `cargo bench -p vmpipe-tests --bench pipeline [-- UPLOADS]`.
+//!
+//! Runs ingest and worker in this process against the local PostgreSQL and RabbitMQ (each run
+//! gets its own database and queue, removed afterwards) and prints:
+//! 1. latency from 201 to indexed row (median, p99) while uploads arrive steadily;
+//! 2. indexing rate: jobs per second a worker drains from a backlog.
+
+use std::time::{Duration, Instant};
+
+use vmpipe_common::Settings;
+use vmpipe_common::settings::SecretUrl;
+use vmpipe_tests::*;
+
+const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let uploads: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let queue_name = format!("vmpipe.bench.{}", hex32());
+    let queue = TestQueue::declare(&queue_name).await;
+    let ingest = TestIngest::start(Options {
+        queue: Some(queue_name),
+        ..Options::default()
+    })
+    .await;
+    let database = TestDatabase::new();
+    let settings = Settings {
+        database_url: SecretUrl(database.url.clone()),
+        ..ingest.settings.clone()
+    };
+    // 10 s of 8 kHz mono speech-sized WAV, as FreeSWITCH records it.
+    let wav = wav_pcm16(8000, 10_000);
+    println!(
+        "pipeline benchmark: {uploads} uploads of {} KiB, worker concurrency {}",
+        wav.len() / 1024,
+        settings.worker_concurrency
+    );
+
+    // 1. Latency at a steady rate: 4 uploaders one after the other, worker keeping up.
+    let worker = TestWorker::start(settings.clone());
+    let pool = wait_for_schema(&database).await;
+    let started = Instant::now();
+    upload_many(&ingest, &wav, "steady", uploads, 4).await;
+    let upload_secs = started.elapsed().as_secs_f64();
+    wait_for_rows(&pool, uploads as i64, Duration::from_secs(300)).await;
+    let (median, p99): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+         FROM (SELECT extract(epoch FROM indexed_at - received_at) * 1000 AS ms FROM voicemails) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    println!(
+        "steady load: {:.0} uploads/s through ingest; 201 -> indexed row: median {median:.1} ms, p99 {p99:.1} ms",
+        uploads as f64 / upload_secs
+    );
+
+    // 2. Indexing rate from a backlog: worker stopped while uploads queue up.
+    worker.stop().await;
+    upload_many(&ingest, &wav, "backlog", uploads, 8).await;
+    let worker = TestWorker::start(settings.clone());
+    let started = Instant::now();
+    wait_for_rows(&pool, 2 * uploads as i64, Duration::from_secs(600)).await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "backlog: {uploads} jobs indexed in {secs:.2} s = {:.0} jobs/s (each probes a 10 s WAV)",
+        uploads as f64 / secs
+    );
+
+    worker.stop().await;
+    pool.close().await;
+    queue.delete().await;
+    ingest.stop().await;
+    database.drop().await;
+}
+
+async fn wait_for_schema(database: &TestDatabase) -> sqlx::PgPool {
+    for _ in 0..400 {
+        if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database.url)
+            .await
+            && sqlx::query("SELECT 1 FROM voicemails LIMIT 1")
+                .execute(&pool)
+                .await
+                .is_ok()
+        {
+            return pool;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("worker did not migrate the database");
+}
+
+async fn wait_for_rows(pool: &sqlx::PgPool, expected: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM voicemails")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if count >= expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {count} of {expected} rows");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn upload_many(ingest: &TestIngest, wav: &[u8], tag: &str, count: usize, concurrency: usize) {
+    let mut tasks = Vec::new();
+    for lane in 0..concurrency {
+        let client = ingest.client();
+        let wav = wav.to_vec();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in (lane..count).step_by(concurrency) {
+                let doc = format!("202611-{}", hex32());
+                let name = format!("{tag}{i}.wav");
+                let document = mailbox_message(&doc, &name);
+                let att = Attachment {
+                    document_id: &doc,
+                    name: &name,
+                    content_type: "audio/wav",
+                    data: &wav,
+                    document: &document,
+                };
+                let r = client
+                    .store(
+                        Verb::Put,
+                        &format!("/{ACCOUNT}/{doc}/{name}"),
+                        Body::Multipart,
+                        &att,
+                    )
+                    .await;
+                assert_eq!(r.status, 201);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
