@@ -1,0 +1,112 @@
+//! Reading a file forward through a bounded window, so that probing a 2 GiB file uses as much
+//! memory as probing a small one.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// How much of the file is held at once (plus what one request asks for).
+const WINDOW: usize = 1 << 20;
+
+pub struct Source {
+    file: File,
+    /// File offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+    len: u64,
+}
+
+impl Source {
+    pub fn new(file: File) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            start: 0,
+            buf: Vec::new(),
+            len,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Up to `n` bytes at `pos` (fewer at the end of the file). Positions only move forward:
+    /// bytes before the last `pos` asked for may be forgotten.
+    pub fn bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
+        let end = pos.saturating_add(n as u64).min(self.len);
+        if pos >= end {
+            return Ok(&[]);
+        }
+        let held_end = self.start + self.buf.len() as u64;
+        if pos < self.start || end > held_end {
+            self.refill(pos, (end - pos) as usize)?;
+        }
+        let from = (pos - self.start) as usize;
+        let to = (end - self.start) as usize;
+        Ok(&self.buf[from..to.min(self.buf.len())])
+    }
+
+    fn refill(&mut self, pos: u64, need: usize) -> io::Result<()> {
+        let held_end = self.start + self.buf.len() as u64;
+        if pos >= self.start && pos <= held_end {
+            // Keep what is still ahead, read on from where the window ends.
+            self.buf.drain(..(pos - self.start) as usize);
+        } else {
+            self.buf.clear();
+            self.file.seek(SeekFrom::Start(pos))?;
+        }
+        self.start = pos;
+        let want = need.max(WINDOW).min((self.len - pos) as usize);
+        let have = self.buf.len();
+        if want > have {
+            let read_from = pos + have as u64;
+            self.file.seek(SeekFrom::Start(read_from))?;
+            self.buf.resize(want, 0);
+            let mut filled = have;
+            while filled < want {
+                match self.file.read(&mut self.buf[filled..])? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            self.buf.truncate(filled);
+        }
+        Ok(())
+    }
+
+    /// Reads `n` bytes at `pos` without disturbing the window (tags at the end of the file).
+    pub fn read_at(&mut self, pos: u64, n: usize) -> io::Result<Vec<u8>> {
+        let n = n.min(self.len.saturating_sub(pos) as usize);
+        let mut out = vec![0; n];
+        self.file.seek(SeekFrom::Start(pos))?;
+        self.file.read_exact(&mut out)?;
+        // The window's idea of the file position is restored by its next refill (it seeks).
+        self.buf.clear();
+        self.start = 0;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn forward_window_reads_match_the_file() {
+        let data: Vec<u8> = (0..3 * WINDOW + 123).map(|i| (i % 253) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        let mut s = Source::new(File::open(f.path()).unwrap()).unwrap();
+        let tail = s.read_at(data.len() as u64 - 10, 100).unwrap();
+        assert_eq!(tail, &data[data.len() - 10..]);
+        let mut pos = 0u64;
+        while pos < data.len() as u64 {
+            let got = s.bytes(pos, 5000).unwrap().to_vec();
+            let end = (pos as usize + 5000).min(data.len());
+            assert_eq!(got, &data[pos as usize..end]);
+            pos += 4999;
+        }
+        assert!(s.bytes(data.len() as u64, 4).unwrap().is_empty());
+    }
+}
