@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# The fault-injection tests run the real binaries as child processes.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

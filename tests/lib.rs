@@ -14,8 +14,13 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vmpipe_common::settings::{Base64Mode, ByteSize, SecretUrl};
+
+/// How long end-to-end tests wait for something to happen.
+pub const WAIT: Duration = Duration::from_secs(20);
 use vmpipe_common::{Settings, VoicemailJob};
 use vmpipe_ingest::Application;
+
+pub mod faults;
 
 pub fn amqp_url() -> String {
     std::env::var("VMPIPE_TEST_AMQP_URL")
@@ -349,16 +354,7 @@ impl TestQueue {
                     .ack(BasicAckOptions::default())
                     .await
                     .expect("ack");
-                let reason = message
-                    .delivery
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get("x-vmpipe-error").cloned())
-                    .and_then(|v| match v {
-                        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-                        _ => None,
-                    });
+                let reason = header_text(&message.delivery, "x-vmpipe-error");
                 return Some((message.delivery.data.clone(), reason));
             }
             if Instant::now() >= deadline {
@@ -366,6 +362,61 @@ impl TestQueue {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Takes the next message without acking and gives it back, `times` times, as a worker
+    /// that keeps crashing mid-job would (RabbitMQ counts the deliveries).
+    pub async fn redeliver_unacked(&self, times: usize) {
+        for _ in 0..times {
+            let message = loop {
+                if let Some(m) = self
+                    .channel
+                    .basic_get(self.name.as_str().into(), BasicGetOptions::default())
+                    .await
+                    .expect("basic_get")
+                {
+                    break m;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            message
+                .delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("nack");
+        }
+    }
+
+    /// The reasons of every dead letter now in the dead-letter queue, which keeps them.
+    pub async fn dead_reasons(&self) -> Vec<String> {
+        let dead = format!("{}.dead", self.name);
+        let mut held = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(dead.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic_get")
+        {
+            held.push(message);
+        }
+        let reasons = held
+            .iter()
+            .map(|m| header_text(&m.delivery, "x-vmpipe-error").unwrap_or_default())
+            .collect();
+        for message in held {
+            message
+                .delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("nack");
+        }
+        reasons
     }
 
     pub async fn delete(self) {
@@ -377,6 +428,18 @@ impl TestQueue {
         }
         let _ = self.connection.close(200, "done".into()).await;
     }
+}
+
+fn header_text(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name).cloned())
+        .and_then(|v| match v {
+            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
 }
 
 /// An HTTP response as read off the socket.
@@ -699,4 +762,95 @@ pub const VOICEMAIL_FETCH_QUERY: &str = "media_id=202611-5d6ae452d29a4304072654d
 /// Random 32-character lower-case hex, like KAZOO ids.
 pub fn hex32() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Ingest, worker, queue and database of the test's own.
+pub struct Stack {
+    pub ingest: TestIngest,
+    pub queue: TestQueue,
+    pub database: TestDatabase,
+    pub worker: Option<TestWorker>,
+    pool: Option<sqlx::PgPool>,
+}
+
+impl Stack {
+    pub async fn start(with_worker: bool) -> Self {
+        let queue_name = format!("vmpipe.test.{}", hex32());
+        let queue = TestQueue::declare(&queue_name).await;
+        let ingest = TestIngest::start(Options {
+            queue: Some(queue_name),
+            ..Options::default()
+        })
+        .await;
+        let mut stack = Self {
+            ingest,
+            queue,
+            database: TestDatabase::new(),
+            worker: None,
+            pool: None,
+        };
+        if with_worker {
+            stack.start_worker().await;
+        }
+        stack
+    }
+
+    pub fn worker_settings(&self) -> Settings {
+        Settings {
+            database_url: SecretUrl(self.database.url.clone()),
+            worker_concurrency: 4,
+            worker_listen: "127.0.0.1:0".into(),
+            ..self.ingest.settings.clone()
+        }
+    }
+
+    pub async fn start_worker(&mut self) {
+        self.worker = Some(TestWorker::start(self.worker_settings()));
+        self.wait_for_schema().await;
+    }
+
+    /// Waits until a worker has created and migrated the database, and connects to it.
+    pub async fn wait_for_schema(&mut self) {
+        for _ in 0..200 {
+            if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&self.database.url)
+                .await
+                && sqlx::query("SELECT 1 FROM voicemails LIMIT 1")
+                    .execute(&pool)
+                    .await
+                    .is_ok()
+            {
+                self.pool = Some(pool);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("worker did not migrate the database");
+    }
+
+    pub async fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.pool.as_ref().expect("worker started")
+    }
+
+    pub async fn put(&self, path: &str, body: Body, att: &Attachment<'_>) {
+        let r = self.ingest.client().store(Verb::Put, path, body, att).await;
+        assert_eq!(r.status, 201, "PUT {path}");
+    }
+
+    pub async fn finish(mut self) {
+        self.stop_worker().await;
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        self.queue.delete().await;
+        self.ingest.stop().await;
+        self.database.drop().await;
+    }
 }

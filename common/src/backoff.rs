@@ -15,6 +15,14 @@ impl Backoff {
         delay.min(Duration::from_secs(30))
     }
 
+    /// The delay before attempt `attempts + 1` (the same sequence as `next_delay`).
+    pub fn after_attempts(attempts: u64) -> Duration {
+        let mut backoff = Backoff {
+            attempt: attempts.saturating_sub(1).min(64) as u32,
+        };
+        backoff.next_delay()
+    }
+
     pub fn reset(&mut self) {
         self.attempt = 0;
     }

@@ -48,6 +48,8 @@ pub enum UploadMode {
     Multipart,
     /// `multipart/*`, file part base64-encoded (`base64_encode_data`).
     MultipartBase64,
+    /// Found in storage without a row by `worker reconcile` (how it arrived is unknown).
+    Reconciled,
 }
 
 impl UploadMode {
@@ -56,6 +58,7 @@ impl UploadMode {
             UploadMode::Raw => "raw",
             UploadMode::Multipart => "multipart",
             UploadMode::MultipartBase64 => "multipart_base64",
+            UploadMode::Reconciled => "reconciled",
         }
     }
 }

@@ -42,6 +42,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `VMPIPE_WORKER_CONCURRENCY`: jobs a worker processes at once (its RabbitMQ prefetch).
     pub worker_concurrency: u16,
+    /// `VMPIPE_WORKER_LISTEN`: the worker's health and metrics address.
+    pub worker_listen: String,
+    /// `VMPIPE_MAX_DELIVERIES`: deliveries of a failing job before it is dead-lettered.
+    pub max_deliveries: u16,
 }
 
 impl Default for Settings {
@@ -58,6 +62,8 @@ impl Default for Settings {
             publish_timeout_ms: 2000,
             log_format: LogFormat::Text,
             worker_concurrency: 8,
+            worker_listen: "0.0.0.0:9091".into(),
+            max_deliveries: 5,
         }
     }
 }
@@ -120,6 +126,11 @@ impl Settings {
                 "path_prefix must start with '/': {:?}",
                 self.path_prefix
             )));
+        }
+        if self.max_deliveries == 0 {
+            return Err(config::ConfigError::Message(
+                "max_deliveries must be at least 1".into(),
+            ));
         }
         if self.worker_concurrency == 0 {
             return Err(config::ConfigError::Message(

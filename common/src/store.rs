@@ -75,6 +75,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Opens a stored file, or `None` when nothing is stored under `key`.
     fn open(&self, key: &StorageKey) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>>;
 
+    /// Whether a file can be written now (readiness).
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
     /// The stored key made of the first segments of `segments`, if any. (At most one can
     /// exist: a stored file cannot have anything stored below it.)
     fn find_prefix(
@@ -171,6 +174,17 @@ impl Storage for FsStore {
                 },
             )
         })
+    }
+
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        let probe = self
+            .tmp
+            .join(format!("{}.health", uuid::Uuid::new_v4().simple()));
+        Box::pin(blocking(move || {
+            let written = fs::write(&probe, b"ok");
+            let _ = fs::remove_file(&probe);
+            written.map_err(|e| StorageError::io("write", &probe, e))
+        }))
     }
 
     fn find_prefix(

@@ -68,7 +68,7 @@ impl Application {
             settings.amqp_url.expose().to_owned(),
             settings.queue.clone(),
             settings.publish_timeout(),
-            journal,
+            journal.clone(),
         );
         jobs.first_attempt(FIRST_CONNECT_WAIT).await;
         let listen_error = |source| StartupError::Listen {
@@ -80,6 +80,7 @@ impl Application {
         let state = web::Data::new(AppState {
             store: Arc::new(store),
             jobs: jobs.clone(),
+            journal,
             prefix: settings.normalized_prefix().to_owned(),
             limits: Limits {
                 max_body: settings.max_body.0,
@@ -90,6 +91,8 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(TracingLogger::default())
+                .route("/healthz", web::get().to(routes::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
                 .default_service(web::to(routes::dispatch))
         })
         .keep_alive(KEEP_ALIVE)

@@ -22,6 +22,7 @@ use crate::upload::{self, Limits};
 pub struct AppState {
     pub store: std::sync::Arc<dyn Storage>,
     pub jobs: JobQueue,
+    pub journal: crate::journal::Journal,
     /// Path prefix without trailing slash (empty for `/`).
     pub prefix: String,
     pub limits: Limits,
@@ -37,6 +38,30 @@ pub async fn dispatch(
         Method::PUT | Method::POST => store(&req, payload, &state, request_id).await,
         Method::GET | Method::HEAD => fetch(&req, &state).await,
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+}
+
+/// `GET /readyz`: uploads can be accepted: storage is writable, and jobs are either confirmed
+/// by RabbitMQ or journaled on local disk until it is back.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let storage = state.store.check_writable().await;
+    let journaled = state.journal.pending().await.map(|p| p.len()).ok();
+    let connected = state.jobs.is_connected();
+    let body = serde_json::json!({
+        "ready": storage.is_ok(),
+        "storage": storage.as_ref().map_or_else(|e| e.to_string(), |()| "ok".to_owned()),
+        "rabbitmq": if connected { "connected" } else { "unreachable: jobs are journaled" },
+        "journaled_jobs": journaled,
+    });
+    if storage.is_ok() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

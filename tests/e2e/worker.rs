@@ -4,99 +4,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use vmpipe_common::settings::SecretUrl;
-use vmpipe_common::{Settings, VoicemailJob};
+use vmpipe_common::VoicemailJob;
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
 const DOC: &str = "202611-5d6ae452d29a4304072654da8f79b46e";
-const WAIT: Duration = Duration::from_secs(20);
-
-/// Ingest, worker, queue and database of the test's own.
-struct Stack {
-    ingest: TestIngest,
-    queue: TestQueue,
-    database: TestDatabase,
-    worker: Option<TestWorker>,
-    pool: Option<sqlx::PgPool>,
-}
-
-impl Stack {
-    async fn start(with_worker: bool) -> Self {
-        let queue_name = format!("vmpipe.test.{}", hex32());
-        let queue = TestQueue::declare(&queue_name).await;
-        let ingest = TestIngest::start(Options {
-            queue: Some(queue_name),
-            ..Options::default()
-        })
-        .await;
-        let mut stack = Self {
-            ingest,
-            queue,
-            database: TestDatabase::new(),
-            worker: None,
-            pool: None,
-        };
-        if with_worker {
-            stack.start_worker().await;
-        }
-        stack
-    }
-
-    fn worker_settings(&self) -> Settings {
-        Settings {
-            database_url: SecretUrl(self.database.url.clone()),
-            worker_concurrency: 4,
-            ..self.ingest.settings.clone()
-        }
-    }
-
-    async fn start_worker(&mut self) {
-        self.worker = Some(TestWorker::start(self.worker_settings()));
-        // The worker creates and migrates the database; wait until it has.
-        for _ in 0..200 {
-            if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(2)
-                .connect(&self.database.url)
-                .await
-                && sqlx::query("SELECT 1 FROM voicemails LIMIT 1")
-                    .execute(&pool)
-                    .await
-                    .is_ok()
-            {
-                self.pool = Some(pool);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("worker did not migrate the database");
-    }
-
-    async fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop().await;
-        }
-    }
-
-    fn pool(&self) -> &sqlx::PgPool {
-        self.pool.as_ref().expect("worker started")
-    }
-
-    async fn put(&self, path: &str, body: Body, att: &Attachment<'_>) {
-        let r = self.ingest.client().store(Verb::Put, path, body, att).await;
-        assert_eq!(r.status, 201, "PUT {path}");
-    }
-
-    async fn finish(mut self) {
-        self.stop_worker().await;
-        if let Some(pool) = self.pool.take() {
-            pool.close().await;
-        }
-        self.queue.delete().await;
-        self.ingest.stop().await;
-        self.database.drop().await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_uploads_become_rows_whose_fields_match() {

@@ -32,6 +32,10 @@ pub enum JobError {
     /// Retrying cannot help: dead-letter it.
     #[error("{0}")]
     Permanent(String),
+    /// May work next time (the file could not be read, say): redelivered, and dead-lettered
+    /// once it has been delivered `VMPIPE_MAX_DELIVERIES` times.
+    #[error("{0}")]
+    Retry(String),
     /// Shutdown came while the job waited to retry: give it back to RabbitMQ.
     #[error("interrupted by shutdown")]
     Interrupted,
@@ -52,13 +56,35 @@ pub struct Context {
     pub settings: Settings,
     pub pool: PgPool,
     pub store: FsStore,
+    pub health: Arc<Health>,
+}
+
+/// What readiness reports: set by the consumer and by every database write.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub consuming: std::sync::atomic::AtomicBool,
+    pub database_ok: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    fn set_consuming(&self, on: bool) {
+        self.consuming
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_database_ok(&self, ok: bool) {
+        self.database_ok
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Consumes until `shutdown`, reconnecting to RabbitMQ with backoff when the connection drops.
 pub async fn consume(context: Arc<Context>, shutdown: CancellationToken) {
     let mut delay = Backoff::default();
     loop {
-        match consume_once(&context, &shutdown).await {
+        let result = consume_once(&context, &shutdown).await;
+        context.health.set_consuming(false);
+        match result {
             Ok(()) => return,
             Err(e) => warn!(error = %e, "RabbitMQ connection lost or refused; reconnecting"),
         }
@@ -95,6 +121,7 @@ async fn consume_once(
         )
         .await?;
     info!(queue = %settings.queue, concurrency = settings.worker_concurrency, "consuming jobs");
+    context.health.set_consuming(true);
 
     let tasks = TaskTracker::new();
     let result = loop {
@@ -139,18 +166,35 @@ async fn handle_delivery(
     let span = info_span!("job", job_id = %message_id, storage_key = tracing::field::Empty,
         request_id = tracing::field::Empty, redelivered = delivery.redelivered);
     async {
-        let outcome = process(context, &delivery.data, shutdown).await;
+        let deliveries = delivery_count(&delivery) + 1;
+        let max = u64::from(context.settings.max_deliveries);
+        let outcome = if deliveries > max {
+            // Every earlier delivery ended without an ack: the worker crashed or was killed
+            // while processing it, over and over. Stop the loop.
+            Err(JobError::Permanent(format!(
+                "delivered {deliveries} times without completing (the worker stopped while processing it each time)"
+            )))
+        } else {
+            process(context, &delivery.data, shutdown).await
+        };
         let settled = match outcome {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-            Err(JobError::Interrupted) => {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+            Err(JobError::Interrupted) => requeue(&delivery).await,
+            Err(JobError::Retry(reason)) if deliveries < max => {
+                let wait = Backoff::after_attempts(deliveries);
+                warn!(%reason, deliveries, retry_in = ?wait, "job failed; it will be retried");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                requeue(&delivery).await
             }
-            Err(JobError::Permanent(reason)) => {
+            Err(JobError::Retry(reason)) | Err(JobError::Permanent(reason)) => {
+                let reason = if deliveries >= max && !reason.starts_with("delivered ") {
+                    format!("failed {deliveries} times; last error: {reason}")
+                } else {
+                    reason
+                };
                 warn!(%reason, "job can never succeed; dead-lettering it");
                 match dead_letter(
                     dead_letters,
@@ -176,6 +220,31 @@ async fn handle_delivery(
     }
     .instrument(span)
     .await
+}
+
+/// Earlier deliveries of this message, as RabbitMQ's quorum queues count them.
+fn delivery_count(delivery: &Delivery) -> u64 {
+    let count = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    match count {
+        Some(AMQPValue::LongLongInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::ShortInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::LongUInt(n)) => u64::from(n),
+        _ => u64::from(delivery.redelivered),
+    }
+}
+
+async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
+    delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
 }
 
 /// Indexes one job. Passing failures are retried here, with backoff, until shutdown.
@@ -206,7 +275,7 @@ pub async fn process(
     }
 
     if is_credentials_probe(&job.attachment_name) {
-        return retry_transient(shutdown, || {
+        return retry_transient(&context.health, shutdown, || {
             db::record_credential_probe(
                 &context.pool,
                 &job.storage_key,
@@ -225,7 +294,10 @@ pub async fn process(
     };
     let probe_time = started.elapsed();
     let row = VoicemailRow::build(&job, &probed);
-    let written = retry_transient(shutdown, || db::upsert_voicemail(&context.pool, &row)).await?;
+    let written = retry_transient(&context.health, shutdown, || {
+        db::upsert_voicemail(&context.pool, &row)
+    })
+    .await?;
     info!(
         duration_ms = row.duration_ms,
         probe_error = row.probe_error.as_deref(),
@@ -239,6 +311,7 @@ pub async fn process(
 /// Runs `operation` until it succeeds or fails for good, waiting longer after each passing
 /// failure (database restarting, unreachable) instead of spinning.
 async fn retry_transient<T, F, Fut>(
+    health: &Health,
     shutdown: &CancellationToken,
     mut operation: F,
 ) -> Result<T, JobError>
@@ -249,8 +322,12 @@ where
     let mut delay = Backoff::default();
     loop {
         match operation().await {
-            Ok(value) => return Ok(value),
+            Ok(value) => {
+                health.set_database_ok(true);
+                return Ok(value);
+            }
             Err(e) if db::is_transient(&e) => {
+                health.set_database_ok(false);
                 let wait = delay.next_delay();
                 warn!(error = %e, retry_in = ?wait, "database unavailable; will retry");
                 tokio::select! {

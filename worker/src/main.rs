@@ -24,6 +24,14 @@ enum Command {
     Run,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Enqueue every stored voicemail that has no row; report rows whose file is gone.
+    Reconcile {
+        /// Only report; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Move the jobs now in the dead-letter queue back to the job queue (after a fix).
+    ReplayDead,
     /// Measure audio files: one JSON object per line; exits non-zero if any cannot be probed.
     Probe {
         #[arg(required = true)]
@@ -47,6 +55,14 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             vmpipe_worker::migrate(&settings).await?.close().await;
+        }
+        Command::Reconcile { dry_run } => {
+            let report = vmpipe_worker::admin::reconcile(&settings, dry_run).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::ReplayDead => {
+            let replayed = vmpipe_worker::admin::replay_dead(&settings).await?;
+            println!("{}", serde_json::json!({ "replayed": replayed }));
         }
         Command::Probe { .. } => unreachable!("handled above"),
     }

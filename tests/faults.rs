@@ -1,0 +1,253 @@
+//! Fault injection: a TCP proxy that a test cuts and restores between a service and
+//! RabbitMQ or PostgreSQL, and the real binaries as child processes that a test can SIGKILL.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+use vmpipe_common::Settings;
+
+/// A loopback TCP proxy to `target` that can be cut (every connection dropped, new ones
+/// refused) and restored.
+pub struct Proxy {
+    pub port: u16,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let accept = {
+            let open = open.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !open.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(task.abort_handle());
+                }
+            })
+            .abort_handle()
+        };
+        Self {
+            port,
+            open,
+            connections,
+            accept,
+        }
+    }
+
+    /// The same URL with host and port replaced by this proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("URL");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let userinfo = authority
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// The address (host:port) of a URL like `amqp://user:pass@127.0.0.1:5672/%2f`.
+pub fn url_addr(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").expect("URL").1;
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    let host_port = if host_port.contains(':') {
+        host_port
+    } else {
+        format!("{host_port}:5432")
+    };
+    host_port.parse().expect("host:port")
+}
+
+/// A built binary of the workspace (`scripts/test.sh` builds them before the tests).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/e2e-… -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound, then released for a child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `ingest` or `worker` process.
+pub struct Service {
+    pub child: tokio::process::Child,
+    /// Where it answers `/healthz` and `/readyz`.
+    pub health_port: u16,
+}
+
+impl Service {
+    /// Starts `binary` with `settings` as VMPIPE_* variables and waits until it is alive.
+    pub async fn spawn(binary_name: &str, settings: &Settings) -> Self {
+        let health_port = free_port();
+        let mut settings = settings.clone();
+        if binary_name == "ingest" {
+            settings.listen = format!("127.0.0.1:{health_port}");
+        } else {
+            settings.worker_listen = format!("127.0.0.1:{health_port}");
+        }
+        let mut command = tokio::process::Command::new(binary(binary_name));
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("VMPIPE_")) {
+            command.env_remove(name);
+        }
+        command
+            .envs(settings_env(&settings))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let child = command.spawn().expect("spawn service");
+        let service = Self { child, health_port };
+        service.wait_alive(Duration::from_secs(30)).await;
+        service
+    }
+
+    async fn wait_alive(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .get("/healthz")
+                .await
+                .is_some_and(|(status, _)| status == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("service on port {} did not come up", self.health_port);
+    }
+
+    /// `GET path` on the health port: status and body.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.health_port, path).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    pub async fn sigkill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn sigterm(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("exit status")
+    }
+}
+
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Settings as the environment variables the binaries read.
+pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
+    [
+        ("VMPIPE_LISTEN", s.listen.clone()),
+        ("VMPIPE_PATH_PREFIX", s.path_prefix.clone()),
+        ("VMPIPE_STORAGE_DIR", s.storage_dir.display().to_string()),
+        ("VMPIPE_AMQP_URL", s.amqp_url.expose().to_owned()),
+        ("VMPIPE_QUEUE", s.queue.clone()),
+        ("VMPIPE_DATABASE_URL", s.database_url.expose().to_owned()),
+        ("VMPIPE_MAX_BODY", s.max_body.0.to_string()),
+        (
+            "VMPIPE_PUBLISH_TIMEOUT_MS",
+            s.publish_timeout_ms.to_string(),
+        ),
+        (
+            "VMPIPE_WORKER_CONCURRENCY",
+            s.worker_concurrency.to_string(),
+        ),
+        ("VMPIPE_WORKER_LISTEN", s.worker_listen.clone()),
+        ("VMPIPE_MAX_DELIVERIES", s.max_deliveries.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
