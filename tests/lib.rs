@@ -150,6 +150,9 @@ pub fn wav_pcm16(sample_rate: u32, millis: u32) -> Vec<u8> {
     out
 }
 
+/// A change to a test service's settings.
+pub type Tweak = Box<dyn FnOnce(&mut Settings) + Send>;
+
 /// A running ingest with its own storage directory and queue.
 pub struct TestIngest {
     pub port: u16,
@@ -168,6 +171,8 @@ pub struct Options {
     /// Reuse a storage directory (restart scenarios); a fresh one otherwise.
     pub sandbox: Option<tempfile::TempDir>,
     pub queue: Option<String>,
+    /// Any other settings.
+    pub tweak: Option<Tweak>,
 }
 
 impl Default for Options {
@@ -179,6 +184,7 @@ impl Default for Options {
             amqp_url: amqp_url(),
             sandbox: None,
             queue: None,
+            tweak: None,
         }
     }
 }
@@ -191,7 +197,7 @@ impl TestIngest {
         let queue = options
             .queue
             .unwrap_or_else(|| format!("vmpipe.test.{}", uuid::Uuid::new_v4().simple()));
-        let settings = Settings {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".into(),
             path_prefix: options.prefix,
             storage_dir: sandbox.path().join("storage"),
@@ -202,6 +208,9 @@ impl TestIngest {
             publish_timeout_ms: 2000,
             ..Settings::default()
         };
+        if let Some(tweak) = options.tweak {
+            tweak(&mut settings);
+        }
         let app = Application::build(settings.clone())
             .await
             .expect("ingest starts");

@@ -115,6 +115,20 @@ impl fmt::Debug for StorageKey {
     }
 }
 
+/// Checks that every segment could be part of a key (a fetch path may hold two keys' worth).
+pub fn validate_segments(segments: &[String]) -> Result<(), KeyError> {
+    if segments.len() > 2 * MAX_SEGMENTS {
+        return Err(KeyError::TooManySegments);
+    }
+    for segment in segments {
+        validate_segment(segment)?;
+        if escape_segment(segment).len() > MAX_SEGMENT_BYTES {
+            return Err(KeyError::SegmentTooLong);
+        }
+    }
+    Ok(())
+}
+
 /// Splits a raw (percent-encoded) URL path on `/` and decodes each segment once.
 ///
 /// Decoding happens after splitting, so `%2F` stays inside its segment, and only once, so a

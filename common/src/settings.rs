@@ -46,6 +46,20 @@ pub struct Settings {
     pub worker_listen: String,
     /// `VMPIPE_MAX_DELIVERIES`: deliveries of a failing job before it is dead-lettered.
     pub max_deliveries: u16,
+    /// `VMPIPE_ALLOW_NETWORKS`: comma-separated client networks (CIDR) allowed to use ingest;
+    /// empty allows all.
+    pub allow_networks: String,
+    /// `VMPIPE_ACCESS_TOKEN`: secret required as the first path segment or `token=` parameter.
+    pub access_token: Option<Secret>,
+    /// `VMPIPE_BASIC_AUTH`: `user:password` required as HTTP Basic auth.
+    pub basic_auth: Option<Secret>,
+    /// `VMPIPE_TLS_CERT` and `VMPIPE_TLS_KEY`: PEM files; HTTPS instead of HTTP when both set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `VMPIPE_MAX_UPLOADS`: uploads in progress at once; more wait for a 503 and retry.
+    pub max_uploads: usize,
+    /// `VMPIPE_BODY_TIMEOUT_SECS`: longest silence while a request body arrives.
+    pub body_timeout_secs: u64,
 }
 
 impl Default for Settings {
@@ -64,6 +78,13 @@ impl Default for Settings {
             worker_concurrency: 8,
             worker_listen: "0.0.0.0:9091".into(),
             max_deliveries: 5,
+            allow_networks: String::new(),
+            access_token: None,
+            basic_auth: None,
+            tls_cert: None,
+            tls_key: None,
+            max_uploads: 256,
+            body_timeout_secs: 30,
         }
     }
 }
@@ -127,6 +148,16 @@ impl Settings {
                 self.path_prefix
             )));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(config::ConfigError::Message(
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        if self.max_uploads == 0 {
+            return Err(config::ConfigError::Message(
+                "max_uploads must be at least 1".into(),
+            ));
+        }
         if self.max_deliveries == 0 {
             return Err(config::ConfigError::Message(
                 "max_deliveries must be at least 1".into(),
@@ -157,6 +188,23 @@ impl Settings {
     /// The queue that holds jobs which can never succeed.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+}
+
+/// A secret (token, password): never shown in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
     }
 }
 

@@ -26,7 +26,9 @@ impl std::str::FromStr for Network {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (address, prefix) = s.trim().split_once('/').unwrap_or((s.trim(), ""));
-        let address: IpAddr = address.parse().map_err(|_| format!("not an IP network: {s:?}"))?;
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("not an IP network: {s:?}"))?;
         let max = if address.is_ipv4() { 32 } else { 128 };
         let prefix = if prefix.is_empty() {
             max
@@ -49,7 +51,9 @@ impl Network {
             v4 => v4,
         };
         let (net, addr, bits) = match (self.address, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => (u128::from(u32::from(n)), u128::from(u32::from(a)), 32),
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                (u128::from(u32::from(n)), u128::from(u32::from(a)), 32)
+            }
             (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
             _ => return false,
         };
@@ -117,7 +121,10 @@ impl AccessPolicy {
         if let Some(expected) = &self.basic {
             let given = request
                 .authorization
-                .and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")))
+                .and_then(|h| {
+                    h.strip_prefix("Basic ")
+                        .or_else(|| h.strip_prefix("basic "))
+                })
                 .and_then(|b64| STANDARD.decode(b64.trim()).ok());
             if !given.is_some_and(|g| constant_time_eq(&g, expected.as_bytes())) {
                 return Err(Denied::Credentials);
@@ -166,7 +173,12 @@ mod tests {
         assert!(!nets[1].contains("192.168.1.8".parse().unwrap()));
         assert!(nets[2].contains("2001:db8::1".parse().unwrap()));
         assert!(nets[0].contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!("0.0.0.0/0".parse::<Network>().unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Network>()
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
         assert!(parse_networks("10.0.0.0/33").is_err());
         assert!(parse_networks("nonsense").is_err());
         assert!(parse_networks("").unwrap().is_empty());
@@ -179,17 +191,46 @@ mod tests {
             token: Some("s3cret".into()),
             basic: None,
         };
-        let request = |peer, first, query| Presented { peer, first_segment: first, query, authorization: None };
-        assert_eq!(policy.check(&request(ip("127.0.0.1"), Some("s3cret"), "")), Ok(TokenAt::PathSegment));
-        assert_eq!(policy.check(&request(ip("127.0.0.1"), Some("acct"), "a=1&token=s3cret")), Ok(TokenAt::Query));
-        assert_eq!(policy.check(&request(ip("127.0.0.1"), Some("acct"), "token=nope")), Err(Denied::Token));
-        assert_eq!(policy.check(&request(ip("10.0.0.1"), Some("s3cret"), "")), Err(Denied::Network));
+        let request = |peer, first, query| Presented {
+            peer,
+            first_segment: first,
+            query,
+            authorization: None,
+        };
+        assert_eq!(
+            policy.check(&request(ip("127.0.0.1"), Some("s3cret"), "")),
+            Ok(TokenAt::PathSegment)
+        );
+        assert_eq!(
+            policy.check(&request(ip("127.0.0.1"), Some("acct"), "a=1&token=s3cret")),
+            Ok(TokenAt::Query)
+        );
+        assert_eq!(
+            policy.check(&request(ip("127.0.0.1"), Some("acct"), "token=nope")),
+            Err(Denied::Token)
+        );
+        assert_eq!(
+            policy.check(&request(ip("10.0.0.1"), Some("s3cret"), "")),
+            Err(Denied::Network)
+        );
 
-        let basic = AccessPolicy { networks: vec![], token: None, basic: Some("kazoo:pw".into()) };
-        let with = |auth| Presented { peer: None, first_segment: None, query: "", authorization: auth };
+        let basic = AccessPolicy {
+            networks: vec![],
+            token: None,
+            basic: Some("kazoo:pw".into()),
+        };
+        let with = |auth| Presented {
+            peer: None,
+            first_segment: None,
+            query: "",
+            authorization: auth,
+        };
         let good = format!("Basic {}", STANDARD.encode("kazoo:pw"));
         assert_eq!(basic.check(&with(Some(&good))), Ok(TokenAt::None));
-        assert_eq!(basic.check(&with(Some("Basic a2F6b286eA=="))), Err(Denied::Credentials));
+        assert_eq!(
+            basic.check(&with(Some("Basic a2F6b286eA=="))),
+            Err(Denied::Credentials)
+        );
         assert_eq!(basic.check(&with(None)), Err(Denied::Credentials));
     }
 }

@@ -8,6 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use vmpipe_common::{KeyError, StorageError};
 
+use crate::access::Denied;
 use crate::journal::JournalError;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,14 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("access denied: {0}")]
+    Denied(#[from] Denied),
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("too many uploads in progress; retry shortly")]
+    Busy,
+    #[error("the request body stalled for longer than {0} s")]
+    BodyTimeout(u64),
     #[error("storage is full")]
     StorageFull(#[source] StorageError),
     #[error("this path conflicts with a stored file: a key cannot be both a file and a folder")]
@@ -58,6 +67,11 @@ impl ApiError {
             ApiError::BadBase64(_) => "bad_base64",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Denied(Denied::Credentials) => "unauthorized",
+            ApiError::Denied(_) => "forbidden",
+            ApiError::Busy => "busy",
+            ApiError::HeadersTooLarge => "headers_too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::KeyConflict(_) => "key_conflict",
             ApiError::Storage(_) => "storage_error",
@@ -76,6 +90,11 @@ impl ResponseError for ApiError {
             ApiError::OutsidePrefix | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Denied(Denied::Credentials) => StatusCode::UNAUTHORIZED,
+            ApiError::Denied(_) => StatusCode::FORBIDDEN,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::KeyConflict(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) | ApiError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,8 +103,18 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::MethodNotAllowed = self {
-            response.insert_header(("allow", "GET, HEAD, PUT, POST"));
+        match self {
+            ApiError::MethodNotAllowed => {
+                response.insert_header(("allow", "GET, HEAD, PUT, POST"));
+            }
+            ApiError::Denied(Denied::Credentials) => {
+                response.insert_header(("www-authenticate", "Basic realm=\"vmpipe\""));
+            }
+            // KAZOO's HTTP client retries a 503 by itself when Retry-After has one or two digits.
+            ApiError::Busy => {
+                response.insert_header(("retry-after", "2"));
+            }
+            _ => {}
         }
         // Server-side failures are logged with their cause; the client gets the summary.
         response.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))

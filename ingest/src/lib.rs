@@ -4,10 +4,12 @@
 //! confirmed by RabbitMQ or kept in a local journal until it can be. All post-processing is
 //! the worker's.
 
+pub mod access;
 pub mod error;
 pub mod journal;
 pub mod queue;
 pub mod routes;
+pub mod telemetry;
 pub mod upload;
 
 use std::net::TcpListener;
@@ -40,6 +42,8 @@ pub enum StartupError {
     Storage(#[from] StorageError),
     #[error("job journal: {0}")]
     Journal(#[from] JournalError),
+    #[error("invalid setting: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -77,6 +81,15 @@ impl Application {
         };
         let listener = TcpListener::bind(&settings.listen).map_err(listen_error)?;
         let port = listener.local_addr().map_err(listen_error)?.port();
+        let access = access::AccessPolicy {
+            networks: access::parse_networks(&settings.allow_networks)
+                .map_err(StartupError::Config)?,
+            token: settings
+                .access_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
+            basic: settings.basic_auth.as_ref().map(|b| b.expose().to_owned()),
+        };
         let state = web::Data::new(AppState {
             store: Arc::new(store),
             jobs: jobs.clone(),
@@ -85,12 +98,15 @@ impl Application {
             limits: Limits {
                 max_body: settings.max_body.0,
                 base64: settings.base64,
+                body_timeout: Duration::from_secs(settings.body_timeout_secs),
             },
+            access,
+            uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
         });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
                 .route("/healthz", web::get().to(routes::healthz))
                 .route("/readyz", web::get().to(routes::readyz))
                 .default_service(web::to(routes::dispatch))

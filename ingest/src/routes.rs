@@ -9,12 +9,13 @@
 use actix_web::body::SizedStream;
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
-use tracing::info;
+use tracing::{info, warn};
 use tracing_actix_web::RequestId;
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
-use vmpipe_common::key::decode_path;
+use vmpipe_common::key::{decode_path, validate_segments};
 use vmpipe_common::{KeyError, PathFacts, Storage, StorageKey, VoicemailJob};
 
+use crate::access::{AccessPolicy, Presented, TokenAt};
 use crate::error::ApiError;
 use crate::queue::JobQueue;
 use crate::upload::{self, Limits};
@@ -26,7 +27,13 @@ pub struct AppState {
     /// Path prefix without trailing slash (empty for `/`).
     pub prefix: String,
     pub limits: Limits,
+    pub access: AccessPolicy,
+    /// Uploads in progress; a full house answers 503 (KAZOO retries).
+    pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// KAZOO sends five short headers; anything near this is not KAZOO.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 pub async fn dispatch(
     req: HttpRequest,
@@ -34,9 +41,23 @@ pub async fn dispatch(
     state: web::Data<AppState>,
     request_id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge);
+    }
+    let raw_key = authorized_key(&req, &state)?;
     match *req.method() {
-        Method::PUT | Method::POST => store(&req, payload, &state, request_id).await,
-        Method::GET | Method::HEAD => fetch(&req, &state).await,
+        Method::PUT | Method::POST => {
+            let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+                return Err(ApiError::Busy);
+            };
+            store(&req, &raw_key, payload, &state, request_id).await
+        }
+        Method::GET | Method::HEAD => fetch(&raw_key, &state).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
@@ -65,22 +86,66 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// The raw (still percent-encoded) part of the path after the prefix.
-fn path_below_prefix<'a>(req: &'a HttpRequest, prefix: &str) -> Result<&'a str, ApiError> {
-    req.uri()
+/// Checks access, and returns the raw (still percent-encoded) storage key the request names:
+/// the path below the prefix (and below the token segment), or, with KAZOO's base URL
+/// `.../?token=SECRET&key=`, the `key` query parameter.
+fn authorized_key(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
+    let rest = req
+        .uri()
         .path()
-        .strip_prefix(prefix)
+        .strip_prefix(state.prefix.as_str())
         .and_then(|rest| rest.strip_prefix('/'))
-        .ok_or(ApiError::OutsidePrefix)
+        .ok_or(ApiError::OutsidePrefix)?;
+    let query = req.query_string();
+    let token_at = if state.access.is_open() {
+        TokenAt::None
+    } else {
+        let authorization = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let presented = Presented {
+            peer: req.peer_addr().map(|a| a.ip()),
+            first_segment: rest.split('/').next(),
+            query,
+            authorization,
+        };
+        state.access.check(&presented).inspect_err(|denied| {
+            // Never the path or query: they may hold the secret.
+            warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        })?
+    };
+    let rest = match token_at {
+        TokenAt::PathSegment => rest.split_once('/').map_or("", |(_, below)| below),
+        _ => rest,
+    };
+    if !rest.is_empty() {
+        return Ok(rest.to_owned());
+    }
+    let from_query = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("key="))
+        .unwrap_or_default();
+    // A fetch from KAZOO >= 4.3.106 glues its segment on twice: `key=A/D/NA/D/N`.
+    let half = from_query.len() / 2;
+    if from_query.len() % 2 == 0
+        && half > 0
+        && from_query.is_char_boundary(half)
+        && from_query[..half] == from_query[half..]
+    {
+        return Ok(from_query[..half].to_owned());
+    }
+    Ok(from_query.to_owned())
 }
 
 async fn store(
     req: &HttpRequest,
+    raw_key: &str,
     payload: web::Payload,
     state: &AppState,
     request_id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
-    let key = StorageKey::from_segments(decode_path(path_below_prefix(req, &state.prefix)?)?)?;
+    let key = StorageKey::from_segments(decode_path(raw_key)?)?;
     let writer = state.store.create(&key);
     let (writer, received) = upload::receive(req, payload, writer, &state.limits).await?;
     writer.commit().await?;
@@ -126,11 +191,13 @@ async fn store(
     })))
 }
 
-async fn fetch(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let segments = match decode_path(path_below_prefix(req, &state.prefix)?) {
+async fn fetch(raw_key: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let segments = match decode_path(raw_key) {
         Err(KeyError::Empty) => return Err(ApiError::NotFound),
         other => other?,
     };
+    // All of the path, not just the part that resolves: `KEY/../x` is refused, not served.
+    validate_segments(&segments)?;
     let key = state
         .store
         .find_prefix(segments)

@@ -56,6 +56,8 @@ pub struct BodyInfo {
 pub struct Limits {
     pub max_body: u64,
     pub base64: Base64Mode,
+    /// Longest silence between two pieces of a body.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Hashes, counts and forwards the file's bytes to storage.
@@ -95,17 +97,28 @@ pub async fn receive(
         });
     }
     let overflowed = Rc::new(Cell::new(false));
-    let body = limit_stream(payload, limits.max_body, overflowed.clone());
+    let stalled = Rc::new(Cell::new(false));
+    let body = limit_stream(payload, limits, overflowed.clone(), stalled.clone());
     let mut sink = FileSink {
         writer,
         hasher: Sha256::new(),
         size: 0,
     };
     let content_type = header_str(req.headers(), header::CONTENT_TYPE);
+    let declared_multipart = content_type.as_deref().is_some_and(|ct| {
+        ct.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/")
+    });
     let multipart = content_type
         .as_deref()
         .and_then(|ct| ct.parse::<mime::Mime>().ok())
         .filter(|m| m.type_() == mime::MULTIPART);
+    if declared_multipart && multipart.is_none() {
+        return Err(ApiError::BadMultipart(
+            "unparseable multipart content type".into(),
+        ));
+    }
 
     let result = match multipart {
         None => receive_raw(body, &mut sink).await.map(|()| BodyInfo {
@@ -122,6 +135,9 @@ pub async fn receive(
             return Err(ApiError::TooLarge {
                 limit: limits.max_body,
             });
+        }
+        Err(_) if stalled.get() => {
+            return Err(ApiError::BodyTimeout(limits.body_timeout.as_secs()));
         }
         other => other?,
     };
@@ -142,19 +158,52 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
 
 type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
 
-/// Ends the stream with an error once more than `max` bytes arrived (chunked bodies have no
-/// Content-Length to check up front).
-fn limit_stream(payload: actix_web::web::Payload, max: u64, overflowed: Rc<Cell<bool>>) -> Body {
-    let mut seen = 0u64;
-    Box::pin(payload.map(move |chunk| {
-        let chunk = chunk?;
-        seen += chunk.len() as u64;
-        if seen > max {
-            overflowed.set(true);
-            return Err(PayloadError::Overflow);
-        }
-        Ok(chunk)
-    }))
+/// Ends the stream with an error once more than `max_body` bytes arrived (chunked bodies have
+/// no Content-Length to check up front), or when the client stays silent for `body_timeout`
+/// (a slow or stuck client must not hold an upload slot forever).
+fn limit_stream(
+    payload: actix_web::web::Payload,
+    limits: &Limits,
+    overflowed: Rc<Cell<bool>>,
+    stalled: Rc<Cell<bool>>,
+) -> Body {
+    let (max, timeout) = (limits.max_body, limits.body_timeout);
+    Box::pin(
+        stream::unfold(
+            (payload, 0u64, false),
+            move |(mut payload, seen, failed)| {
+                let (overflowed, stalled) = (overflowed.clone(), stalled.clone());
+                async move {
+                    if failed {
+                        return None;
+                    }
+                    let chunk = match tokio::time::timeout(timeout, payload.next()).await {
+                        Err(_) => {
+                            stalled.set(true);
+                            return Some((
+                                Err(PayloadError::Incomplete(None)),
+                                (payload, seen, true),
+                            ));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(chunk)) => chunk,
+                    };
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(e) => return Some((Err(e), (payload, seen, true))),
+                    };
+                    let seen = seen + chunk.len() as u64;
+                    if seen > max {
+                        overflowed.set(true);
+                        return Some((Err(PayloadError::Overflow), (payload, seen, true)));
+                    }
+                    Some((Ok(chunk), (payload, seen, false)))
+                }
+            },
+        )
+        // Multipart parsing polls again after the end: a fused stream keeps answering None.
+        .fuse(),
+    )
 }
 
 fn payload_error(e: PayloadError) -> ApiError {
@@ -175,7 +224,17 @@ async fn receive_multipart(
     sink: &mut FileSink,
     limits: &Limits,
 ) -> Result<BodyInfo, ApiError> {
-    let mut multipart = if content_type.get_param(mime::BOUNDARY).is_some() {
+    let boundary = content_type
+        .get_param(mime::BOUNDARY)
+        .map(|b| b.as_str().to_owned());
+    let mut multipart = if let Some(boundary) = boundary {
+        // RFC 2046: 1 to 70 characters. KAZOO's are 64.
+        if boundary.is_empty() || boundary.len() > 70 {
+            return Err(ApiError::BadMultipart(format!(
+                "boundary of {} characters (1 to 70 allowed)",
+                boundary.len()
+            )));
+        }
         actix_multipart::Multipart::new(headers, body)
     } else {
         // KAZOO 4.3.17-4.3.20: `multipart/mixed` with no boundary parameter. The boundary is

@@ -96,6 +96,7 @@ async fn main() {
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                tokio::time::sleep(pause).await;
             }
         }));
     }
