@@ -656,6 +656,14 @@ pub fn encode_body(body: Body, att: &Attachment<'_>) -> (String, Vec<u8>) {
 }
 
 pub async fn read_response(stream: &mut TcpStream, is_head: bool) -> Response {
+    read_response_from(stream, is_head).await
+}
+
+/// Reads one response from any byte stream (TCP, TLS).
+pub async fn read_response_from<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    is_head: bool,
+) -> Response {
     let mut buf = Vec::new();
     let header_end = loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod queue;
 pub mod routes;
 pub mod telemetry;
+pub mod tls;
 pub mod upload;
 
 use std::net::TcpListener;
@@ -44,6 +45,8 @@ pub enum StartupError {
     Journal(#[from] JournalError),
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -103,6 +106,10 @@ impl Application {
             access,
             uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
         });
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -111,11 +118,14 @@ impl Application {
                 .route("/readyz", web::get().to(routes::readyz))
                 .default_service(web::to(routes::dispatch))
         })
-        .keep_alive(KEEP_ALIVE)
-        .listen(listener)
+        .keep_alive(KEEP_ALIVE);
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config),
+            None => server.listen(listener),
+        }
         .map_err(listen_error)?
         .run();
-        info!(addr = %settings.listen, port, prefix = %settings.path_prefix,
+        info!(addr = %settings.listen, port, tls = settings.tls_cert.is_some(), prefix = %settings.path_prefix,
             storage = %settings.storage_dir.display(), queue = %settings.queue, "ingest listening");
         Ok(Self {
             server,

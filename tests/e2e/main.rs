@@ -1,4 +1,5 @@
 mod faults;
 mod hostile;
 mod ingest;
+mod tls;
 mod worker;
