@@ -139,6 +139,15 @@ pub struct Service {
 impl Service {
     /// Starts `binary` with `settings` as VMPIPE_* variables and waits until it is alive.
     pub async fn spawn(binary_name: &str, settings: &Settings) -> Self {
+        Self::spawn_logging(binary_name, settings, None).await
+    }
+
+    /// Like [`Service::spawn`], with JSON logs at info level written to `log`.
+    pub async fn spawn_logging(
+        binary_name: &str,
+        settings: &Settings,
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let health_port = free_port();
         let mut settings = settings.clone();
         if binary_name == "ingest" {
@@ -154,10 +163,17 @@ impl Service {
             .envs(settings_env(&settings))
             .env(
                 "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,lapin=off".into()),
             )
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).expect("log file");
+            command
+                .env("VMPIPE_LOG_FORMAT", "json")
+                .env("RUST_LOG", "info,lapin=off")
+                .stdout(file);
+        }
         let child = command.spawn().expect("spawn service");
         let service = Self { child, health_port };
         service.wait_alive(Duration::from_secs(30)).await;

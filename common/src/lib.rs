@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod backoff;
 pub mod job;
 pub mod key;
+pub mod metrics;
 pub mod settings;
 pub mod signals;
 pub mod store;

@@ -65,6 +65,7 @@ impl Application {
     /// Opens storage and the journal, starts the RabbitMQ connection task and binds the port.
     /// Must be called inside a tokio runtime.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        vmpipe_common::metrics::handle();
         let store = FsStore::open(&settings.storage_dir)?;
         let removed = store.remove_stale_temp_files(STALE_UPLOAD_AGE)?;
         if removed > 0 {
@@ -116,6 +117,7 @@ impl Application {
                 .wrap(TracingLogger::<telemetry::RequestSpan>::new())
                 .route("/healthz", web::get().to(routes::healthz))
                 .route("/readyz", web::get().to(routes::readyz))
+                .route("/metrics", web::get().to(routes::metrics_endpoint))
                 .default_service(web::to(routes::dispatch))
         })
         .keep_alive(KEEP_ALIVE);

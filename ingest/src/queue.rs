@@ -101,17 +101,24 @@ impl JobQueue {
         if let Some(channel) = channel {
             let publish = publish(&channel, &self.inner.queue, &payload, job);
             match tokio::time::timeout(self.inner.publish_timeout, publish).await {
-                Ok(Ok(())) => return Ok(Enqueued::Published),
+                Ok(Ok(())) => {
+                    metrics::counter!("vmpipe_jobs_published_total", "via" => "confirm")
+                        .increment(1);
+                    return Ok(Enqueued::Published);
+                }
                 Ok(Err(e)) => {
+                    metrics::counter!("vmpipe_publish_failures_total").increment(1);
                     warn!(job_id = %job.job_id, error = %e, "publish failed; journaling the job");
                 }
                 Err(_) => {
+                    metrics::counter!("vmpipe_publish_failures_total").increment(1);
                     warn!(job_id = %job.job_id, timeout = ?self.inner.publish_timeout,
                         "no confirm in time; journaling the job");
                 }
             }
         }
         self.inner.journal.write(job.job_id, payload).await?;
+        metrics::gauge!("vmpipe_journal_jobs").increment(1.0);
         self.inner.wake.notify_one();
         Ok(Enqueued::Journaled)
     }
@@ -198,6 +205,7 @@ impl JobQueue {
     async fn drain_journal(&self, channel: &Channel) -> Result<(), PublishError> {
         let journal = &self.inner.journal;
         let entries = journal.pending().await?;
+        metrics::gauge!("vmpipe_journal_jobs").set(entries.len() as f64);
         if entries.is_empty() {
             return Ok(());
         }
@@ -213,6 +221,8 @@ impl JobQueue {
                 }
             }
             journal.remove(&entry).await?;
+            metrics::counter!("vmpipe_jobs_published_total", "via" => "journal").increment(1);
+            metrics::gauge!("vmpipe_journal_jobs").decrement(1.0);
             debug!(entry = %entry.path.display(), "journaled job published");
         }
         Ok(())

@@ -8,12 +8,12 @@
 
 use actix_web::body::SizedStream;
 use actix_web::http::Method;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use tracing::{info, warn};
 use tracing_actix_web::RequestId;
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
 use vmpipe_common::key::{decode_path, validate_segments};
-use vmpipe_common::{KeyError, PathFacts, Storage, StorageKey, VoicemailJob};
+use vmpipe_common::{KeyError, PathFacts, Storage, StorageKey, UploadMode, VoicemailJob};
 
 use crate::access::{AccessPolicy, Presented, TokenAt};
 use crate::error::ApiError;
@@ -53,13 +53,42 @@ pub async fn dispatch(
     match *req.method() {
         Method::PUT | Method::POST => {
             let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+                count_upload("busy", "unknown");
                 return Err(ApiError::Busy);
             };
-            store(&req, &raw_key, payload, &state, request_id).await
+            let started = std::time::Instant::now();
+            let result = store(&req, &raw_key, payload, &state, request_id).await;
+            match &result {
+                Ok((_, mode)) => {
+                    count_upload("stored", mode.as_str());
+                    metrics::histogram!("vmpipe_upload_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Err(e) => count_upload(
+                    if e.status_code().is_server_error() {
+                        "failed"
+                    } else {
+                        "rejected"
+                    },
+                    "unknown",
+                ),
+            }
+            result.map(|(response, _)| response)
         }
         Method::GET | Method::HEAD => fetch(&raw_key, &state).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+fn count_upload(outcome: &'static str, mode: &'static str) {
+    metrics::counter!("vmpipe_uploads_total", "outcome" => outcome, "mode" => mode).increment(1);
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics_endpoint() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(vmpipe_common::metrics::handle().render())
 }
 
 /// `GET /healthz`: the process is alive.
@@ -144,7 +173,7 @@ async fn store(
     payload: web::Payload,
     state: &AppState,
     request_id: RequestId,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<(HttpResponse, UploadMode), ApiError> {
     let key = StorageKey::from_segments(decode_path(raw_key)?)?;
     let writer = state.store.create(&key);
     let (writer, received) = upload::receive(req, payload, writer, &state.limits).await?;
@@ -184,11 +213,13 @@ async fn store(
         ?enqueued,
         "voicemail stored"
     );
-    Ok(HttpResponse::Created().json(serde_json::json!({
+    metrics::counter!("vmpipe_upload_bytes_total").increment(job.size_bytes);
+    let response = HttpResponse::Created().json(serde_json::json!({
         "storage_key": job.storage_key,
         "size_bytes": job.size_bytes,
         "sha256": job.sha256,
-    })))
+    }));
+    Ok((response, job.upload_mode))
 }
 
 async fn fetch(raw_key: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
@@ -198,11 +229,11 @@ async fn fetch(raw_key: &str, state: &AppState) -> Result<HttpResponse, ApiError
     };
     // All of the path, not just the part that resolves: `KEY/../x` is refused, not served.
     validate_segments(&segments)?;
-    let key = state
-        .store
-        .find_prefix(segments)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let Some(key) = state.store.find_prefix(segments).await? else {
+        metrics::counter!("vmpipe_fetches_total", "outcome" => "not_found").increment(1);
+        return Err(ApiError::NotFound);
+    };
+    metrics::counter!("vmpipe_fetches_total", "outcome" => "found").increment(1);
     let object = state.store.open(&key).await?.ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok()
         .content_type(content_type_for(key.file_name()))

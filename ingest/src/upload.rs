@@ -474,6 +474,59 @@ async fn sniff_boundary(mut body: Body) -> Result<(String, Body), ApiError> {
     }
 }
 
+/// Entry point for the fuzzer: parses `body` as a multipart upload of `content_type`, the way
+/// an upload is parsed, into a writer that only counts. Returns the stored size or the error.
+#[doc(hidden)]
+pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Result<u64, String> {
+    struct Counting;
+    impl ObjectWriter for Counting {
+        fn write(
+            &mut self,
+            _: Bytes,
+        ) -> vmpipe_common::store::BoxFuture<'_, Result<(), vmpipe_common::StorageError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn commit(
+            self: Box<Self>,
+        ) -> vmpipe_common::store::BoxFuture<'static, Result<(), vmpipe_common::StorageError>>
+        {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    let Ok(mime) = content_type.parse::<mime::Mime>() else {
+        return Err("unparseable content type".into());
+    };
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_str(content_type).map_err(|e| e.to_string())?;
+    headers.insert(header::CONTENT_TYPE, value);
+    // Feed the body in uneven pieces, as a network would.
+    let chunks: Vec<Result<Bytes, PayloadError>> = body
+        .chunks(97)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let stream: Body = Box::pin(stream::iter(chunks));
+    let limits = Limits {
+        max_body: u64::MAX,
+        base64,
+        body_timeout: std::time::Duration::from_secs(1),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut sink = FileSink {
+            writer: Box::new(Counting),
+            hasher: Sha256::new(),
+            size: 0,
+        };
+        receive_multipart(&headers, &mime, stream, &mut sink, &limits)
+            .await
+            .map(|_| sink.size)
+            .map_err(|e| e.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,6 +553,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn fuzz_entry_parses_kazoo_multipart() {
+        let body = b"\r\n--B\r\ncontent-disposition: form-data; name=d\r\ncontent-type: application/json\r\n\r\n{}\r\n--B\r\ncontent-disposition: form-data; name=a.mp3\r\ncontent-type: audio/mpeg\r\n\r\nxyz\r\n--B--";
+        assert_eq!(
+            fuzz_multipart("multipart/form-data; boundary=B", body, Base64Mode::Auto),
+            Ok(3)
+        );
+        assert!(
+            fuzz_multipart("multipart/form-data; boundary=B", b"junk", Base64Mode::Auto).is_err()
+        );
     }
 
     #[test]

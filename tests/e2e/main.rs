@@ -1,5 +1,6 @@
 mod faults;
 mod hostile;
 mod ingest;
+mod ops;
 mod tls;
 mod worker;

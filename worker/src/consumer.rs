@@ -177,6 +177,13 @@ async fn handle_delivery(
         } else {
             process(context, &delivery.data, shutdown).await
         };
+        let label = match &outcome {
+            Ok(()) => "indexed",
+            Err(JobError::Interrupted) => "requeued",
+            Err(JobError::Retry(_)) if deliveries < max => "retried",
+            Err(_) => "dead_lettered",
+        };
+        metrics::counter!("vmpipe_jobs_total", "outcome" => label).increment(1);
         let settled = match outcome {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             Err(JobError::Interrupted) => requeue(&delivery).await,
@@ -293,11 +300,19 @@ pub async fn process(
         Err(e) => Err(format!("probe crashed: {e}")),
     };
     let probe_time = started.elapsed();
+    metrics::histogram!("vmpipe_probe_duration_seconds").record(probe_time.as_secs_f64());
     let row = VoicemailRow::build(&job, &probed);
     let written = retry_transient(&context.health, shutdown, || {
         db::upsert_voicemail(&context.pool, &row)
     })
     .await?;
+    metrics::histogram!("vmpipe_index_duration_seconds").record(started.elapsed().as_secs_f64());
+    // Age of the voicemail when its row was written: is the pipeline keeping up?
+    let lag = (chrono::Utc::now() - job.received_at)
+        .num_milliseconds()
+        .max(0) as f64
+        / 1000.0;
+    metrics::histogram!("vmpipe_job_lag_seconds").record(lag);
     info!(
         duration_ms = row.duration_ms,
         probe_error = row.probe_error.as_deref(),

@@ -52,6 +52,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
+        vmpipe_common::metrics::handle();
         let pool = migrate(&settings).await?;
         let store = FsStore::open(&settings.storage_dir)?;
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
@@ -83,7 +84,7 @@ impl Worker {
         let server = Arc::new(http::HealthServer {
             health: context.health.clone(),
             pool: context.pool.clone(),
-            metrics: None,
+            metrics: Some(Arc::new(|| vmpipe_common::metrics::handle().render())),
         });
         let http = tokio::spawn(http::serve(self.listener, server, shutdown.clone()));
         consumer::consume(context.clone(), shutdown).await;

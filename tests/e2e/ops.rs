@@ -1,0 +1,154 @@
+//! Operating vmpipe: Prometheus counters that match what happened, and one request id from the
+//! upload's log line to the worker's log line to the row.
+
+use vmpipe_tests::faults::Service;
+use vmpipe_tests::*;
+
+const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
+
+/// The value of the sample `name{labels…}` in Prometheus text output (0 when absent).
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            let series = line.rsplit_once(' ').map_or("", |(s, _)| s);
+            let metric = series.split('{').next().unwrap_or("");
+            metric == name && labels.iter().all(|l| series.contains(l))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_and_a_request_id_runs_from_put_to_row() {
+    let mut stack = Stack::start(false).await;
+    let logs = stack.ingest.sandbox.path().to_path_buf();
+    // Separate processes: each has its own counters.
+    let ingest = Service::spawn_logging(
+        "ingest",
+        &stack.ingest.settings,
+        Some(&logs.join("ingest.log")),
+    )
+    .await;
+    let worker = Service::spawn_logging(
+        "worker",
+        &stack.worker_settings(),
+        Some(&logs.join("worker.log")),
+    )
+    .await;
+    stack.wait_for_schema().await;
+    let kazoo = Kazoo {
+        port: ingest.health_port,
+    };
+    let audio = wav_pcm16(8000, 700);
+    let mut bytes = 0;
+    for (i, body) in [Body::Raw, Body::Multipart, Body::MultipartBase64]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("m{i}.wav");
+        let document = mailbox_message("d", &name);
+        let att = Attachment {
+            document_id: "d",
+            name: &name,
+            content_type: "audio/wav",
+            data: &audio,
+            document: &document,
+        };
+        let r = kazoo
+            .store(Verb::Put, &format!("/{ACCOUNT}/doc{i}/{name}"), body, &att)
+            .await;
+        assert_eq!(r.status, 201);
+        bytes += audio.len();
+    }
+    let document = serde_json::json!({});
+    let att = Attachment {
+        document_id: "d",
+        name: "x",
+        content_type: "audio/wav",
+        data: b"x",
+        document: &document,
+    };
+    assert_eq!(
+        kazoo
+            .store(Verb::Put, "/a/../b", Body::Raw, &att)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        kazoo.get(&format!("/{ACCOUNT}/doc1/m1.wav")).await.status,
+        200
+    );
+    assert_eq!(kazoo.get("/nothing/here").await.status, 404);
+    wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 3, WAIT).await;
+
+    let (_, m) = ingest.get("/metrics").await.unwrap();
+    for mode in ["raw", "multipart", "multipart_base64"] {
+        let label = format!("mode=\"{mode}\"");
+        assert_eq!(
+            sample(&m, "vmpipe_uploads_total", &["outcome=\"stored\"", &label]),
+            1.0,
+            "{mode}\n{m}"
+        );
+    }
+    assert_eq!(
+        sample(&m, "vmpipe_uploads_total", &["outcome=\"rejected\""]),
+        1.0
+    );
+    assert_eq!(sample(&m, "vmpipe_upload_bytes_total", &[]), bytes as f64);
+    assert_eq!(sample(&m, "vmpipe_upload_duration_seconds_count", &[]), 3.0);
+    assert_eq!(
+        sample(&m, "vmpipe_jobs_published_total", &["via=\"confirm\""]),
+        3.0
+    );
+    assert_eq!(
+        sample(&m, "vmpipe_fetches_total", &["outcome=\"found\""]),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "vmpipe_fetches_total", &["outcome=\"not_found\""]),
+        1.0
+    );
+
+    let (_, w) = worker.get("/metrics").await.unwrap();
+    assert_eq!(
+        sample(&w, "vmpipe_jobs_total", &["outcome=\"indexed\""]),
+        3.0,
+        "{w}"
+    );
+    assert_eq!(sample(&w, "vmpipe_index_duration_seconds_count", &[]), 3.0);
+    assert_eq!(sample(&w, "vmpipe_probe_duration_seconds_count", &[]), 3.0);
+    assert_eq!(sample(&w, "vmpipe_job_lag_seconds_count", &[]), 3.0);
+
+    // One request id: ingest's log line, the worker's log line, the row.
+    let request_id: String =
+        sqlx::query_scalar("SELECT request_id FROM voicemails WHERE attachment_name = 'm1.wav'")
+            .fetch_one(stack.pool())
+            .await
+            .unwrap();
+    assert!(!request_id.is_empty());
+    let ingest_log = std::fs::read_to_string(logs.join("ingest.log")).unwrap();
+    let worker_log = std::fs::read_to_string(logs.join("worker.log")).unwrap();
+    let stored = ingest_log
+        .lines()
+        .find(|l| l.contains("voicemail stored") && l.contains(&request_id));
+    let indexed = worker_log
+        .lines()
+        .find(|l| l.contains("voicemail indexed") && l.contains(&request_id));
+    assert!(
+        stored.is_some(),
+        "ingest logged the upload with {request_id}"
+    );
+    assert!(
+        indexed.is_some(),
+        "worker logged the indexing with {request_id}"
+    );
+    for line in [stored.unwrap(), indexed.unwrap()] {
+        serde_json::from_str::<serde_json::Value>(line).expect("JSON log lines");
+    }
+    worker.sigkill().await;
+    ingest.sigkill().await;
+    stack.finish().await;
+}
