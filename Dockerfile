@@ -1,21 +1,27 @@
 # syntax=docker/dockerfile:1
 # Both binaries in one small image; run `ingest` or `worker` (see docker-compose.yml).
-# The build steps are the README's: `cargo build --release --locked --bin ingest --bin worker`.
+# The build step is the README's: `cargo build --release --locked --bin ingest --bin worker`.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, in their own layer: a source change does not rebuild them.
+# Dependencies first, in a layer of their own: a change to our sources does not rebuild them.
+# Every target the manifests declare gets a placeholder so that cargo can read them.
 COPY Cargo.toml Cargo.lock ./
 COPY common/Cargo.toml common/
 COPY ingest/Cargo.toml ingest/
-COPY worker/Cargo.toml worker/
+COPY worker/Cargo.toml worker/build.rs worker/
 COPY tests/Cargo.toml tests/
-RUN for crate in common ingest worker; do mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; done \
- && mkdir -p tests/e2e migrations && touch tests/lib.rs && echo 'fn main() {}' > tests/e2e/main.rs \
+RUN mkdir -p common/src ingest/src worker/src worker/benches tests/e2e tests/benches migrations \
+ && touch common/src/lib.rs ingest/src/lib.rs worker/src/lib.rs tests/lib.rs \
+ && for f in ingest/src/main.rs worker/src/main.rs worker/benches/probe.rs tests/e2e/main.rs \
+             tests/benches/pipeline.rs tests/benches/soak.rs; do echo 'fn main() {}' > $f; done \
  && cargo build --release --locked --bin ingest --bin worker \
  && rm -rf common/src ingest/src worker/src
-COPY . .
-# Make sure cargo sees the real sources as newer than the placeholder build.
+COPY common common
+COPY ingest ingest
+COPY worker worker
+COPY migrations migrations
+# Newer than the placeholders' build, so cargo rebuilds our crates (and only them).
 RUN touch common/src/lib.rs ingest/src/lib.rs ingest/src/main.rs worker/src/lib.rs worker/src/main.rs \
  && cargo build --release --locked --bin ingest --bin worker
 
@@ -29,5 +35,5 @@ COPY --from=build /src/target/release/ingest /src/target/release/worker /usr/loc
 USER vmpipe
 WORKDIR /var/lib/vmpipe
 ENV VMPIPE_STORAGE_DIR=/var/lib/vmpipe/data
-EXPOSE 8080
+EXPOSE 8080 9091
 CMD ["ingest"]

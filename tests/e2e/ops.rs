@@ -152,3 +152,111 @@ async fn metrics_count_what_happened_and_a_request_id_runs_from_put_to_row() {
     ingest.sigkill().await;
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_reindex_and_dead_letter_listing() {
+    let stack = Stack::start(true).await;
+    let audio = wav_pcm16(8000, 700);
+    for i in 0..3 {
+        let name = format!("p{i}.wav");
+        let document = mailbox_message("d", &name);
+        let att = Attachment {
+            document_id: "d",
+            name: &name,
+            content_type: "audio/wav",
+            data: &audio,
+            document: &document,
+        };
+        stack
+            .put(&format!("/{ACCOUNT}/doc{i}/{name}"), Body::Multipart, &att)
+            .await;
+    }
+    let random = hex32();
+    let probe_name = format!("{random}_test_credentials_file.txt");
+    let content = format!("some random content: {random}");
+    let document = serde_json::json!({});
+    let att = Attachment {
+        document_id: "p",
+        name: &probe_name,
+        content_type: "text/plain",
+        data: content.as_bytes(),
+        document: &document,
+    };
+    stack
+        .put(&format!("/{ACCOUNT}/probe/{probe_name}"), Body::Raw, &att)
+        .await;
+    wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 3, WAIT).await;
+    wait_for_count(
+        stack.pool(),
+        "SELECT count(*) FROM credential_probes",
+        1,
+        WAIT,
+    )
+    .await;
+    for statement in [
+        "UPDATE voicemails SET received_at = now() - interval '100 days' WHERE attachment_name <> 'p2.wav'",
+        "UPDATE credential_probes SET received_at = now() - interval '100 days'",
+    ] {
+        sqlx::query(statement).execute(stack.pool()).await.unwrap();
+    }
+    let settings = stack.worker_settings();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(90);
+    let pause = std::time::Duration::from_millis(10);
+    let dry = vmpipe_worker::admin::prune(&settings, cutoff, false, 1, pause)
+        .await
+        .unwrap();
+    assert_eq!((dry.voicemails, dry.credential_probes), (2, 1));
+    assert_eq!(
+        all_files(&stack.ingest.storage_dir().join("voicemails")).len(),
+        4,
+        "a dry run deletes nothing"
+    );
+    let done = vmpipe_worker::admin::prune(&settings, cutoff, true, 1, pause)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.voicemails, done.credential_probes, done.bytes),
+        (2, 1, 2 * audio.len() as u64 + 53)
+    );
+    let left = all_files(&stack.ingest.storage_dir().join("voicemails"));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with("p2.wav"));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM voicemails")
+        .fetch_one(stack.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    sqlx::query("UPDATE voicemails SET duration_ms = NULL, codec = NULL")
+        .execute(stack.pool())
+        .await
+        .unwrap();
+    let reindexed = vmpipe_worker::admin::reindex(&settings).await.unwrap();
+    assert_eq!((reindexed.rows, reindexed.reprobed), (1, 1));
+    let (duration, codec): (Option<i32>, Option<String>) =
+        sqlx::query_as("SELECT duration_ms, codec FROM voicemails")
+            .fetch_one(stack.pool())
+            .await
+            .unwrap();
+    assert_eq!((duration, codec.as_deref()), (Some(700), Some("pcm_s16le")));
+
+    stack.queue.publish(b"not a job").await;
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = vmpipe_worker::admin::dead_letters(&settings).await.unwrap();
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("not a vmpipe job"))
+    );
+    let again = vmpipe_worker::admin::dead_letters(&settings).await.unwrap();
+    assert_eq!(again.len(), 1, "listing leaves them in place");
+    stack.finish().await;
+}

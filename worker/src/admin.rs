@@ -234,3 +234,238 @@ fn job_for_stored_file(store: &FsStore, key: &StorageKey) -> Result<VoicemailJob
         request_id: "reconcile".into(),
     })
 }
+
+/// One dead-lettered job, as `worker dead-letters` lists it.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    pub job_id: Option<String>,
+    pub storage_key: Option<String>,
+    pub reason: Option<String>,
+    pub failed_at: Option<String>,
+}
+
+/// Lists the jobs in `{queue}.dead` without taking them off it.
+pub async fn dead_letters(settings: &Settings) -> Result<Vec<DeadLetter>, WorkerError> {
+    let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker-admin").await?;
+    let channel = connection.create_channel().await?;
+    amqp::declare_queues(&channel, &settings.queue).await?;
+    let dead = settings.dead_letter_queue();
+    let mut held = Vec::new();
+    while let Some(message) = channel
+        .basic_get(dead.as_str().into(), BasicGetOptions::default())
+        .await?
+    {
+        held.push(message);
+    }
+    let header = |m: &lapin::message::BasicGetMessage, name: &str| {
+        m.delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name).cloned())
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                _ => None,
+            })
+    };
+    let listed = held
+        .iter()
+        .map(|m| DeadLetter {
+            job_id: m
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+            storage_key: VoicemailJob::from_json(&m.delivery.data)
+                .ok()
+                .map(|job| job.storage_key),
+            reason: header(m, "x-vmpipe-error"),
+            failed_at: header(m, "x-vmpipe-failed-at"),
+        })
+        .collect();
+    // Closing the channel hands every unacked message back to the dead-letter queue.
+    let _ = channel.close(200, "listed".into()).await;
+    let _ = connection.close(200, "listed".into()).await;
+    Ok(listed)
+}
+
+/// What `worker reindex` did.
+#[derive(Debug, Default, Serialize)]
+pub struct Reindexed {
+    pub rows: u64,
+    pub reprobed: u64,
+    pub files_missing: Vec<String>,
+}
+
+/// Probes every indexed voicemail's file again and rewrites its measured columns (after an
+/// upgrade of the probe, say). KAZOO's metadata in the rows is kept.
+pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
+    let pool = db::connect(settings.database_url.expose(), 2).await?;
+    db::migrate(&pool).await?;
+    let store = FsStore::open(&settings.storage_dir)?;
+    let mut report = Reindexed::default();
+    let mut after = String::new();
+    loop {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT storage_key FROM voicemails WHERE storage_key > $1 ORDER BY storage_key LIMIT 500",
+        )
+        .bind(&after)
+        .fetch_all(&pool)
+        .await?;
+        let Some(last) = keys.last() else { break };
+        after = last.clone();
+        for key in keys {
+            report.rows += 1;
+            let Ok(parsed) = StorageKey::parse(&key) else {
+                continue;
+            };
+            let path = store.path_of(&parsed);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                report.files_missing.push(key);
+                continue;
+            };
+            let probed = tokio::task::spawn_blocking(move || crate::probe::probe_file(&path))
+                .await
+                .map_err(|e| WorkerError::Refused(format!("probe task: {e}")))?;
+            let (duration, codec, rate, channels, bitrate, error) = match probed {
+                Ok(p) => (
+                    Some(p.duration_ms.min(i32::MAX as u64) as i32),
+                    Some(p.codec),
+                    Some(p.sample_rate as i32),
+                    Some(p.channels as i16),
+                    p.bitrate_bps.map(|b| b.min(i32::MAX as u64) as i32),
+                    None,
+                ),
+                Err(e) => (None, None, None, None, None, Some(e.to_string())),
+            };
+            sqlx::query(
+                "UPDATE voicemails SET duration_ms = $2, codec = $3, sample_rate = $4, channels = $5,
+                 bitrate_bps = $6, probe_error = $7, size_bytes = $8, indexed_at = now()
+                 WHERE storage_key = $1",
+            )
+            .bind(&key)
+            .bind(duration)
+            .bind(codec)
+            .bind(rate)
+            .bind(channels)
+            .bind(bitrate)
+            .bind(error)
+            .bind(meta.len() as i64)
+            .execute(&pool)
+            .await?;
+            report.reprobed += 1;
+        }
+    }
+    pool.close().await;
+    Ok(report)
+}
+
+/// What `worker prune` found or did.
+#[derive(Debug, Default, Serialize)]
+pub struct Pruned {
+    pub dry_run: bool,
+    pub voicemails: u64,
+    pub credential_probes: u64,
+    pub bytes: u64,
+    pub files_already_gone: u64,
+}
+
+/// Retention: deletes voicemails (file, then row) and credential-probe files received before
+/// `cutoff`, in small batches with a pause between them. Deleting many files at once makes
+/// new files slow to create for minutes on some file systems (ext4 without a journal is 5-9x
+/// slower), which would stall uploads.
+pub async fn prune(
+    settings: &Settings,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    apply: bool,
+    batch: i64,
+    pause: std::time::Duration,
+) -> Result<Pruned, WorkerError> {
+    let pool = db::connect(settings.database_url.expose(), 2).await?;
+    db::migrate(&pool).await?;
+    let store = FsStore::open(&settings.storage_dir)?;
+    let mut report = Pruned {
+        dry_run: !apply,
+        ..Pruned::default()
+    };
+    for table in ["voicemails", "credential_probes"] {
+        let select = match table {
+            "voicemails" => {
+                "SELECT storage_key FROM voicemails WHERE received_at < $1 AND storage_key > $2 ORDER BY storage_key LIMIT $3"
+            }
+            _ => {
+                "SELECT storage_key FROM credential_probes WHERE received_at < $1 AND storage_key > $2 ORDER BY storage_key LIMIT $3"
+            }
+        };
+        let mut after = String::new();
+        loop {
+            let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+                .bind(cutoff)
+                .bind(&after)
+                .bind(batch.max(1))
+                .fetch_all(&pool)
+                .await?;
+            let Some(last) = keys.last() else { break };
+            after = last.clone();
+            for key in &keys {
+                let path = StorageKey::parse(key).map(|k| store.path_of(&k)).ok();
+                let size = path
+                    .as_ref()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map_or(0, |m| m.len());
+                report.bytes += size;
+                if apply && let Some(path) = &path {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            report.files_already_gone += 1
+                        }
+                        Err(e) => return Err(WorkerError::Io(path.display().to_string(), e)),
+                    }
+                }
+            }
+            if apply {
+                let delete = match table {
+                    "voicemails" => "DELETE FROM voicemails WHERE storage_key = ANY($1)",
+                    _ => "DELETE FROM credential_probes WHERE storage_key = ANY($1)",
+                };
+                sqlx::query(sqlx::AssertSqlSafe(delete))
+                    .bind(&keys)
+                    .execute(&pool)
+                    .await?;
+            }
+            match table {
+                "voicemails" => report.voicemails += keys.len() as u64,
+                _ => report.credential_probes += keys.len() as u64,
+            }
+            if apply {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    pool.close().await;
+    info!(?report, "prune finished");
+    Ok(report)
+}
+
+/// `90d`, `12h`, `30m`, `45s`, or plain seconds.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("not an age: {text:?}"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("unknown unit in {text:?} (use s, m, h, d or w)")),
+    };
+    Ok(std::time::Duration::from_secs(number * seconds))
+}

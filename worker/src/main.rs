@@ -32,6 +32,25 @@ enum Command {
     },
     /// Move the jobs now in the dead-letter queue back to the job queue (after a fix).
     ReplayDead,
+    /// List the dead-lettered jobs (one JSON object per line) without removing them.
+    DeadLetters,
+    /// Probe every indexed voicemail's file again and rewrite its measured columns.
+    Reindex,
+    /// Delete voicemails (files and rows) older than an age. A dry run unless --apply.
+    Prune {
+        /// Age by `received_at`: 90d, 12h, 30m...
+        #[arg(long)]
+        older_than: String,
+        /// Really delete (the default only reports).
+        #[arg(long)]
+        apply: bool,
+        /// Files deleted per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: i64,
+        /// Pause between batches, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        pause_ms: u64,
+    },
     /// Measure audio files: one JSON object per line; exits non-zero if any cannot be probed.
     Probe {
         #[arg(required = true)]
@@ -63,6 +82,28 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::ReplayDead => {
             let replayed = vmpipe_worker::admin::replay_dead(&settings).await?;
             println!("{}", serde_json::json!({ "replayed": replayed }));
+        }
+        Command::DeadLetters => {
+            for dead in vmpipe_worker::admin::dead_letters(&settings).await? {
+                println!("{}", serde_json::to_string(&dead)?);
+            }
+        }
+        Command::Reindex => {
+            let report = vmpipe_worker::admin::reindex(&settings).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Prune {
+            older_than,
+            apply,
+            batch,
+            pause_ms,
+        } => {
+            let age = vmpipe_worker::admin::parse_age(&older_than).map_err(anyhow::Error::msg)?;
+            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age)?;
+            let pause = std::time::Duration::from_millis(pause_ms);
+            let report =
+                vmpipe_worker::admin::prune(&settings, cutoff, apply, batch, pause).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Probe { .. } => unreachable!("handled above"),
     }
