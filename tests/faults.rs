@@ -262,8 +262,34 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ),
         ("VMPIPE_WORKER_LISTEN", s.worker_listen.clone()),
         ("VMPIPE_MAX_DELIVERIES", s.max_deliveries.to_string()),
+        ("VMPIPE_ALLOW_NETWORKS", s.allow_networks.clone()),
+        ("VMPIPE_MAX_UPLOADS", s.max_uploads.to_string()),
+        ("VMPIPE_BODY_TIMEOUT_SECS", s.body_timeout_secs.to_string()),
+        ("VMPIPE_BASE64", format!("{:?}", s.base64).to_lowercase()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(
+        [
+            (
+                "VMPIPE_ACCESS_TOKEN",
+                s.access_token.as_ref().map(|t| t.expose().to_owned()),
+            ),
+            (
+                "VMPIPE_BASIC_AUTH",
+                s.basic_auth.as_ref().map(|t| t.expose().to_owned()),
+            ),
+            (
+                "VMPIPE_TLS_CERT",
+                s.tls_cert.as_ref().map(|p| p.display().to_string()),
+            ),
+            (
+                "VMPIPE_TLS_KEY",
+                s.tls_key.as_ref().map(|p| p.display().to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?))),
+    )
     .collect()
 }

@@ -411,3 +411,57 @@ async fn reconcile_enqueues_orphan_files_and_reports_rows_without_files() {
     assert_eq!(durations, vec![Some(600), Some(600)]);
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_storage_answers_a_5xx_kazoo_retries_never_201() {
+    let queue_name = format!("vmpipe.test.{}", hex32());
+    let queue = TestQueue::declare(&queue_name).await;
+    let ingest = TestIngest::start(Options {
+        queue: Some(queue_name),
+        ..Options::default()
+    })
+    .await;
+    // Running as root, permissions would not stop us: make the upload area unusable instead.
+    let tmp = ingest.storage_dir().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let audio = wav_pcm16(8000, 300);
+    let (path, name) = voicemail_path("w", 1);
+    let document = mailbox_message("d", &name);
+    let att = Attachment {
+        document_id: "d",
+        name: &name,
+        content_type: "audio/wav",
+        data: &audio,
+        document: &document,
+    };
+    let r = ingest
+        .client()
+        .store(Verb::Put, &path, Body::Raw, &att)
+        .await;
+    assert!(
+        (500..=508).contains(&r.status),
+        "a 5xx KAZOO knows, got {}",
+        r.status
+    );
+    assert_eq!(r.json()["error"], "storage_error");
+    let (status, body) = faults::http_get(ingest.port, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        queue.next(Duration::from_millis(300)).await.is_none(),
+        "no job for an upload that failed"
+    );
+    // Fixed: the retry succeeds.
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    assert_eq!(
+        ingest
+            .client()
+            .store(Verb::Put, &path, Body::Raw, &att)
+            .await
+            .status,
+        201
+    );
+    queue.delete().await;
+    ingest.stop().await;
+}

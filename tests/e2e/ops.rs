@@ -260,3 +260,59 @@ async fn prune_reindex_and_dead_letter_listing() {
     assert_eq!(again.len(), 1, "listing leaves them in place");
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_token_never_reaches_the_logs() {
+    let stack = Stack::start(false).await;
+    let token = format!("tok{}", hex32());
+    let mut settings = stack.ingest.settings.clone();
+    settings.access_token = Some(vmpipe_common::settings::Secret(token.clone()));
+    let log = stack.ingest.sandbox.path().join("ingest-token.log");
+    let ingest = Service::spawn_logging("ingest", &settings, Some(&log)).await;
+    let kazoo = Kazoo {
+        port: ingest.health_port,
+    };
+    let document = mailbox_message("d", "t.wav");
+    let audio = wav_pcm16(8000, 300);
+    let att = Attachment {
+        document_id: "d",
+        name: "t.wav",
+        content_type: "audio/wav",
+        data: &audio,
+        document: &document,
+    };
+    let key = format!("{ACCOUNT}/doc/t.wav");
+    assert_eq!(
+        kazoo
+            .store(Verb::Put, &format!("/{token}/{key}"), Body::Multipart, &att)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        kazoo
+            .get(&format!("/?token={token}&key={key}{key}&folder=new"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        kazoo
+            .get(&format!("/?token={token}x&key={key}"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(kazoo.get(&format!("/{token}x/{key}")).await.status, 403);
+    ingest.sigkill().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("voicemail stored") && text.contains("request denied"),
+        "the requests were logged"
+    );
+    assert!(
+        !text.contains(&token),
+        "the token appears in the log:\n{text}"
+    );
+    stack.finish().await;
+}
