@@ -363,7 +363,10 @@ impl TestQueue {
                     .ack(BasicAckOptions::default())
                     .await
                     .expect("ack");
-                let reason = header_text(&message.delivery, "x-vmpipe-error");
+                let reason = vmpipe_common::amqp::header_text(
+                    &message.delivery.properties,
+                    "x-vmpipe-error",
+                );
                 return Some((message.delivery.data.clone(), reason));
             }
             if Instant::now() >= deadline {
@@ -413,7 +416,10 @@ impl TestQueue {
         }
         let reasons = held
             .iter()
-            .map(|m| header_text(&m.delivery, "x-vmpipe-error").unwrap_or_default())
+            .map(|m| {
+                vmpipe_common::amqp::header_text(&m.delivery.properties, "x-vmpipe-error")
+                    .unwrap_or_default()
+            })
             .collect();
         for message in held {
             message
@@ -437,18 +443,6 @@ impl TestQueue {
         }
         let _ = self.connection.close(200, "done".into()).await;
     }
-}
-
-fn header_text(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(name).cloned())
-        .and_then(|v| match v {
-            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-            _ => None,
-        })
 }
 
 /// An HTTP response as read off the socket.

@@ -3,7 +3,7 @@
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 /// Connects with a name that shows up in RabbitMQ's management UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
@@ -49,4 +49,12 @@ fn quorum_args() -> FieldTable {
         AMQPValue::LongString("quorum".into()),
     );
     args
+}
+
+/// A text header of a message (`x-vmpipe-error`, say).
+pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        _ => None,
+    }
 }

@@ -18,14 +18,25 @@ use vmpipe_common::{FsStore, PathFacts, Settings, StorageKey, UploadMode, Voicem
 
 use crate::{WorkerError, db};
 
-/// Moves the jobs now in `{queue}.dead` back to the queue (after a fix), once each.
-pub async fn replay_dead(settings: &Settings) -> Result<u64, WorkerError> {
+/// A channel for an admin command, with the queues declared (and confirms, to publish).
+async fn open_channel(
+    settings: &Settings,
+    confirms: bool,
+) -> Result<(lapin::Connection, Channel), WorkerError> {
     let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker-admin").await?;
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    if confirms {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
     amqp::declare_queues(&channel, &settings.queue).await?;
+    Ok((connection, channel))
+}
+
+/// Moves the jobs now in `{queue}.dead` back to the queue (after a fix), once each.
+pub async fn replay_dead(settings: &Settings) -> Result<u64, WorkerError> {
+    let (connection, channel) = open_channel(settings, true).await?;
     let dead = settings.dead_letter_queue();
     // Only what is there now: a job that fails again must not loop through here forever.
     let waiting = channel
@@ -146,13 +157,7 @@ pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Reconciliat
     let channel = if dry_run || missing.is_empty() {
         None
     } else {
-        let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker-admin").await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        amqp::declare_queues(&channel, &settings.queue).await?;
-        Some((connection, channel))
+        Some(open_channel(settings, true).await?)
     };
     for key in missing {
         if let Some((_, channel)) = &channel {
@@ -246,9 +251,7 @@ pub struct DeadLetter {
 
 /// Lists the jobs in `{queue}.dead` without taking them off it.
 pub async fn dead_letters(settings: &Settings) -> Result<Vec<DeadLetter>, WorkerError> {
-    let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker-admin").await?;
-    let channel = connection.create_channel().await?;
-    amqp::declare_queues(&channel, &settings.queue).await?;
+    let (connection, channel) = open_channel(settings, false).await?;
     let dead = settings.dead_letter_queue();
     let mut held = Vec::new();
     while let Some(message) = channel
@@ -257,17 +260,6 @@ pub async fn dead_letters(settings: &Settings) -> Result<Vec<DeadLetter>, Worker
     {
         held.push(message);
     }
-    let header = |m: &lapin::message::BasicGetMessage, name: &str| {
-        m.delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(name).cloned())
-            .and_then(|v| match v {
-                lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-                _ => None,
-            })
-    };
     let listed = held
         .iter()
         .map(|m| DeadLetter {
@@ -280,8 +272,8 @@ pub async fn dead_letters(settings: &Settings) -> Result<Vec<DeadLetter>, Worker
             storage_key: VoicemailJob::from_json(&m.delivery.data)
                 .ok()
                 .map(|job| job.storage_key),
-            reason: header(m, "x-vmpipe-error"),
-            failed_at: header(m, "x-vmpipe-failed-at"),
+            reason: amqp::header_text(&m.delivery.properties, "x-vmpipe-error"),
+            failed_at: amqp::header_text(&m.delivery.properties, "x-vmpipe-failed-at"),
         })
         .collect();
     // Closing the channel hands every unacked message back to the dead-letter queue.
