@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Upload benchmark, loopback only: a release ingest (with its durability: fsync before 201,
+# jobs confirmed by RabbitMQ) against nginx's WebDAV PUT (no fsync), alternately, in one run.
+#   scripts/bench-upload.sh [SECONDS_PER_RUN]     (default 3; 18 runs per server)
+# nginx is optional (Debian's nginx or nginx-light); without it only ingest is measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+cargo build --release --locked --bin ingest
+run=$(mktemp -d)
+queue="vmpipe.bench.$$"
+cleanup() {
+  [ -n "${ingest_pid:-}" ] && kill "$ingest_pid" 2>/dev/null || true
+  [ -n "${nginx_pid:-}" ] && kill "$nginx_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 || true
+  rabbitmqctl delete_queue "$queue.dead" >/dev/null 2>&1 || true
+  rm -rf "$run"
+}
+trap cleanup EXIT
+VMPIPE_LISTEN=127.0.0.1:18181 VMPIPE_STORAGE_DIR="$run/ingest" VMPIPE_QUEUE="$queue" \
+  VMPIPE_MAX_UPLOADS=1024 RUST_LOG=warn target/release/ingest &
+ingest_pid=$!
+export BENCH_INGEST_PORT=18181 BENCH_INGEST_PID=$ingest_pid
+nginx_bin=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
+if [ -n "$nginx_bin" ]; then
+  mkdir -p "$run/nginx/data/dav"
+  "$nginx_bin" -p "$run/nginx" -c "$PWD/bench/nginx.conf" -e "$run/nginx/error.log" &
+  nginx_pid=$!
+  export BENCH_NGINX_PORT=18182
+fi
+for _ in $(seq 1 50); do curl -s -o /dev/null http://127.0.0.1:18181/healthz && break; sleep 0.2; done
+cargo bench -p vmpipe-tests --bench upload --locked -- "${1:-3}"

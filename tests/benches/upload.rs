@@ -1,0 +1,176 @@
+//! Upload benchmark: `scripts/bench-upload.sh [SECONDS_PER_RUN]`.
+//!
+//! Drives a running release ingest (and, when nginx is installed, nginx's WebDAV PUT with the
+//! config in `bench/nginx.conf`) with KAZOO-shaped requests over keep-alive connections:
+//! bodies of 16 KiB, 128 KiB and 1 MiB, at 1, 16 and 64 connections, raw PUT and multipart
+//! POST. The two servers alternate run by run, so machine noise hits both alike. Prints
+//! requests/s, MB/s, p50/p99 latency, ingest's peak RSS, and the ratio to nginx.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use vmpipe_tests::*;
+
+struct Run {
+    requests: u64,
+    bytes: u64,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+async fn drive(
+    port: u16,
+    body: Body,
+    size: usize,
+    connections: usize,
+    seconds: f64,
+    prefix: &str,
+) -> Run {
+    let audio = nasty_audio(size);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for lane in 0..connections {
+        let audio = audio.clone();
+        let prefix = prefix.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            stream.set_nodelay(true).unwrap();
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let name = format!("{lane}-{n}.mp3");
+                let document = mailbox_message("d", &name);
+                let att = Attachment { document_id: "d", name: &name, content_type: "audio/mpeg", data: &audio, document: &document };
+                let (content_type, bytes) = encode_body(body, &att);
+                let verb = if body == Body::Raw { "PUT" } else { "POST" };
+                let head = format!(
+                    "{verb} {prefix}/4e3005310add6229778caf6babfe7cfb/{lane}/{name} HTTP/1.1\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nte: \r\nhost: 127.0.0.1:{port}\r\nconnection: keep-alive\r\n\r\n",
+                    bytes.len()
+                );
+                let sent = Instant::now();
+                stream.write_all(head.as_bytes()).await.unwrap();
+                stream.write_all(&bytes).await.unwrap();
+                let response = read_response_from(&mut stream, false).await;
+                assert!((200..300).contains(&response.status), "status {}", response.status);
+                latencies.push(sent.elapsed());
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    latencies.sort();
+    Run {
+        requests: latencies.len() as u64,
+        bytes: latencies.len() as u64 * size as u64,
+        latencies,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let seconds: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let ingest_port: u16 = std::env::var("BENCH_INGEST_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(18181);
+    let ingest_pid: Option<u32> = std::env::var("BENCH_INGEST_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let nginx_port: Option<u16> = std::env::var("BENCH_NGINX_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    println!(
+        "{seconds} s per run; ingest on {ingest_port}{}",
+        nginx_port.map_or(String::new(), |p| format!(", nginx on {p}"))
+    );
+    println!(
+        "{:<10} {:>8} {:>5} | {:>9} {:>8} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>6}",
+        "body",
+        "size",
+        "conns",
+        "ingest/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "nginx/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio"
+    );
+    for (body, sizes) in [
+        (Body::Raw, [16 << 10, 128 << 10, 1 << 20]),
+        (Body::Multipart, [16 << 10, 128 << 10, 1 << 20]),
+    ] {
+        for size in sizes {
+            for connections in [1, 16, 64] {
+                let ours = drive(ingest_port, body, size, connections, seconds, "").await;
+                let theirs = match (nginx_port, body) {
+                    (Some(port), Body::Raw) => {
+                        Some(drive(port, body, size, connections, seconds, "/dav").await)
+                    }
+                    _ => None,
+                };
+                let rate = |r: &Run| r.requests as f64 / r.elapsed.as_secs_f64();
+                let ours_rate = rate(&ours);
+                let (their_rate, their_p50, their_p99, ratio) =
+                    theirs
+                        .as_ref()
+                        .map_or(("-".into(), "-".into(), "-".into(), "-".into()), |t| {
+                            (
+                                format!("{:.0}", rate(t)),
+                                format!("{:.2}", percentile(&t.latencies, 0.5)),
+                                format!("{:.2}", percentile(&t.latencies, 0.99)),
+                                format!("{:.2}", ours_rate / rate(t)),
+                            )
+                        });
+                println!(
+                    "{:<10} {:>7}K {:>5} | {:>9.0} {:>8.1} {:>8.2} {:>8.2} | {:>9} {:>8} {:>8} | {:>6}",
+                    format!("{body:?}"),
+                    size >> 10,
+                    connections,
+                    ours_rate,
+                    ours.bytes as f64 / 1e6 / ours.elapsed.as_secs_f64(),
+                    percentile(&ours.latencies, 0.5),
+                    percentile(&ours.latencies, 0.99),
+                    their_rate,
+                    their_p50,
+                    their_p99,
+                    ratio
+                );
+            }
+        }
+    }
+    if let Some(pid) = ingest_pid {
+        println!("ingest peak RSS: {} KiB", peak_rss_kib(pid).unwrap_or(0));
+    }
+}
