@@ -146,11 +146,6 @@ impl Application {
         self.server.handle()
     }
 
-    /// Whether jobs are currently confirmed by RabbitMQ (rather than journaled).
-    pub fn broker_connected(&self) -> bool {
-        self.jobs.is_connected()
-    }
-
     /// Serves until SIGINT/SIGTERM or [`ServerHandle::stop`]; in-flight uploads finish first.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;

@@ -174,7 +174,7 @@ async fn worker_killed_mid_jobs_indexes_every_job_exactly_once() {
     let client = stack.ingest.client();
     let uploads = tokio::spawn({
         let audio = audio.clone();
-        async move { upload(client, "k", 0..60, &audio).await }
+        async move { upload(client, "k", 0..120, &audio).await }
     });
     eventually("some rows indexed", WAIT, async || {
         count(&pool, "SELECT count(*) FROM voicemails").await >= 5
@@ -184,21 +184,21 @@ async fn worker_killed_mid_jobs_indexes_every_job_exactly_once() {
     uploads.await.unwrap();
     let indexed_before = count(&pool, "SELECT count(*) FROM voicemails").await;
     assert!(
-        indexed_before < 60,
+        indexed_before < 120,
         "the kill came mid-stream ({indexed_before} indexed)"
     );
 
     let worker = Service::spawn("worker", &settings).await;
-    wait_for_count(&pool, "SELECT count(*) FROM voicemails", 60, WAIT).await;
+    wait_for_count(&pool, "SELECT count(*) FROM voicemails", 120, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count(&pool, "SELECT count(*) FROM voicemails").await, 60);
+    assert_eq!(count(&pool, "SELECT count(*) FROM voicemails").await, 120);
     assert_eq!(
         count(&pool, "SELECT count(DISTINCT storage_key) FROM voicemails").await,
-        60
+        120
     );
     assert_eq!(
         all_files(&stack.ingest.storage_dir().join("voicemails")).len(),
-        60
+        120
     );
     assert!(
         stack

@@ -296,10 +296,18 @@ async fn limits_hold_and_every_error_is_one_kazoo_knows() {
     let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", ingest.port))
         .await
         .unwrap();
-    let (head, _) = put(&format!("/{KEY}"), "", &[0u8; 1000]);
+    let (head, _) = put(&format!("/{KEY}"), "", &[0u8; 600_000]);
     stalled.write_all(head.as_bytes()).await.unwrap();
-    stalled.write_all(&[0u8; 10]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    stalled.write_all(&[0u8; 300_000]).await.unwrap();
+    // Its first 256 KiB reached disk: the upload is in the handler and holds the slot.
+    let deadline = std::time::Instant::now() + WAIT;
+    while ingest.temp_files() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled upload never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Meanwhile the only upload slot is taken: 503 with a short Retry-After (KAZOO retries).
     let (head, body) = put("/a/b/busy.mp3", "", b"x");
     let busy = kazoo.send(&head, &body).await;
