@@ -161,6 +161,8 @@ pub struct TestIngest {
     pub settings: Settings,
     handle: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The queue was named here, not by the test: `stop` removes it.
+    owns_queue: bool,
 }
 
 pub struct Options {
@@ -194,6 +196,7 @@ impl TestIngest {
         let sandbox = options
             .sandbox
             .unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let owns_queue = options.queue.is_none();
         let queue = options
             .queue
             .unwrap_or_else(|| format!("vmpipe.test.{}", uuid::Uuid::new_v4().simple()));
@@ -223,6 +226,7 @@ impl TestIngest {
             settings,
             handle,
             task,
+            owns_queue,
         }
     }
 
@@ -230,6 +234,18 @@ impl TestIngest {
     pub async fn stop(self) -> tempfile::TempDir {
         self.handle.stop(true).await;
         self.task.await.expect("join").expect("server result");
+        if self.owns_queue {
+            // Nobody else knows this queue's name: remove it (and its dead-letter queue).
+            if let Ok(connection) = vmpipe_common::amqp::connect(&amqp_url(), "vmpipe-tests").await
+            {
+                let queue = TestQueue {
+                    name: self.settings.queue.clone(),
+                    channel: connection.create_channel().await.expect("channel"),
+                    connection,
+                };
+                queue.delete().await;
+            }
+        }
         self.sandbox
     }
 
