@@ -614,6 +614,21 @@ fn fetch_request(method: &str, path: &str, port: u16) -> String {
     )
 }
 
+/// Starts a raw PUT of `data` as KAZOO sends it, but writes only its first `sent` bytes, and
+/// returns the open connection (to cut it, finish it, or let it stall).
+pub async fn start_partial_put(port: u16, path: &str, data: &[u8], sent: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\ncontent-type: audio/mpeg\r\ncontent-length: {}\r\nte: \r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
+        data.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(&data[..sent]).await.expect("write body");
+    stream
+}
+
 /// KAZOO's boundary: `cow_multipart:boundary/0`, 48 random bytes in unpadded base64url.
 pub fn kazoo_boundary() -> String {
     let mut random = Vec::new();

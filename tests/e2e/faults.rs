@@ -225,15 +225,7 @@ async fn ingest_killed_mid_upload_shows_no_partial_file_and_the_retry_succeeds()
     let ingest = Service::spawn("ingest", &settings).await;
     let data = nasty_audio(3_000_000);
     let (path, name) = voicemail_path("x", 1);
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ingest.health_port))
-        .await
-        .unwrap();
-    let head = format!(
-        "PUT {path} HTTP/1.1\r\ncontent-type: audio/mpeg\r\ncontent-length: {}\r\nte: \r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
-        data.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&data[..1_500_000]).await.unwrap();
+    let stream = start_partial_put(ingest.health_port, &path, &data, 1_500_000).await;
     let tmp = settings.storage_dir.join("tmp");
     eventually("partial upload on disk", WAIT, async || {
         count_files(&tmp) > 0
@@ -278,15 +270,7 @@ async fn sigterm_lets_in_flight_uploads_and_jobs_finish() {
     let ingest = Service::spawn("ingest", &settings).await;
     let data = nasty_audio(2_000_000);
     let (path, _) = voicemail_path("t", 1);
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ingest.health_port))
-        .await
-        .unwrap();
-    let head = format!(
-        "PUT {path} HTTP/1.1\r\ncontent-type: audio/mpeg\r\ncontent-length: {}\r\nte: \r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
-        data.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&data[..1_000_000]).await.unwrap();
+    let mut stream = start_partial_put(ingest.health_port, &path, &data, 1_000_000).await;
     let tmp = settings.storage_dir.join("tmp");
     eventually("upload in progress", WAIT, async || count_files(&tmp) > 0).await;
     let exit = tokio::spawn(ingest.sigterm(Duration::from_secs(40)));

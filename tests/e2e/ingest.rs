@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use vmpipe_common::UploadMode;
 use vmpipe_common::settings::Base64Mode;
 use vmpipe_tests::*;
@@ -391,15 +390,7 @@ async fn aborted_upload_leaves_no_file_and_a_retry_succeeds() {
     let kazoo = ingest.client();
     let data = nasty_audio(3_000_000);
     let path = format!("/{ACCOUNT}/{DOC}/cut.mp3");
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ingest.port))
-        .await
-        .unwrap();
-    let head = format!(
-        "PUT {path} HTTP/1.1\r\ncontent-type: audio/mpeg\r\ncontent-length: {}\r\nte: \r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
-        data.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&data[..1_000_000]).await.unwrap();
+    let stream = start_partial_put(ingest.port, &path, &data, 1_000_000).await;
     // Wait until the partial upload is on disk, then hang up.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ingest.temp_files() == 0 && std::time::Instant::now() < deadline {
