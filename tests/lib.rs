@@ -230,6 +230,18 @@ impl TestIngest {
         }
     }
 
+    /// Starts an ingest on a fresh queue that the test also holds (to read jobs, and delete).
+    pub async fn start_with_queue(options: Options) -> (Self, TestQueue) {
+        let queue_name = format!("vmpipe.test.{}", hex32());
+        let queue = TestQueue::declare(&queue_name).await;
+        let ingest = Self::start(Options {
+            queue: Some(queue_name),
+            ..options
+        })
+        .await;
+        (ingest, queue)
+    }
+
     /// Stops the server gracefully and gives back its directory (for a restart).
     pub async fn stop(self) -> tempfile::TempDir {
         self.handle.stop(true).await;
@@ -318,11 +330,18 @@ impl TestQueue {
 
     /// Waits up to `timeout` for the next message and acks it.
     pub async fn next(&self, timeout: Duration) -> Option<(VoicemailJob, lapin::BasicProperties)> {
+        let delivery = self.take(&self.name, timeout).await?;
+        let job = VoicemailJob::from_json(&delivery.data).expect("job JSON");
+        Some((job, delivery.properties))
+    }
+
+    /// Waits up to `timeout` for a message on `queue`, and acks it.
+    async fn take(&self, queue: &str, timeout: Duration) -> Option<lapin::message::Delivery> {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self
                 .channel
-                .basic_get(self.name.as_str().into(), BasicGetOptions::default())
+                .basic_get(queue.into(), BasicGetOptions::default())
                 .await
                 .expect("basic_get");
             if let Some(message) = got {
@@ -331,8 +350,7 @@ impl TestQueue {
                     .ack(BasicAckOptions::default())
                     .await
                     .expect("ack");
-                let job = VoicemailJob::from_json(&message.delivery.data).expect("job JSON");
-                return Some((job, message.delivery.properties.clone()));
+                return Some(message.delivery);
             }
             if Instant::now() >= deadline {
                 return None;
@@ -365,31 +383,9 @@ impl TestQueue {
 
     /// The next dead letter: its body and the reason the worker gave.
     pub async fn next_dead(&self, timeout: Duration) -> Option<(Vec<u8>, Option<String>)> {
-        let deadline = Instant::now() + timeout;
-        let dead = format!("{}.dead", self.name);
-        loop {
-            let got = self
-                .channel
-                .basic_get(dead.as_str().into(), BasicGetOptions::default())
-                .await
-                .expect("basic_get");
-            if let Some(message) = got {
-                message
-                    .delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .expect("ack");
-                let reason = vmpipe_common::amqp::header_text(
-                    &message.delivery.properties,
-                    "x-vmpipe-error",
-                );
-                return Some((message.delivery.data.clone(), reason));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let delivery = self.take(&format!("{}.dead", self.name), timeout).await?;
+        let reason = vmpipe_common::amqp::header_text(&delivery.properties, "x-vmpipe-error");
+        Some((delivery.data, reason))
     }
 
     /// Takes the next message without acking and gives it back, `times` times, as a worker
@@ -817,13 +813,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(with_worker: bool) -> Self {
-        let queue_name = format!("vmpipe.test.{}", hex32());
-        let queue = TestQueue::declare(&queue_name).await;
-        let ingest = TestIngest::start(Options {
-            queue: Some(queue_name),
-            ..Options::default()
-        })
-        .await;
+        let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
         let mut stack = Self {
             ingest,
             queue,

@@ -398,13 +398,7 @@ async fn reconcile_enqueues_orphan_files_and_reports_rows_without_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_storage_answers_a_5xx_kazoo_retries_never_201() {
-    let queue_name = format!("vmpipe.test.{}", hex32());
-    let queue = TestQueue::declare(&queue_name).await;
-    let ingest = TestIngest::start(Options {
-        queue: Some(queue_name),
-        ..Options::default()
-    })
-    .await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     // Running as root, permissions would not stop us: make the upload area unusable instead.
     let tmp = ingest.storage_dir().join("tmp");
     std::fs::remove_dir_all(&tmp).unwrap();

@@ -9,17 +9,6 @@ use vmpipe_tests::*;
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
 const DOC: &str = "202611-5d6ae452d29a4304072654da8f79b46e";
 
-async fn start(options: Options) -> (TestIngest, TestQueue) {
-    let queue_name = format!("vmpipe.test.{}", hex32());
-    let queue = TestQueue::declare(&queue_name).await;
-    let ingest = TestIngest::start(Options {
-        queue: Some(queue_name),
-        ..options
-    })
-    .await;
-    (ingest, queue)
-}
-
 fn expected_mode(body: Body) -> UploadMode {
     match body {
         Body::Raw => UploadMode::Raw,
@@ -30,7 +19,7 @@ fn expected_mode(body: Body) -> UploadMode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_store_mode_fetches_back_byte_identical_and_enqueues_its_job() {
-    let (ingest, queue) = start(Options {
+    let (ingest, queue) = TestIngest::start_with_queue(Options {
         prefix: "/some_prefix".into(),
         ..Options::default()
     })
@@ -116,7 +105,7 @@ async fn every_store_mode_fetches_back_byte_identical_and_enqueues_its_job() {
 /// KAZOO's credentials probe: store then fetch `some random content: {R}` and compare.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_probe_passes_in_every_mode_against_current_and_legacy_kazoo() {
-    let (ingest, queue) = start(Options::default()).await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let kazoo = ingest.client();
     for legacy in [false, true] {
         for verb in [Verb::Put, Verb::Post] {
@@ -175,7 +164,7 @@ async fn credentials_probe_passes_in_every_mode_against_current_and_legacy_kazoo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_put_is_idempotent_and_a_new_body_replaces_the_old() {
-    let (ingest, queue) = start(Options::default()).await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let kazoo = ingest.client();
     let document = mailbox_message(DOC, "a.mp3");
     let path = format!("/{ACCOUNT}/{DOC}/a.mp3");
@@ -212,7 +201,7 @@ async fn repeated_put_is_idempotent_and_a_new_body_replaces_the_old() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_answers_404_for_unknown_keys_and_head_gives_the_length() {
-    let (ingest, queue) = start(Options::default()).await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let kazoo = ingest.client();
     let document = mailbox_message(DOC, "a.wav");
     let data = nasty_audio(2_000_000);
@@ -263,7 +252,7 @@ async fn fetch_answers_404_for_unknown_keys_and_head_gives_the_length() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_paths_are_refused_and_nothing_escapes_the_storage_root() {
-    let (ingest, queue) = start(Options::default()).await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let kazoo = ingest.client();
     let document = serde_json::json!({});
     let att = Attachment {
@@ -326,7 +315,7 @@ async fn hostile_paths_are_refused_and_nothing_escapes_the_storage_root() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_bodies_get_413_and_leave_nothing() {
-    let (ingest, queue) = start(Options {
+    let (ingest, queue) = TestIngest::start_with_queue(Options {
         max_body: 1 << 20,
         ..Options::default()
     })
@@ -386,7 +375,7 @@ async fn oversize_bodies_get_413_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_upload_leaves_no_file_and_a_retry_succeeds() {
-    let (ingest, queue) = start(Options::default()).await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let kazoo = ingest.client();
     let data = nasty_audio(3_000_000);
     let path = format!("/{ACCOUNT}/{DOC}/cut.mp3");
@@ -476,7 +465,7 @@ async fn base64_setting_auto_always_never() {
             201,
         ),
     ] {
-        let (ingest, queue) = start(Options {
+        let (ingest, queue) = TestIngest::start_with_queue(Options {
             base64: mode,
             ..Options::default()
         })
@@ -508,7 +497,7 @@ async fn base64_setting_auto_always_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_multipart_is_a_400_and_stores_nothing() {
-    let (ingest, queue) = start(Options::default()).await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let kazoo = ingest.client();
     let path = format!("/{ACCOUNT}/{DOC}/m.mp3");
     let cases: [(&str, &[u8]); 4] = [
@@ -539,7 +528,7 @@ async fn malformed_multipart_is_a_400_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_methods_get_405() {
-    let (ingest, queue) = start(Options::default()).await;
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let head = "DELETE /a/b/c HTTP/1.1\r\ncontent-length: 0\r\nhost: x\r\n\r\n";
     let r = ingest.client().send(head, b"").await;
     assert_eq!(r.status, 405);
