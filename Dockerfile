@@ -14,26 +14,33 @@ COPY tests/Cargo.toml tests/
 RUN mkdir -p common/src ingest/src worker/src worker/benches tests/e2e tests/benches migrations \
  && touch common/src/lib.rs ingest/src/lib.rs worker/src/lib.rs tests/lib.rs \
  && for f in ingest/src/main.rs worker/src/main.rs worker/benches/probe.rs tests/e2e/main.rs \
-             tests/benches/pipeline.rs tests/benches/soak.rs; do echo 'fn main() {}' > $f; done \
+             tests/benches/pipeline.rs tests/benches/soak.rs tests/benches/upload.rs; do echo 'fn main() {}' > $f; done \
  && cargo build --release --locked --bin ingest --bin worker \
  && rm -rf common/src ingest/src worker/src
 COPY common common
 COPY ingest ingest
 COPY worker worker
 COPY migrations migrations
+COPY hooks hooks
 # Newer than the placeholders' build, so cargo rebuilds our crates (and only them).
 RUN touch common/src/lib.rs ingest/src/lib.rs ingest/src/main.rs worker/src/lib.rs worker/src/main.rs \
  && cargo build --release --locked --bin ingest --bin worker
 
 FROM debian:bookworm-slim
+# python3 and PocketSphinx (with its English model, from PyPI) for VMPIPE_TRANSCRIBER=pocketsphinx;
+# the virtualenv's python3 comes first in PATH, which is the one the worker runs.
+COPY hooks/requirements.txt /opt/vmpipe/requirements.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/vmpipe/python \
+ && /opt/vmpipe/python/bin/pip install --no-cache-dir -r /opt/vmpipe/requirements.txt \
  && useradd --system --uid 10001 --home-dir /var/lib/vmpipe --create-home vmpipe \
  && mkdir -p /var/lib/vmpipe/data && chown vmpipe /var/lib/vmpipe/data
 COPY --from=build /src/target/release/ingest /src/target/release/worker /usr/local/bin/
 USER vmpipe
 WORKDIR /var/lib/vmpipe
-ENV VMPIPE_STORAGE_DIR=/var/lib/vmpipe/data
+ENV VMPIPE_STORAGE_DIR=/var/lib/vmpipe/data \
+    PATH=/opt/vmpipe/python/bin:$PATH
 EXPOSE 8080 9091
 CMD ["ingest"]

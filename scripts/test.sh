@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# The PocketSphinx transcriber's test needs the engine (a wheel with its English model).
+python3 -c 'import pocketsphinx' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check -r hooks/requirements.txt
 # The fault-injection tests run the real binaries as child processes.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

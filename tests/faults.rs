@@ -266,6 +266,11 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("VMPIPE_MAX_UPLOADS", s.max_uploads.to_string()),
         ("VMPIPE_BODY_TIMEOUT_SECS", s.body_timeout_secs.to_string()),
         ("VMPIPE_BASE64", format!("{:?}", s.base64).to_lowercase()),
+        (
+            "VMPIPE_TRANSCRIBER",
+            format!("{:?}", s.transcriber).to_lowercase(),
+        ),
+        ("VMPIPE_HOOK_CONCURRENCY", s.hook_concurrency.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -837,8 +837,43 @@ impl Stack {
     }
 
     pub async fn start_worker(&mut self) {
-        self.worker = Some(TestWorker::start(self.worker_settings()));
+        self.start_worker_with(self.worker_settings()).await;
+    }
+
+    /// Starts a worker with settings changed from [`Stack::worker_settings`] (hooks, say).
+    pub async fn start_worker_with(&mut self, settings: Settings) {
+        self.worker = Some(TestWorker::start(settings));
         self.wait_for_schema().await;
+    }
+
+    /// Waits until the transcription of `hook` for the voicemail `attachment_name` is `done` or
+    /// `failed`, and returns that row.
+    pub async fn finished_transcription(
+        &self,
+        attachment_name: &str,
+        hook: &str,
+        timeout: Duration,
+    ) -> sqlx::postgres::PgRow {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = sqlx::query(
+                "SELECT t.* FROM transcriptions t JOIN voicemails v ON v.id = t.voicemail_id
+                 WHERE v.attachment_name = $1 AND t.hook = $2 AND t.status IN ('done', 'failed')",
+            )
+            .bind(attachment_name)
+            .bind(hook)
+            .fetch_optional(self.pool())
+            .await
+            .expect("query transcriptions");
+            if let Some(row) = row {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no finished {hook} transcription of {attachment_name} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until a worker has created and migrated the database, and connects to it.

@@ -60,6 +60,13 @@ pub struct Settings {
     pub max_uploads: usize,
     /// `VMPIPE_BODY_TIMEOUT_SECS`: longest silence while a request body arrives.
     pub body_timeout_secs: u64,
+    /// `VMPIPE_TRANSCRIBER`: built-in transcriber run on every new voicemail: `none` or
+    /// `pocketsphinx`.
+    pub transcriber: Transcriber,
+    /// `VMPIPE_HOOK_CONCURRENCY`: hook runs a worker performs at once.
+    pub hook_concurrency: u16,
+    /// Hooks run after a voicemail is indexed: `[[hooks]]` tables, in the settings file only.
+    pub hooks: Vec<HookSettings>,
 }
 
 impl Default for Settings {
@@ -85,6 +92,9 @@ impl Default for Settings {
             tls_key: None,
             max_uploads: 256,
             body_timeout_secs: 30,
+            transcriber: Transcriber::None,
+            hook_concurrency: 2,
+            hooks: Vec::new(),
         }
     }
 }
@@ -172,6 +182,26 @@ impl Settings {
             return Err(config::ConfigError::Message(
                 "queue must be 1 to 200 characters".into(),
             ));
+        }
+        if self.hook_concurrency == 0 {
+            return Err(config::ConfigError::Message(
+                "hook_concurrency must be at least 1".into(),
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        if self.transcriber == Transcriber::Pocketsphinx {
+            names.push(POCKETSPHINX_HOOK);
+        }
+        for hook in &self.hooks {
+            hook.validate()
+                .map_err(|e| config::ConfigError::Message(format!("hook {:?}: {e}", hook.name)))?;
+            if names.contains(&hook.name.as_str()) {
+                return Err(config::ConfigError::Message(format!(
+                    "two hooks are named {:?} (the built-in transcriber takes {POCKETSPHINX_HOOK:?})",
+                    hook.name
+                )));
+            }
+            names.push(&hook.name);
         }
         Ok(())
     }
@@ -318,6 +348,120 @@ pub enum Base64Mode {
     Never,
 }
 
+/// The hook name the built-in PocketSphinx transcriber records its results under.
+pub const POCKETSPHINX_HOOK: &str = "pocketsphinx";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transcriber {
+    None,
+    /// PocketSphinx (the `pocketsphinx` Python package and its English model), run by `python3`.
+    Pocketsphinx,
+}
+
+/// One `[[hooks]]` table of the settings file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSettings {
+    /// Recorded in `transcriptions.hook`; letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    pub kind: HookKind,
+    /// `command`: the program and its arguments (no shell). `{audio}` and `{id}` are replaced
+    /// by the audio file's path and the voicemail's id.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `webhook`: where the voicemail is POSTed.
+    #[serde(default)]
+    pub url: Option<SecretUrl>,
+    /// `webhook`: extra request headers (an `Authorization`, say).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// Which audio the hook gets: the stored file, or a 16 kHz mono 16-bit WAV made from it.
+    #[serde(default)]
+    pub audio: HookAudio,
+    /// A run taking longer is stopped (the program killed) and counted as a failed attempt.
+    #[serde(default = "HookSettings::default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Attempts before the transcription is marked `failed`.
+    #[serde(default = "HookSettings::default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled after each failed attempt, at most an hour.
+    #[serde(default = "HookSettings::default_retry_delay_ms")]
+    pub retry_delay_ms: u64,
+}
+
+impl HookSettings {
+    fn default_timeout_secs() -> u64 {
+        300
+    }
+
+    fn default_max_attempts() -> u32 {
+        5
+    }
+
+    fn default_retry_delay_ms() -> u64 {
+        30_000
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err("name must be 1 to 64 letters, digits, '-', '_' or '.'".into());
+        }
+        if self.timeout_secs == 0 || self.max_attempts == 0 {
+            return Err("timeout_secs and max_attempts must be at least 1".into());
+        }
+        match self.kind {
+            HookKind::Command if self.command.is_empty() => {
+                Err("a command hook needs `command = [\"program\", \"arg\", ...]`".into())
+            }
+            HookKind::Webhook => match &self.url {
+                Some(url)
+                    if url.expose().starts_with("http://")
+                        || url.expose().starts_with("https://") =>
+                {
+                    Ok(())
+                }
+                _ => Err("a webhook hook needs `url = \"http(s)://...\"`".into()),
+            },
+            HookKind::Command => Ok(()),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_millis(self.retry_delay_ms)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookKind {
+    /// Runs a program; its standard output is the transcript.
+    Command,
+    /// POSTs the voicemail and its audio; the JSON answer is the transcript.
+    Webhook,
+}
+
+/// The audio a hook receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookAudio {
+    /// The file as KAZOO stored it (MP3 or WAV).
+    #[default]
+    Original,
+    /// Decoded to 16 kHz mono 16-bit PCM WAV, what most speech engines want.
+    Wav16k,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -387,6 +531,81 @@ mod tests {
         assert!(err.to_string().contains("max_bdoy"), "{err}");
         let err = Settings::load_from(None, &env(&[("VMPIPE_MAX_BODY", "12XB")])).unwrap_err();
         assert!(err.to_string().contains("unit"), "{err}");
+    }
+
+    #[test]
+    fn hooks_come_from_the_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmpipe.toml");
+        std::fs::write(
+            &file,
+            r#"
+transcriber = "pocketsphinx"
+
+[[hooks]]
+name = "whisper"
+kind = "command"
+command = ["whisper-cli", "-f", "{audio}"]
+audio = "wav16k"
+timeout_secs = 60
+
+[[hooks]]
+name = "crm"
+kind = "webhook"
+url = "https://crm.example/voicemail"
+headers = { Authorization = "Bearer s3cret" }
+"#,
+        )
+        .unwrap();
+        let s =
+            Settings::load_from(Some(&file), &env(&[("VMPIPE_HOOK_CONCURRENCY", "4")])).unwrap();
+        assert_eq!(s.transcriber, Transcriber::Pocketsphinx);
+        assert_eq!(s.hook_concurrency, 4);
+        assert_eq!(s.hooks.len(), 2);
+        let whisper = &s.hooks[0];
+        assert_eq!(whisper.kind, HookKind::Command);
+        assert_eq!(whisper.command, ["whisper-cli", "-f", "{audio}"]);
+        assert_eq!(whisper.audio, HookAudio::Wav16k);
+        assert_eq!((whisper.timeout_secs, whisper.max_attempts), (60, 5));
+        let crm = &s.hooks[1];
+        assert_eq!(crm.kind, HookKind::Webhook);
+        assert_eq!(crm.audio, HookAudio::Original);
+        assert_eq!(crm.headers["Authorization"].expose(), "Bearer s3cret");
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_hooks_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmpipe.toml");
+        for (toml, expected) in [
+            (
+                "[[hooks]]\nname = \"a\"\nkind = \"command\"\n",
+                "needs `command",
+            ),
+            (
+                "[[hooks]]\nname = \"b\"\nkind = \"webhook\"\nurl = \"ftp://x\"\n",
+                "url",
+            ),
+            (
+                "[[hooks]]\nname = \"a b\"\nkind = \"command\"\ncommand = [\"x\"]\n",
+                "name",
+            ),
+            (
+                "transcriber = \"pocketsphinx\"\n[[hooks]]\nname = \"pocketsphinx\"\nkind = \"command\"\ncommand = [\"x\"]\n",
+                "two hooks",
+            ),
+            (
+                "[[hooks]]\nname = \"c\"\nkind = \"command\"\ncommand = [\"x\"]\ntimeout = 5\n",
+                "timeout",
+            ),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Settings::load_from(Some(&file), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
     }
 
     #[test]

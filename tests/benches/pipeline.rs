@@ -1,14 +1,18 @@
-//! Pipeline benchmark: `cargo bench -p vmpipe-tests --bench pipeline [-- UPLOADS]`.
+//! Pipeline benchmark: `cargo bench -p vmpipe-tests --bench pipeline [-- UPLOADS] [pocketsphinx]`.
 //!
 //! Runs ingest and worker in this process against the local PostgreSQL and RabbitMQ (each run
 //! gets its own database and queue, removed afterwards) and prints:
 //! 1. latency from 201 to indexed row (median, p99) while uploads arrive steadily;
 //! 2. indexing rate: jobs per second a worker drains from a backlog.
+//!
+//! With `pocketsphinx`, the worker also runs the PocketSphinx transcriber on every voicemail
+//! (it needs the Python package), so that both figures can be compared with and without it; the
+//! hook's own figures, over the transcriptions finished by then, come last.
 
 use std::time::{Duration, Instant};
 
 use vmpipe_common::Settings;
-use vmpipe_common::settings::SecretUrl;
+use vmpipe_common::settings::{SecretUrl, Transcriber};
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
@@ -19,6 +23,7 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
+    let transcribe = std::env::args().any(|a| a == "pocketsphinx");
     let queue_name = format!("vmpipe.bench.{}", hex32());
     let queue = TestQueue::declare(&queue_name).await;
     let ingest = TestIngest::start(Options {
@@ -29,14 +34,20 @@ async fn main() {
     let database = TestDatabase::new();
     let settings = Settings {
         database_url: SecretUrl(database.url.clone()),
+        transcriber: if transcribe {
+            Transcriber::Pocketsphinx
+        } else {
+            Transcriber::None
+        },
         ..ingest.settings.clone()
     };
     // 10 s of 8 kHz mono speech-sized WAV, as FreeSWITCH records it.
     let wav = wav_pcm16(8000, 10_000);
     println!(
-        "pipeline benchmark: {uploads} uploads of {} KiB, worker concurrency {}",
+        "pipeline benchmark: {uploads} uploads of {} KiB, worker concurrency {}, transcriber {:?}",
         wav.len() / 1024,
-        settings.worker_concurrency
+        settings.worker_concurrency,
+        settings.transcriber,
     );
 
     // 1. Latency at a steady rate: 4 uploaders one after the other, worker keeping up.
@@ -69,6 +80,25 @@ async fn main() {
         "backlog: {uploads} jobs indexed in {secs:.2} s = {:.0} jobs/s (each probes a 10 s WAV)",
         uploads as f64 / secs
     );
+
+    if transcribe {
+        let (done, median, p95, wait): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY run_ms),
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY run_ms),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - queued_at) * 1000)
+             FROM transcriptions WHERE status = 'done'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        println!(
+            "pocketsphinx: {done} transcriptions done meanwhile; run median {:.0} ms, p95 {:.0} ms; \
+             indexed -> transcript median {:.0} ms (the rest wait their turn)",
+            median.unwrap_or_default(),
+            p95.unwrap_or_default(),
+            wait.unwrap_or_default()
+        );
+    }
 
     worker.stop().await;
     pool.close().await;

@@ -1,4 +1,5 @@
 mod faults;
+mod hooks;
 mod hostile;
 mod ingest;
 mod ops;

@@ -57,6 +57,10 @@ pub struct Context {
     pub pool: PgPool,
     pub store: FsStore,
     pub health: Arc<Health>,
+    /// A `transcriptions` row is queued for each of these with every new voicemail.
+    pub hook_names: Vec<String>,
+    /// Tells the hook runner that rows were queued.
+    pub hook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// What readiness reports: set by the consumer and by every database write.
@@ -303,9 +307,12 @@ pub async fn process(
     metrics::histogram!("vmpipe_probe_duration_seconds").record(probe_time.as_secs_f64());
     let row = VoicemailRow::build(&job, &probed);
     let written = retry_transient(&context.health, shutdown, || {
-        db::upsert_voicemail(&context.pool, &row)
+        db::upsert_voicemail(&context.pool, &row, &context.hook_names)
     })
     .await?;
+    if written && !context.hook_names.is_empty() {
+        context.hook_wake.notify_one();
+    }
     metrics::histogram!("vmpipe_index_duration_seconds").record(started.elapsed().as_secs_f64());
     // Age of the voicemail when its row was written: is the pipeline keeping up?
     let lag = (chrono::Utc::now() - job.received_at)

@@ -56,10 +56,18 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 
 /// Inserts or updates the row for `row.storage_key`. A row written from a newer upload of the
 /// same key is never overwritten by an older job (jobs can arrive out of order and twice).
-/// Returns whether the row was written.
-pub async fn upsert_voicemail(pool: &PgPool, row: &VoicemailRow) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "INSERT INTO voicemails (
+///
+/// In the same statement, queues a `transcriptions` row for each of `hooks`: a new one for a
+/// new voicemail, a reset one when the audio is newer than the one transcribed, nothing when a
+/// job is merely delivered again. Returns whether the voicemail row was written.
+pub async fn upsert_voicemail(
+    pool: &PgPool,
+    row: &VoicemailRow,
+    hooks: &[String],
+) -> Result<bool, sqlx::Error> {
+    let written: i64 = sqlx::query_scalar(
+        "WITH indexed AS (
+        INSERT INTO voicemails (
             id, storage_key, account_id, document_id, attachment_name, mailbox_id,
             caller_id_number, caller_id_name, call_id, from_user, from_realm, to_user, to_realm,
             folder, kazoo_length_ms, recorded_at, duration_ms, codec, sample_rate, channels,
@@ -99,7 +107,18 @@ pub async fn upsert_voicemail(pool: &PgPool, row: &VoicemailRow) -> Result<bool,
             request_id = EXCLUDED.request_id,
             job_id = EXCLUDED.job_id,
             metadata = EXCLUDED.metadata
-        WHERE voicemails.received_at <= EXCLUDED.received_at",
+        WHERE voicemails.received_at <= EXCLUDED.received_at
+        RETURNING id, received_at
+        ), queued AS (
+            INSERT INTO transcriptions (voicemail_id, hook, audio_received_at)
+            SELECT indexed.id, hook, indexed.received_at FROM indexed, unnest($31::text[]) AS hook
+            ON CONFLICT (voicemail_id, hook) DO UPDATE SET
+                status = 'pending', attempts = 0, text = NULL, language = NULL,
+                confidence = NULL, error = NULL, queued_at = now(), next_attempt_at = now(),
+                attempt_id = NULL, audio_received_at = EXCLUDED.audio_received_at
+            WHERE transcriptions.audio_received_at < EXCLUDED.audio_received_at
+        )
+        SELECT count(*) FROM indexed",
     )
     .bind(row.id)
     .bind(&row.storage_key)
@@ -131,9 +150,10 @@ pub async fn upsert_voicemail(pool: &PgPool, row: &VoicemailRow) -> Result<bool,
     .bind(&row.request_id)
     .bind(row.job_id)
     .bind(row.metadata.as_ref().map(Json))
-    .execute(pool)
+    .bind(hooks)
+    .fetch_one(pool)
     .await?;
-    Ok(result.rows_affected() > 0)
+    Ok(written > 0)
 }
 
 /// Records one of KAZOO's credentials-probe files (not a voicemail).

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod db;
+pub mod hooks;
 pub mod http;
 pub mod index;
 pub mod probe;
@@ -11,7 +12,8 @@ pub mod probe;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
+use vmpipe_common::settings::Transcriber;
 use vmpipe_common::{FsStore, Settings, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,10 @@ pub enum WorkerError {
     Refused(String),
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
+    #[error("hook: {0}")]
+    Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    Runner(#[from] hooks::runner::RunnerError),
 }
 
 /// Connects to PostgreSQL (creating the database if needed) and applies pending migrations.
@@ -44,15 +50,19 @@ pub async fn migrate(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
     Ok(pool)
 }
 
-/// A worker ready to run: database migrated, health address bound.
+/// A worker ready to run: database migrated, health address bound, hooks configured.
 pub struct Worker {
-    context: Arc<consumer::Context>,
+    settings: Settings,
+    pool: sqlx::PgPool,
+    store: FsStore,
+    hooks: Vec<Arc<dyn hooks::Hook>>,
     listener: tokio::net::TcpListener,
 }
 
 impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
         vmpipe_common::metrics::handle();
+        let hooks = hooks::from_settings(&settings)?;
         let pool = migrate(&settings).await?;
         let store = FsStore::open(&settings.storage_dir)?;
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
@@ -62,14 +72,25 @@ impl Worker {
                 source,
             })?;
         Ok(Self {
-            context: Arc::new(consumer::Context {
-                settings,
-                pool,
-                store,
-                health: Arc::default(),
-            }),
+            settings,
+            pool,
+            store,
+            hooks,
             listener,
         })
+    }
+
+    /// Adds a hook compiled into this worker (see `examples/custom_hook.rs`). Its name must
+    /// differ from the configured hooks' names.
+    pub fn with_hook(mut self, hook: Arc<dyn hooks::Hook>) -> Result<Self, WorkerError> {
+        if self.hooks.iter().any(|h| h.name() == hook.name()) {
+            return Err(WorkerError::Refused(format!(
+                "two hooks are named {:?}",
+                hook.name()
+            )));
+        }
+        self.hooks.push(hook);
+        Ok(self)
     }
 
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
@@ -77,9 +98,29 @@ impl Worker {
         self.listener.local_addr().expect("bound listener")
     }
 
-    /// Consumes jobs until `shutdown` is cancelled; in-flight jobs finish first.
+    /// Consumes jobs and runs hooks until `shutdown` is cancelled; in-flight jobs finish first,
+    /// hook runs in progress are handed back for later.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let context = self.context;
+        if self.settings.transcriber == Transcriber::Pocketsphinx
+            && let Err(problem) = hooks::command::pocketsphinx_available().await
+        {
+            error!(%problem, "VMPIPE_TRANSCRIBER=pocketsphinx, but PocketSphinx cannot run: \
+                voicemails are indexed, their transcriptions fail until it is installed");
+        }
+        let runner = Arc::new(hooks::runner::HookRunner::new(
+            self.pool.clone(),
+            self.store.clone(),
+            self.hooks,
+            usize::from(self.settings.hook_concurrency),
+        ));
+        let context = Arc::new(consumer::Context {
+            settings: self.settings,
+            pool: self.pool,
+            store: self.store,
+            health: Arc::default(),
+            hook_names: runner.names().to_vec(),
+            hook_wake: runner.waker(),
+        });
         info!(health = %self.listener.local_addr().expect("bound"), "worker health endpoints listening");
         let server = Arc::new(http::HealthServer {
             health: context.health.clone(),
@@ -87,12 +128,30 @@ impl Worker {
             metrics: Some(Arc::new(|| vmpipe_common::metrics::handle().render())),
         });
         let http = tokio::spawn(http::serve(self.listener, server, shutdown.clone()));
+        let hook_runner = tokio::spawn(runner.run(shutdown.clone()));
         consumer::consume(context.clone(), shutdown).await;
+        let _ = hook_runner.await;
         let _ = http.await;
         context.pool.close().await;
         info!("worker stopped");
         Ok(())
     }
+}
+
+/// `worker transcribe`: runs the configured hooks for one voicemail (its id or storage key)
+/// now, and returns their rows.
+pub async fn transcribe(
+    settings: &Settings,
+    voicemail: &str,
+    only: Option<&str>,
+) -> Result<Vec<hooks::runner::TranscriptionReport>, WorkerError> {
+    let hooks = hooks::from_settings(settings)?;
+    let pool = migrate(settings).await?;
+    let store = FsStore::open(&settings.storage_dir)?;
+    let runner = hooks::runner::HookRunner::new(pool.clone(), store, hooks, 1);
+    let reports = runner.transcribe_now(voicemail, only).await;
+    pool.close().await;
+    Ok(reports?)
 }
 
 /// Migrates, then consumes jobs until `shutdown` is cancelled; in-flight jobs finish first.

@@ -51,6 +51,15 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         pause_ms: u64,
     },
+    /// Run the hooks (transcribers) for one voicemail now and print their rows; exits non-zero
+    /// if one did not succeed.
+    Transcribe {
+        /// The voicemail's id (voicemails.id) or storage key.
+        voicemail: String,
+        /// Only this hook (default: every configured one).
+        #[arg(long)]
+        hook: Option<String>,
+    },
     /// Measure audio files: one JSON object per line; exits non-zero if any cannot be probed.
     Probe {
         #[arg(required = true)]
@@ -104,6 +113,15 @@ async fn main() -> anyhow::Result<ExitCode> {
             let report =
                 vmpipe_worker::admin::prune(&settings, cutoff, apply, batch, pause).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Transcribe { voicemail, hook } => {
+            let reports = vmpipe_worker::transcribe(&settings, &voicemail, hook.as_deref()).await?;
+            for report in &reports {
+                println!("{}", serde_json::to_string(report)?);
+            }
+            if reports.iter().any(|report| report.status != "done") {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Probe { .. } => unreachable!("handled above"),
     }

@@ -1,0 +1,250 @@
+//! The `command` hook: runs a program per voicemail; what it prints is the transcript.
+//!
+//! The program gets:
+//! - its arguments as configured, with `{audio}` replaced by the audio file's path and `{id}`
+//!   by the voicemail's id;
+//! - the [`HookInput`] as JSON on standard input (it may ignore it);
+//! - `VMPIPE_HOOK_NAME`, `VMPIPE_HOOK_ATTEMPT`, `VMPIPE_VOICEMAIL_ID`, `VMPIPE_AUDIO_PATH` and
+//!   `VMPIPE_AUDIO_FORMAT` in its environment, and none of the worker's own `VMPIPE_*` settings
+//!   (they hold the database password).
+//!
+//! Exit status 0 is success: standard output is the transcript, either as plain text or as a
+//! JSON object `{"text": ..., "language": ..., "confidence": ...}`. Any other ending is a failed
+//! attempt, reported with the end of standard error. The program runs in its own process group
+//! at nice 10, and the whole group is killed when the run ends or times out.
+
+use std::process::Stdio;
+
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use vmpipe_common::settings::POCKETSPHINX_HOOK;
+
+use super::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
+
+/// The PocketSphinx transcriber, run with `python3 -c`; kept in the repository as
+/// `hooks/pocketsphinx.py`.
+pub const POCKETSPHINX_SCRIPT: &str = include_str!("../../../hooks/pocketsphinx.py");
+
+/// Most of a transcript fits in far less; more is a runaway program.
+const MAX_STDOUT: u64 = 1 << 20;
+/// The end of standard error kept for the `error` column.
+const STDERR_TAIL: usize = 2000;
+/// Hooks yield the CPU to indexing.
+const HOOK_NICENESS: i32 = 10;
+
+pub struct CommandHook {
+    name: String,
+    argv: Vec<String>,
+    policy: HookPolicy,
+}
+
+impl CommandHook {
+    /// `argv[0]` is the program, looked up in `PATH`.
+    pub fn new(name: &str, argv: Vec<String>, policy: HookPolicy) -> Self {
+        assert!(!argv.is_empty(), "a command hook needs a program");
+        Self {
+            name: name.to_owned(),
+            argv,
+            policy,
+        }
+    }
+
+    /// The built-in transcriber (`VMPIPE_TRANSCRIBER=pocketsphinx`).
+    pub fn pocketsphinx() -> Self {
+        Self::new(
+            POCKETSPHINX_HOOK,
+            vec![
+                "python3".into(),
+                "-c".into(),
+                POCKETSPHINX_SCRIPT.into(),
+                "{audio}".into(),
+            ],
+            HookPolicy {
+                audio: HookAudio::Wav16k,
+                timeout: std::time::Duration::from_secs(600),
+                max_attempts: 3,
+                retry_delay: std::time::Duration::from_secs(60),
+            },
+        )
+    }
+
+    async fn execute(&self, input: &HookInput) -> Result<Transcript, HookError> {
+        let audio = input.audio_path.to_string_lossy();
+        let id = input.voicemail_id.to_string();
+        let args = self.argv[1..]
+            .iter()
+            .map(|arg| arg.replace("{audio}", &audio).replace("{id}", &id));
+        let mut command = Command::new(&self.argv[0]);
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("VMPIPE_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("VMPIPE_HOOK_NAME", &self.name)
+            .env("VMPIPE_HOOK_ATTEMPT", input.attempt.to_string())
+            .env("VMPIPE_VOICEMAIL_ID", &id)
+            .env("VMPIPE_AUDIO_PATH", &input.audio_path)
+            .env(
+                "VMPIPE_AUDIO_FORMAT",
+                match input.audio_format {
+                    HookAudio::Original => "original",
+                    HookAudio::Wav16k => "wav16k",
+                },
+            );
+        let mut child = command
+            .spawn()
+            .map_err(|e| HookError::Failed(format!("cannot start {:?}: {e}", self.argv[0])))?;
+        // Whatever happens next (timeout included: this future is dropped), the program and
+        // anything it started are killed.
+        let _group = child.id().map(ProcessGroup);
+        if let Some(pid) = child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            let _ = rustix::process::setpriority_process(Some(pid), HOOK_NICENESS);
+        }
+
+        let json = serde_json::to_vec(input).expect("serialisable input");
+        let mut stdin = child.stdin.take().expect("piped");
+        let feed = async move {
+            // A program that does not read its input closes the pipe: not an error.
+            let _ = stdin.write_all(&json).await;
+        };
+        let stdout = read_limited(child.stdout.take().expect("piped"), MAX_STDOUT);
+        let stderr = read_limited(child.stderr.take().expect("piped"), MAX_STDOUT);
+        let ((), stdout, stderr, status) = tokio::join!(feed, stdout, stderr, child.wait());
+        let status =
+            status.map_err(|e| HookError::Failed(format!("waiting for the program: {e}")))?;
+        let stdout = stdout.map_err(|e| HookError::Failed(format!("reading its output: {e}")))?;
+        let stderr = stderr.unwrap_or_default();
+        if !status.success() {
+            let how = match (
+                status.code(),
+                std::os::unix::process::ExitStatusExt::signal(&status),
+            ) {
+                (Some(code), _) => format!("exit status {code}"),
+                (None, Some(signal)) => format!("killed by signal {signal}"),
+                (None, None) => "ended abnormally".to_owned(),
+            };
+            let stderr = String::from_utf8_lossy(&stderr);
+            let tail = tail(&stderr, STDERR_TAIL);
+            return Err(HookError::Failed(if tail.is_empty() {
+                how
+            } else {
+                format!("{how}: {tail}")
+            }));
+        }
+        if stdout.len() as u64 >= MAX_STDOUT {
+            return Err(HookError::Failed(format!(
+                "the program printed more than {MAX_STDOUT} bytes"
+            )));
+        }
+        Ok(parse_output(&String::from_utf8_lossy(&stdout)))
+    }
+}
+
+impl Hook for CommandHook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn policy(&self) -> HookPolicy {
+        self.policy
+    }
+
+    fn run<'a>(&'a self, input: &'a HookInput) -> BoxFuture<'a, Result<Transcript, HookError>> {
+        Box::pin(self.execute(input))
+    }
+}
+
+/// Whether `python3` can import PocketSphinx (checked once at start-up, to warn early).
+pub async fn pocketsphinx_available() -> Result<(), String> {
+    let output = Command::new("python3")
+        .args(["-c", "import pocketsphinx"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(std::time::Duration::from_secs(30), output).await {
+        Ok(Ok(output)) if output.status.success() => Ok(()),
+        Ok(Ok(output)) => Err(format!(
+            "python3 cannot import pocketsphinx (pip install pocketsphinx): {}",
+            tail(&String::from_utf8_lossy(&output.stderr), 300)
+        )),
+        Ok(Err(e)) => Err(format!("cannot run python3: {e}")),
+        Err(_) => Err("python3 -c 'import pocketsphinx' did not finish in 30 s".into()),
+    }
+}
+
+/// Kills the process group when dropped (the run ended, failed or timed out).
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            // Usually nothing is left (ESRCH): fine.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Reads up to `limit` bytes, then drains the rest so that the program is not blocked on a
+/// full pipe.
+async fn read_limited(mut pipe: impl AsyncRead + Unpin, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    (&mut pipe).take(limit).read_to_end(&mut kept).await?;
+    tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await?;
+    Ok(kept)
+}
+
+/// Plain text, or the same JSON object a webhook answers with.
+fn parse_output(stdout: &str) -> Transcript {
+    let trimmed = stdout.trim();
+    if trimmed.starts_with('{')
+        && let Ok(transcript) = serde_json::from_str::<Transcript>(trimmed)
+    {
+        return transcript;
+    }
+    Transcript {
+        text: trimmed.to_owned(),
+        ..Transcript::default()
+    }
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let text = text.trim();
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_plain_text_or_a_json_transcript() {
+        assert_eq!(parse_output("  hello world\n").text, "hello world");
+        let json = parse_output(r#"{"text": "hi", "language": "en", "confidence": 0.5}"#);
+        assert_eq!(json.language.as_deref(), Some("en"));
+        assert_eq!(json.confidence, Some(0.5));
+        // Braces that are not a transcript stay text.
+        assert_eq!(parse_output("{not json}").text, "{not json}");
+    }
+
+    #[test]
+    fn tail_keeps_the_end_on_a_char_boundary() {
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("ééé", 3), "é");
+    }
+}

@@ -1,0 +1,143 @@
+//! Hooks: what runs after a voicemail is indexed, transcription first of all.
+//!
+//! Indexing only queues a `transcriptions` row per hook, in the same statement that writes the
+//! voicemail; the [`runner`] works through those rows on its own, bounded, at low CPU priority.
+//! A slow, failing or crashing hook therefore never delays or breaks indexing: it times out,
+//! is retried with backoff, and its outcome is recorded in its row.
+//!
+//! Three kinds: [`command::CommandHook`] runs a program, [`webhook::WebhookHook`] POSTs to a
+//! URL, and anything implementing [`Hook`] can be compiled into a worker of one's own
+//! (`worker/examples/custom_hook.rs`).
+
+pub mod command;
+pub mod runner;
+pub mod wav16k;
+pub mod webhook;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use vmpipe_common::settings::{HookKind, HookSettings, Settings, Transcriber};
+
+pub use vmpipe_common::settings::HookAudio;
+
+/// A hook, as the runner sees it.
+pub trait Hook: Send + Sync {
+    /// Recorded in `transcriptions.hook`; must be unique among a worker's hooks.
+    fn name(&self) -> &str;
+
+    /// Audio format, timeout and retries.
+    fn policy(&self) -> HookPolicy {
+        HookPolicy::default()
+    }
+
+    /// Produces the transcript. It may take long (it runs on its own task, and is dropped at
+    /// the timeout); blocking work belongs in `tokio::task::spawn_blocking`.
+    fn run<'a>(&'a self, input: &'a HookInput) -> BoxFuture<'a, Result<Transcript, HookError>>;
+}
+
+/// How a hook is run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HookPolicy {
+    /// The stored file, or a 16 kHz mono 16-bit PCM WAV decoded from it.
+    pub audio: HookAudio,
+    /// A run (decoding included) taking longer is stopped and counts as a failed attempt.
+    pub timeout: Duration,
+    /// Attempts before the transcription is marked `failed`.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled after each failed attempt, at most an hour.
+    pub retry_delay: Duration,
+}
+
+impl Default for HookPolicy {
+    fn default() -> Self {
+        Self {
+            audio: HookAudio::Original,
+            timeout: Duration::from_secs(300),
+            max_attempts: 5,
+            retry_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HookPolicy {
+    fn from_settings(settings: &HookSettings) -> Self {
+        Self {
+            audio: settings.audio,
+            timeout: settings.timeout(),
+            max_attempts: settings.max_attempts,
+            retry_delay: settings.retry_delay(),
+        }
+    }
+
+    /// Wait after failed attempt number `attempt` (1-based).
+    pub fn retry_after(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(20);
+        self.retry_delay
+            .saturating_mul(1 << doublings)
+            .min(Duration::from_secs(3600))
+    }
+}
+
+/// What a hook receives: the indexed voicemail and its audio. Command hooks get it as JSON on
+/// standard input, webhooks as the `voicemail` part of the POST.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookInput {
+    pub hook: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub voicemail_id: uuid::Uuid,
+    /// The audio file to read: the stored file, or a temporary 16 kHz WAV (deleted after the run).
+    pub audio_path: PathBuf,
+    pub audio_format: HookAudio,
+    /// `audio/mpeg`, `audio/wav`, ...
+    pub audio_content_type: String,
+    /// The `voicemails` row, column by column (without `metadata`).
+    pub voicemail: serde_json::Map<String, serde_json::Value>,
+    /// KAZOO's document for the voicemail (`voicemails.metadata`), when it sent one.
+    pub document: Option<serde_json::Value>,
+}
+
+/// A hook's result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    pub text: String,
+    #[serde(default)]
+    pub language: Option<String>,
+    /// 0 to 1.
+    #[serde(default)]
+    pub confidence: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// May work on another attempt (a crash, a timeout, a server error).
+    #[error("{0}")]
+    Failed(String),
+    /// Will never work for this voicemail (undecodable audio, a 4xx answer): not retried.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// The hooks a worker runs, in settings order: the built-in transcriber, then `[[hooks]]`.
+pub fn from_settings(settings: &Settings) -> Result<Vec<Arc<dyn Hook>>, HookError> {
+    let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
+    if settings.transcriber == Transcriber::Pocketsphinx {
+        hooks.push(Arc::new(command::CommandHook::pocketsphinx()));
+    }
+    for hook in &settings.hooks {
+        let policy = HookPolicy::from_settings(hook);
+        hooks.push(match hook.kind {
+            HookKind::Command => Arc::new(command::CommandHook::new(
+                &hook.name,
+                hook.command.clone(),
+                policy,
+            )),
+            HookKind::Webhook => Arc::new(webhook::WebhookHook::new(hook, policy)?),
+        });
+    }
+    Ok(hooks)
+}

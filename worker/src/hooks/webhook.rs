@@ -1,0 +1,163 @@
+//! The `webhook` hook: POSTs the voicemail to a URL and reads the transcript from the answer.
+//!
+//! The request is `multipart/form-data` with two parts: `voicemail`, the [`HookInput`] as JSON,
+//! and `audio`, the audio file (streamed from disk). The configured headers are added. The
+//! answer must be a 2xx with a JSON body `{"text": ..., "language": ..., "confidence": ...}`
+//! (`language` and `confidence` optional). A 4xx other than 408 and 429 is final; anything else
+//! (a 5xx, a timeout, a refused connection) is retried.
+
+use futures_util::future::BoxFuture;
+use reqwest::multipart::{Form, Part};
+use reqwest::{Body, StatusCode};
+use tokio_util::io::ReaderStream;
+use vmpipe_common::settings::HookSettings;
+
+use super::{Hook, HookError, HookInput, HookPolicy, Transcript};
+
+/// An answer is a transcript, not a file.
+const MAX_ANSWER: usize = 1 << 20;
+
+pub struct WebhookHook {
+    name: String,
+    url: String,
+    client: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
+    policy: HookPolicy,
+}
+
+impl WebhookHook {
+    pub fn new(settings: &HookSettings, policy: HookPolicy) -> Result<Self, HookError> {
+        let url = settings
+            .url
+            .as_ref()
+            .ok_or_else(|| HookError::Rejected("a webhook needs a url".into()))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| HookError::Rejected(format!("header name {name:?}: {e}")))?;
+            let mut value = reqwest::header::HeaderValue::from_str(value.expose())
+                .map_err(|e| HookError::Rejected(format!("header {name}: {e}")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("vmpipe-worker/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| HookError::Rejected(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            name: settings.name.clone(),
+            url: url.expose().to_owned(),
+            client,
+            headers,
+            policy,
+        })
+    }
+
+    async fn post(&self, input: &HookInput) -> Result<Transcript, HookError> {
+        let json = serde_json::to_vec(input).expect("serialisable input");
+        let file = tokio::fs::File::open(&input.audio_path)
+            .await
+            .map_err(|e| HookError::Failed(format!("opening the audio: {e}")))?;
+        let length = file
+            .metadata()
+            .await
+            .map_err(|e| HookError::Failed(format!("reading the audio: {e}")))?
+            .len();
+        let file_name = input
+            .audio_path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "audio".into());
+        let audio = Part::stream_with_length(Body::wrap_stream(ReaderStream::new(file)), length)
+            .file_name(file_name)
+            .mime_str(&input.audio_content_type)
+            .map_err(|e| HookError::Rejected(format!("audio content type: {e}")))?;
+        let voicemail = Part::bytes(json)
+            .mime_str("application/json")
+            .expect("valid mime");
+        let form = Form::new()
+            .part("voicemail", voicemail)
+            .part("audio", audio);
+        let response = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| HookError::Failed(format!("POST failed: {}", error_chain(&e))))?;
+        let status = response.status();
+        let body = read_answer(response).await?;
+        let body_text = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            let message = format!("webhook answered {status}: {}", snippet(&body_text));
+            let retryable = status.is_server_error()
+                || status == StatusCode::REQUEST_TIMEOUT
+                || status == StatusCode::TOO_MANY_REQUESTS;
+            return Err(if retryable {
+                HookError::Failed(message)
+            } else {
+                HookError::Rejected(message)
+            });
+        }
+        serde_json::from_slice::<Transcript>(&body).map_err(|e| {
+            HookError::Failed(format!(
+                "webhook answered {status} without a JSON transcript ({e}): {}",
+                snippet(&body_text)
+            ))
+        })
+    }
+}
+
+impl Hook for WebhookHook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn policy(&self) -> HookPolicy {
+        self.policy
+    }
+
+    fn run<'a>(&'a self, input: &'a HookInput) -> BoxFuture<'a, Result<Transcript, HookError>> {
+        Box::pin(self.post(input))
+    }
+}
+
+async fn read_answer(mut response: reqwest::Response) -> Result<Vec<u8>, HookError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| HookError::Failed(format!("reading the answer: {}", error_chain(&e))))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ANSWER {
+            return Err(HookError::Failed(format!(
+                "the answer is over {MAX_ANSWER} bytes"
+            )));
+        }
+    }
+    Ok(body)
+}
+
+/// reqwest's top-level message is "error sending request"; the cause is what helps.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn snippet(text: &str) -> &str {
+    let text = text.trim();
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
