@@ -5,6 +5,8 @@
 //! 1. latency from 201 to indexed row (median, p99) while uploads arrive steadily;
 //! 2. indexing rate: jobs per second a worker drains from a backlog.
 //!
+//! With `hook=COMMAND`, the worker runs `sh -c COMMAND` as a hook on every voicemail
+//! (`hook_concurrency=N` at a time).
 //! With `pocketsphinx`, the worker also runs the PocketSphinx transcriber on every voicemail
 //! (it needs the Python package), so that both figures can be compared with and without it; the
 //! hook's own figures, over the transcriptions finished by then, come last.
@@ -12,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use vmpipe_common::Settings;
-use vmpipe_common::settings::{SecretUrl, Transcriber};
+use vmpipe_common::settings::{HookAudio, HookKind, HookSettings, SecretUrl, Transcriber};
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
@@ -24,6 +26,21 @@ async fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
     let transcribe = std::env::args().any(|a| a == "pocketsphinx");
+    // `hook=COMMAND`: a command hook (run by `sh -c`) on every voicemail, for comparison.
+    let hooks: Vec<HookSettings> = std::env::args()
+        .filter_map(|a| a.strip_prefix("hook=").map(str::to_owned))
+        .map(|command| HookSettings {
+            name: "bench".into(),
+            kind: HookKind::Command,
+            command: vec!["sh".into(), "-c".into(), command],
+            url: None,
+            headers: Default::default(),
+            audio: HookAudio::Original,
+            timeout_secs: 600,
+            max_attempts: 1,
+            retry_delay_ms: 1000,
+        })
+        .collect();
     let queue_name = format!("vmpipe.bench.{}", hex32());
     let queue = TestQueue::declare(&queue_name).await;
     let ingest = TestIngest::start(Options {
@@ -39,15 +56,24 @@ async fn main() {
         } else {
             Transcriber::None
         },
+        hooks,
+        hook_concurrency: std::env::args()
+            .find_map(|a| a.strip_prefix("hook_concurrency=")?.parse().ok())
+            .unwrap_or(Settings::default().hook_concurrency),
         ..ingest.settings.clone()
     };
     // 10 s of 8 kHz mono speech-sized WAV, as FreeSWITCH records it.
     let wav = wav_pcm16(8000, 10_000);
     println!(
-        "pipeline benchmark: {uploads} uploads of {} KiB, worker concurrency {}, transcriber {:?}",
+        "pipeline benchmark: {uploads} uploads of {} KiB, worker concurrency {}, transcriber {:?}, hooks {:?}",
         wav.len() / 1024,
         settings.worker_concurrency,
         settings.transcriber,
+        settings
+            .hooks
+            .iter()
+            .map(|h| h.command.last().cloned().unwrap_or_default())
+            .collect::<Vec<_>>(),
     );
 
     // 1. Latency at a steady rate: 4 uploaders one after the other, worker keeping up.
@@ -81,7 +107,7 @@ async fn main() {
         uploads as f64 / secs
     );
 
-    if transcribe {
+    if transcribe || !settings.hooks.is_empty() {
         let (done, median, p95, wait): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
             "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY run_ms),
                     percentile_cont(0.95) WITHIN GROUP (ORDER BY run_ms),
@@ -92,7 +118,7 @@ async fn main() {
         .await
         .unwrap();
         println!(
-            "pocketsphinx: {done} transcriptions done meanwhile; run median {:.0} ms, p95 {:.0} ms; \
+            "hooks: {done} transcriptions done meanwhile; run median {:.0} ms, p95 {:.0} ms; \
              indexed -> transcript median {:.0} ms (the rest wait their turn)",
             median.unwrap_or_default(),
             p95.unwrap_or_default(),

@@ -106,9 +106,12 @@ async fn pocketsphinx_transcribes_a_spoken_voicemail() {
                 "{file}: {word:?} not in {transcript:?}"
             );
         }
+        let queued: chrono::DateTime<chrono::Utc> = row.get("queued_at");
+        let finished: chrono::DateTime<chrono::Utc> = row.get("finished_at");
         eprintln!(
-            "{file}: {transcript:?} in {} ms",
-            row.get::<Option<i32>, _>("run_ms").unwrap_or_default()
+            "{file}: {transcript:?}; run {} ms, indexed -> transcript {} ms",
+            row.get::<Option<i32>, _>("run_ms").unwrap_or_default(),
+            (finished - queued).num_milliseconds()
         );
     }
     // The transcript is searchable, stemmed: the README's query shape.

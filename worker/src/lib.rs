@@ -10,6 +10,7 @@ pub mod index;
 pub mod probe;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -101,17 +102,26 @@ impl Worker {
     /// Consumes jobs and runs hooks until `shutdown` is cancelled; in-flight jobs finish first,
     /// hook runs in progress are handed back for later.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        if self.settings.transcriber == Transcriber::Pocketsphinx
-            && let Err(problem) = hooks::command::pocketsphinx_available().await
-        {
-            error!(%problem, "VMPIPE_TRANSCRIBER=pocketsphinx, but PocketSphinx cannot run: \
-                voicemails are indexed, their transcriptions fail until it is installed");
+        let activity = Arc::new(consumer::Activity::default());
+        if self.settings.transcriber == Transcriber::Pocketsphinx {
+            // Early word of a missing engine, checked off the start-up path.
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                activity
+                    .wait_quiet(Duration::from_secs(1), Duration::from_secs(60))
+                    .await;
+                if let Err(problem) = hooks::command::pocketsphinx_available().await {
+                    error!(%problem, "VMPIPE_TRANSCRIBER=pocketsphinx, but PocketSphinx cannot \
+                        run: voicemails are indexed, their transcriptions fail until it is installed");
+                }
+            });
         }
         let runner = Arc::new(hooks::runner::HookRunner::new(
             self.pool.clone(),
             self.store.clone(),
             self.hooks,
             usize::from(self.settings.hook_concurrency),
+            activity.clone(),
         ));
         let context = Arc::new(consumer::Context {
             settings: self.settings,
@@ -120,6 +130,7 @@ impl Worker {
             health: Arc::default(),
             hook_names: runner.names().to_vec(),
             hook_wake: runner.waker(),
+            activity,
         });
         info!(health = %self.listener.local_addr().expect("bound"), "worker health endpoints listening");
         let server = Arc::new(http::HealthServer {
@@ -148,7 +159,7 @@ pub async fn transcribe(
     let hooks = hooks::from_settings(settings)?;
     let pool = migrate(settings).await?;
     let store = FsStore::open(&settings.storage_dir)?;
-    let runner = hooks::runner::HookRunner::new(pool.clone(), store, hooks, 1);
+    let runner = hooks::runner::HookRunner::new(pool.clone(), store, hooks, 1, Arc::default());
     let reports = runner.transcribe_now(voicemail, only).await;
     pool.close().await;
     Ok(reports?)

@@ -10,8 +10,9 @@
 //!
 //! Exit status 0 is success: standard output is the transcript, either as plain text or as a
 //! JSON object `{"text": ..., "language": ..., "confidence": ...}`. Any other ending is a failed
-//! attempt, reported with the end of standard error. The program runs in its own process group
-//! at nice 10, and the whole group is killed when the run ends or times out.
+//! attempt, reported with the end of standard error. The program runs in its own process group,
+//! and the whole group is killed when the run ends or times out. It runs at the lowest CPU
+//! priority: the `SCHED_IDLE` policy (through util-linux's `chrt`, when installed), and nice 10.
 
 use std::process::Stdio;
 
@@ -75,7 +76,7 @@ impl CommandHook {
         let args = self.argv[1..]
             .iter()
             .map(|arg| arg.replace("{audio}", &audio).replace("{id}", &id));
-        let mut command = Command::new(&self.argv[0]);
+        let mut command = low_priority(&self.argv[0]);
         command
             .args(args)
             .stdin(Stdio::piped())
@@ -106,12 +107,7 @@ impl CommandHook {
         // Whatever happens next (timeout included: this future is dropped), the program and
         // anything it started are killed.
         let _group = child.id().map(ProcessGroup);
-        if let Some(pid) = child
-            .id()
-            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
-        {
-            let _ = rustix::process::setpriority_process(Some(pid), HOOK_NICENESS);
-        }
+        renice(&child);
 
         let json = serde_json::to_vec(input).expect("serialisable input");
         let mut stdin = child.stdin.take().expect("piped");
@@ -166,13 +162,56 @@ impl Hook for CommandHook {
     }
 }
 
+/// A command for `program` that starts under `SCHED_IDLE` when `chrt` is there.
+fn low_priority(program: &str) -> Command {
+    match idle_launcher() {
+        Some(chrt) => {
+            let mut command = Command::new(chrt);
+            command.args(["--idle", "0", program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Nice 10 on top (children inherit it), for systems without `chrt`.
+fn renice(child: &tokio::process::Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+    {
+        let _ = rustix::process::setpriority_process(Some(pid), HOOK_NICENESS);
+    }
+}
+
+/// `chrt`, which starts a program under the `SCHED_IDLE` policy: it then only gets CPU time
+/// nothing else wants, which nice alone does not achieve.
+fn idle_launcher() -> Option<&'static std::path::Path> {
+    static CHRT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    CHRT.get_or_init(|| {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("chrt"))
+            .find(|candidate| candidate.is_file())
+    })
+    .as_deref()
+}
+
 /// Whether `python3` can import PocketSphinx (checked once at start-up, to warn early).
 pub async fn pocketsphinx_available() -> Result<(), String> {
-    let output = Command::new("python3")
+    // At hook priority: it would otherwise compete with a backlog being indexed at start-up.
+    let mut check = low_priority("python3");
+    check
         .args(["-c", "import pocketsphinx"])
         .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = async {
+        let child = check.spawn()?;
+        renice(&child);
+        child.wait_with_output().await
+    };
     match tokio::time::timeout(std::time::Duration::from_secs(30), output).await {
         Ok(Ok(output)) if output.status.success() => Ok(()),
         Ok(Ok(output)) => Err(format!(

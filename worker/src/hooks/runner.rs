@@ -21,9 +21,14 @@ use vmpipe_common::backoff::Backoff;
 use vmpipe_common::{FsStore, StorageKey};
 
 use super::{Hook, HookAudio, HookError, HookInput, Transcript, wav16k};
+use crate::consumer::Activity;
 
 /// How often idle runners look for due retries (new voicemails wake them at once).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Hook runs start once indexing has been quiet this long: between the jobs of a storm, no.
+const QUIET: Duration = Duration::from_millis(50);
+/// Longest a hook run waits for that (hooks yield to indexing, but never starve).
+const MAX_DEFERRAL: Duration = Duration::from_secs(10);
 /// Margin on top of the longest hook timeout before a `running` row is taken over.
 const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
@@ -71,14 +76,17 @@ pub struct HookRunner {
     names: Vec<String>,
     concurrency: usize,
     wake: Arc<Notify>,
+    activity: Arc<Activity>,
 }
 
 impl HookRunner {
+    /// `activity`: the indexing jobs in progress, which new hook runs wait for.
     pub fn new(
         pool: PgPool,
         store: FsStore,
         hooks: Vec<Arc<dyn Hook>>,
         concurrency: usize,
+        activity: Arc<Activity>,
     ) -> Self {
         let names = hooks.iter().map(|hook| hook.name().to_owned()).collect();
         Self {
@@ -88,6 +96,7 @@ impl HookRunner {
             names,
             concurrency: concurrency.max(1),
             wake: Arc::default(),
+            activity,
         }
     }
 
@@ -129,6 +138,10 @@ impl HookRunner {
                 slot = slots.clone().acquire_owned() => slot.expect("never closed"),
                 _ = shutdown.cancelled() => break,
             };
+            tokio::select! {
+                _ = self.activity.wait_quiet(QUIET, MAX_DEFERRAL) => {}
+                _ = shutdown.cancelled() => break,
+            }
             let pause = match self.claim_next().await {
                 Ok(Some(claim)) => {
                     backoff.reset();
