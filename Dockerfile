@@ -7,6 +7,7 @@ WORKDIR /src
 # Dependencies first, in a layer of their own: a change to our sources does not rebuild them.
 # Every target the manifests declare gets a placeholder so that cargo can read them.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor vendor
 COPY common/Cargo.toml common/
 COPY ingest/Cargo.toml ingest/
 COPY worker/Cargo.toml worker/build.rs worker/

@@ -82,7 +82,7 @@ impl Default for Settings {
             base64: Base64Mode::Auto,
             publish_timeout_ms: 2000,
             log_format: LogFormat::Text,
-            worker_concurrency: 8,
+            worker_concurrency: 64,
             worker_listen: "0.0.0.0:9091".into(),
             max_deliveries: 5,
             allow_networks: String::new(),

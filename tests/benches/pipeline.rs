@@ -6,7 +6,7 @@
 //! 2. indexing rate: jobs per second a worker drains from a backlog.
 //!
 //! With `hook=COMMAND`, the worker runs `sh -c COMMAND` as a hook on every voicemail
-//! (`hook_concurrency=N` at a time).
+//! (`hook_concurrency=N` at a time). `worker_concurrency=N` sets the worker's prefetch.
 //! With `pocketsphinx`, the worker also runs the PocketSphinx transcriber on every voicemail
 //! (it needs the Python package), so that both figures can be compared with and without it; the
 //! hook's own figures, over the transcriptions finished by then, come last.
@@ -21,6 +21,9 @@ const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        vmpipe_common::telemetry::init(vmpipe_common::settings::LogFormat::Text);
+    }
     let uploads: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -57,6 +60,9 @@ async fn main() {
             Transcriber::None
         },
         hooks,
+        worker_concurrency: std::env::args()
+            .find_map(|a| a.strip_prefix("worker_concurrency=")?.parse().ok())
+            .unwrap_or(Settings::default().worker_concurrency),
         hook_concurrency: std::env::args()
             .find_map(|a| a.strip_prefix("hook_concurrency=")?.parse().ok())
             .unwrap_or(Settings::default().hook_concurrency),

@@ -383,3 +383,48 @@ async fn readme_queries_run_as_written() {
     );
     stack.finish().await;
 }
+
+/// Rows are written in batches; one the database refuses fails alone: the others of its batch
+/// are indexed, and its job is dead-lettered with the database's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_fails_alone_in_its_batch() {
+    let mut stack = Stack::start(false).await;
+    let pool = vmpipe_worker::migrate(&stack.worker_settings())
+        .await
+        .unwrap();
+    sqlx::query(
+        "ALTER TABLE voicemails ADD CONSTRAINT test_refuse CHECK (attachment_name <> 'refused.wav')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    // Queue the jobs first, so that the worker finds them together and batches them.
+    let wav = wav_pcm16(8000, 300);
+    for i in 0..20 {
+        let name = if i == 7 {
+            "refused.wav".to_owned()
+        } else {
+            format!("b{i}.wav")
+        };
+        let document = mailbox_message(DOC, &name);
+        let att = Attachment {
+            document_id: DOC,
+            name: &name,
+            content_type: "audio/wav",
+            data: &wav,
+            document: &document,
+        };
+        stack
+            .put(&format!("/{ACCOUNT}/{DOC}/{name}"), Body::Multipart, &att)
+            .await;
+    }
+    stack.start_worker().await;
+    wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 19, WAIT).await;
+    let (body, reason) = stack.queue.next_dead(WAIT).await.expect("dead letter");
+    let job = VoicemailJob::from_json(&body).unwrap();
+    assert_eq!(job.attachment_name, "refused.wav");
+    let reason = reason.unwrap_or_default();
+    assert!(reason.contains("test_refuse"), "{reason}");
+    stack.finish().await;
+}

@@ -22,7 +22,7 @@ use vmpipe_common::backoff::Backoff;
 use vmpipe_common::job::{JOB_SCHEMA_VERSION, is_credentials_probe};
 use vmpipe_common::{FsStore, Settings, StorageKey, VoicemailJob, amqp};
 
-use crate::db;
+use crate::db::{self, DbError};
 use crate::index::VoicemailRow;
 use crate::probe;
 
@@ -57,8 +57,10 @@ pub struct Context {
     pub pool: PgPool,
     pub store: FsStore,
     pub health: Arc<Health>,
-    /// A `transcriptions` row is queued for each of these with every new voicemail.
-    pub hook_names: Vec<String>,
+    /// Writes the rows, batched (and queues a transcription per hook with each new voicemail).
+    pub index: crate::batch::IndexWriter,
+    /// Whether there are hooks (then the hook runner is told of new rows).
+    pub has_hooks: bool,
     /// Tells the hook runner that rows were queued.
     pub hook_wake: Arc<tokio::sync::Notify>,
     /// Jobs in progress, watched by the hook runner.
@@ -364,13 +366,15 @@ pub async fn process(
     }
 
     if is_credentials_probe(&job.attachment_name) {
-        return retry_transient(&context.health, shutdown, || {
+        return retry_transient(&context.health, shutdown, || async {
             db::record_credential_probe(
                 &context.pool,
                 &job.storage_key,
                 job.account_id.as_deref(),
                 job.received_at,
             )
+            .await
+            .map_err(DbError::from)
         })
         .await;
     }
@@ -385,10 +389,10 @@ pub async fn process(
     metrics::histogram!("vmpipe_probe_duration_seconds").record(probe_time.as_secs_f64());
     let row = VoicemailRow::build(&job, &probed);
     let written = retry_transient(&context.health, shutdown, || {
-        db::upsert_voicemail(&context.pool, &row, &context.hook_names)
+        context.index.upsert(row.clone())
     })
     .await?;
-    if written && !context.hook_names.is_empty() {
+    if written && context.has_hooks {
         context.hook_wake.notify_one();
     }
     metrics::histogram!("vmpipe_index_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -417,7 +421,7 @@ async fn retry_transient<T, F, Fut>(
 ) -> Result<T, JobError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
 {
     let mut delay = Backoff::default();
     loop {
@@ -426,7 +430,7 @@ where
                 health.set_database_ok(true);
                 return Ok(value);
             }
-            Err(e) if db::is_transient(&e) => {
+            Err(e) if e.transient => {
                 health.set_database_ok(false);
                 let wait = delay.next_delay();
                 warn!(error = %e, retry_in = ?wait, "database unavailable; will retry");

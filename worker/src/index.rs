@@ -16,8 +16,8 @@ pub fn gregorian_to_utc(seconds: i64) -> Option<DateTime<Utc>> {
         .filter(|t| t.timestamp() >= 946_684_800)
 }
 
-/// A `voicemails` row.
-#[derive(Debug, Clone, PartialEq)]
+/// A `voicemails` row; serialised with the table's column names (see `db::upsert_voicemails`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct VoicemailRow {
     pub id: Uuid,
     pub storage_key: String,

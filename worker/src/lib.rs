@@ -2,6 +2,7 @@
 //! PostgreSQL (the `voicemails` table), with its duration measured from the audio.
 
 pub mod admin;
+pub mod batch;
 pub mod consumer;
 pub mod db;
 pub mod hooks;
@@ -123,12 +124,14 @@ impl Worker {
             usize::from(self.settings.hook_concurrency),
             activity.clone(),
         ));
+        let index = batch::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
         let context = Arc::new(consumer::Context {
             settings: self.settings,
             pool: self.pool,
             store: self.store,
             health: Arc::default(),
-            hook_names: runner.names().to_vec(),
+            index,
+            has_hooks: !runner.names().is_empty(),
             hook_wake: runner.waker(),
             activity,
         });
