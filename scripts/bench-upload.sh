@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Upload benchmark, loopback only: a release ingest (with its durability: fsync before 201,
 # jobs confirmed by RabbitMQ) against nginx's WebDAV PUT (no fsync), alternately, in one run.
-#   scripts/bench-upload.sh [SECONDS_PER_RUN]     (default 3; 18 runs per server)
+#   scripts/bench-upload.sh [SECONDS_PER_RUN]     (default 3; 3 alternating rounds per case:
+#   BENCH_ROUNDS; one case: BENCH_ONLY=raw:128:16)
 # nginx is optional (Debian's nginx or nginx-light); without it only ingest is measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +31,6 @@ if [ -n "$nginx_bin" ]; then
   export BENCH_NGINX_PORT=18182
 fi
 for _ in $(seq 1 50); do curl -s -o /dev/null http://127.0.0.1:18181/healthz && break; sleep 0.2; done
+# Measure our ingest, not something else left listening on the port.
+kill -0 "$ingest_pid" 2>/dev/null || { echo "ingest did not start (port 18181 taken?)" >&2; exit 1; }
 cargo bench -p vmpipe-tests --bench upload --locked -- "${1:-3}"

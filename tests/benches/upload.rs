@@ -5,6 +5,8 @@
 //! bodies of 16 KiB, 128 KiB and 1 MiB, at 1, 16 and 64 connections, raw PUT and multipart
 //! POST. The two servers alternate run by run, so machine noise hits both alike. Prints
 //! requests/s, MB/s, p50/p99 latency, ingest's peak RSS, and the ratio to nginx.
+//! Each case runs `BENCH_ROUNDS` (3) times per server, alternating, and the rounds are pooled.
+//! `BENCH_ONLY=raw:128:16` (body:KiB:connections) runs a single case, e.g. under a profiler.
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,23 @@ async fn drive(
     }
 }
 
+fn merge(runs: Vec<Run>) -> Run {
+    let mut all = Run {
+        requests: 0,
+        bytes: 0,
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    for run in runs {
+        all.requests += run.requests;
+        all.bytes += run.bytes;
+        all.latencies.extend(run.latencies);
+        all.elapsed += run.elapsed;
+    }
+    all.latencies.sort();
+    all
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -99,6 +118,10 @@ async fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let seconds: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let ingest_port: u16 = std::env::var("BENCH_INGEST_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -110,7 +133,7 @@ async fn main() {
         .ok()
         .and_then(|p| p.parse().ok());
     println!(
-        "{seconds} s per run; ingest on {ingest_port}{}",
+        "{seconds} s per run, {rounds} rounds alternating; ingest on {ingest_port}{}",
         nginx_port.map_or(String::new(), |p| format!(", nginx on {p}"))
     );
     println!(
@@ -133,13 +156,24 @@ async fn main() {
     ] {
         for size in sizes {
             for connections in [1, 16, 64] {
-                let ours = drive(ingest_port, body, size, connections, seconds, "").await;
-                let theirs = match (nginx_port, body) {
-                    (Some(port), Body::Raw) => {
-                        Some(drive(port, body, size, connections, seconds, "/dav").await)
+                // BENCH_ONLY=raw:128:16 runs one case (to profile it).
+                if let Ok(only) = std::env::var("BENCH_ONLY")
+                    && only.to_lowercase()
+                        != format!("{body:?}:{}:{connections}", size >> 10).to_lowercase()
+                {
+                    continue;
+                }
+                // Alternate the servers round by round, so that noise hits both alike.
+                let mut ours = Vec::new();
+                let mut theirs = Vec::new();
+                for _ in 0..rounds {
+                    ours.push(drive(ingest_port, body, size, connections, seconds, "").await);
+                    if let (Some(port), Body::Raw) = (nginx_port, body) {
+                        theirs.push(drive(port, body, size, connections, seconds, "/dav").await);
                     }
-                    _ => None,
-                };
+                }
+                let ours = merge(ours);
+                let theirs = (!theirs.is_empty()).then(|| merge(theirs));
                 let rate = |r: &Run| r.requests as f64 / r.elapsed.as_secs_f64();
                 let ours_rate = rate(&ours);
                 let (their_rate, their_p50, their_p99, ratio) =
