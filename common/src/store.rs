@@ -24,9 +24,9 @@ use crate::key::StorageKey;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Uploads are written to disk in pieces of this size: large enough to need few system calls,
-/// small enough that memory stays flat whatever the body size.
-const WRITE_CHUNK: usize = 256 * 1024;
+/// Uploads are written to disk once this much has arrived: large enough to need few trips to
+/// the blocking pool, small enough that 64 uploads at once hold a few MiB whatever their size.
+const WRITE_CHUNK: usize = 64 * 1024;
 /// Files up to this size are read in one go when fetched.
 const SMALL_FILE: u64 = 1024 * 1024;
 
@@ -151,7 +151,8 @@ impl Storage for FsStore {
             final_path: self.path_of(key),
             voicemail_root: self.voicemails.clone(),
             file: None,
-            buffer: Vec::new(),
+            pending: Vec::new(),
+            pending_len: 0,
             committed: false,
         })
     }
@@ -261,21 +262,26 @@ struct FsWriter {
     voicemail_root: PathBuf,
     /// Created on the first flush, so a small upload costs one trip to the blocking pool.
     file: Option<File>,
-    buffer: Vec<u8>,
+    /// Received chunks not yet written, kept as they came (no copy).
+    pending: Vec<Bytes>,
+    pending_len: usize,
     committed: bool,
 }
 
 impl FsWriter {
-    fn take_state(&mut self) -> (Option<File>, Vec<u8>, PathBuf) {
+    fn take_state(&mut self) -> (Option<File>, Vec<Bytes>, PathBuf) {
         (
             self.file.take(),
-            std::mem::take(&mut self.buffer),
+            {
+                self.pending_len = 0;
+                std::mem::take(&mut self.pending)
+            },
             self.temp_path.clone(),
         )
     }
 }
 
-fn write_out(file: Option<File>, buffer: &[u8], temp_path: &Path) -> Result<File, StorageError> {
+fn write_out(file: Option<File>, chunks: &[Bytes], temp_path: &Path) -> Result<File, StorageError> {
     let mut file = match file {
         Some(file) => file,
         None => OpenOptions::new()
@@ -284,38 +290,41 @@ fn write_out(file: Option<File>, buffer: &[u8], temp_path: &Path) -> Result<File
             .open(temp_path)
             .map_err(|e| StorageError::io("create", temp_path, e))?,
     };
-    file.write_all(buffer)
-        .map_err(|e| StorageError::io("write", temp_path, e))?;
+    for chunk in chunks {
+        file.write_all(chunk)
+            .map_err(|e| StorageError::io("write", temp_path, e))?;
+    }
     Ok(file)
 }
 
 impl ObjectWriter for FsWriter {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
-            self.buffer.extend_from_slice(&chunk);
-            if self.buffer.len() < WRITE_CHUNK {
+            self.pending_len += chunk.len();
+            self.pending.push(chunk);
+            if self.pending_len < WRITE_CHUNK {
                 return Ok(());
             }
-            let (file, mut buffer, temp_path) = self.take_state();
-            let (file, buffer) = blocking(move || {
-                let file = write_out(file, &buffer, &temp_path)?;
-                buffer.clear();
-                Ok((file, buffer))
+            let (file, mut chunks, temp_path) = self.take_state();
+            let (file, chunks) = blocking(move || {
+                let file = write_out(file, &chunks, &temp_path)?;
+                chunks.clear();
+                Ok((file, chunks))
             })
             .await?;
             self.file = Some(file);
-            self.buffer = buffer;
+            self.pending = chunks;
             Ok(())
         })
     }
 
     fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>> {
         Box::pin(async move {
-            let (file, buffer, temp_path) = self.take_state();
+            let (file, chunks, temp_path) = self.take_state();
             let final_path = self.final_path.clone();
             let root = self.voicemail_root.clone();
             blocking(move || {
-                let file = write_out(file, &buffer, &temp_path)?;
+                let file = write_out(file, &chunks, &temp_path)?;
                 file.sync_data()
                     .map_err(|e| StorageError::io("fsync", &temp_path, e))?;
                 drop(file);

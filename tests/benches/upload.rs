@@ -41,7 +41,8 @@ async fn drive(
             stream.set_nodelay(true).unwrap();
             let mut latencies = Vec::new();
             let mut n = 0u64;
-            while Instant::now() < deadline {
+            // At least one request per connection (the memory runs send exactly one).
+            loop {
                 let name = format!("{lane}-{n}.mp3");
                 let document = mailbox_message("d", &name);
                 let att = Attachment { document_id: "d", name: &name, content_type: "audio/mpeg", data: &audio, document: &document };
@@ -58,6 +59,9 @@ async fn drive(
                 assert!((200..300).contains(&response.status), "status {}", response.status);
                 latencies.push(sent.elapsed());
                 n += 1;
+                if Instant::now() >= deadline {
+                    break;
+                }
             }
             latencies
         }));
@@ -101,10 +105,14 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
+    rss_kib(pid, "VmHWM:")
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -206,5 +214,32 @@ async fn main() {
     }
     if let Some(pid) = ingest_pid {
         println!("ingest peak RSS: {} KiB", peak_rss_kib(pid).unwrap_or(0));
+        if std::env::var("BENCH_ONLY").is_err()
+            || std::env::var("BENCH_ONLY").as_deref() == Ok("memory")
+        {
+            memory(ingest_port, pid).await;
+        }
+    }
+}
+
+/// Memory flat in body size: ingest's peak RSS over one 100 MiB upload, then over 64 concurrent
+/// 10 MiB uploads, against its RSS before (the peak is reset through /proc/PID/clear_refs).
+async fn memory(port: u16, pid: u32) {
+    for (label, size, connections) in [("1 x 100 MiB", 100 << 20, 1), ("64 x 10 MiB", 10 << 20, 64)]
+    {
+        let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        let before = rss_kib(pid, "VmRSS:").unwrap_or(0);
+        let run = drive(port, Body::Raw, size, connections, 0.0, "").await;
+        let peak = peak_rss_kib(pid).unwrap_or(0);
+        println!(
+            "memory {label}: {} uploads; ingest RSS {before} KiB before, peak {peak} KiB (+{} KiB){}",
+            run.requests,
+            peak.saturating_sub(before),
+            if reset.is_ok() {
+                ""
+            } else {
+                " (peak not reset: since start)"
+            }
+        );
     }
 }
