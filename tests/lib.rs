@@ -277,8 +277,9 @@ impl TestIngest {
         count_files(&self.storage_dir().join("journal"))
     }
 
+    /// Uploads in progress (files below tmp/).
     pub fn temp_files(&self) -> usize {
-        count_files(&self.storage_dir().join("tmp"))
+        all_files(&self.storage_dir().join("tmp")).len()
     }
 }
 

@@ -27,6 +27,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Uploads are written to disk once this much has arrived: large enough to need few trips to
 /// the blocking pool, small enough that 64 uploads at once hold a few MiB whatever their size.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Subdirectories of `tmp/` (named 0 to f) that uploads in progress are spread over.
+const TMP_SHARDS: usize = 16;
 /// Files up to this size are read in one go when fetched.
 const SMALL_FILE: u64 = 1024 * 1024;
 
@@ -107,8 +109,9 @@ impl FsStore {
             voicemails: root.join("voicemails"),
             tmp: root.join("tmp"),
         };
-        for dir in [&store.voicemails, &store.tmp] {
-            fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        let shards = (0..TMP_SHARDS).map(|n| store.tmp.join(format!("{n:x}")));
+        for dir in [store.voicemails.clone()].into_iter().chain(shards) {
+            fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
         }
         Ok(store)
     }
@@ -127,9 +130,20 @@ impl FsStore {
     pub fn remove_stale_temp_files(&self, min_age: Duration) -> Result<usize, StorageError> {
         let now = SystemTime::now();
         let mut removed = 0;
-        let entries =
-            fs::read_dir(&self.tmp).map_err(|e| StorageError::io("list", &self.tmp, e))?;
-        for entry in entries.flatten() {
+        let shards = fs::read_dir(&self.tmp).map_err(|e| StorageError::io("list", &self.tmp, e))?;
+        // Files of the shards, and any directly in tmp/ (left by an older version).
+        let entries = shards.flatten().flat_map(|entry| {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .collect()
+            } else {
+                vec![entry]
+            }
+        });
+        for entry in entries {
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -145,9 +159,12 @@ impl FsStore {
 impl Storage for FsStore {
     fn create(&self, key: &StorageKey) -> Box<dyn ObjectWriter> {
         Box::new(FsWriter {
-            temp_path: self
-                .tmp
-                .join(format!("{}.part", uuid::Uuid::new_v4().simple())),
+            temp_path: {
+                let name = uuid::Uuid::new_v4().simple().to_string();
+                // Spread over shards: uploads creating files at once would otherwise all wait
+                // for the one tmp/ directory's lock.
+                self.tmp.join(&name[..1]).join(format!("{name}.part"))
+            },
             final_path: self.path_of(key),
             voicemail_root: self.voicemails.clone(),
             file: None,
@@ -284,11 +301,25 @@ impl FsWriter {
 fn write_out(file: Option<File>, chunks: &[Bytes], temp_path: &Path) -> Result<File, StorageError> {
     let mut file = match file {
         Some(file) => file,
-        None => OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(temp_path)
-            .map_err(|e| StorageError::io("create", temp_path, e))?,
+        None => {
+            let create = || {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(temp_path)
+            };
+            match create() {
+                // Its tmp/ shard is gone (tmp/ emptied by hand): made again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(shard) = temp_path.parent() {
+                        let _ = fs::create_dir_all(shard);
+                    }
+                    create()
+                }
+                other => other,
+            }
+            .map_err(|e| StorageError::io("create", temp_path, e))?
+        }
     };
     for chunk in chunks {
         file.write_all(chunk)
@@ -383,6 +414,15 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files below tmp/ (in its shards).
+    fn temp_files(root: &Path) -> usize {
+        fs::read_dir(root.join("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|shard| fs::read_dir(shard.path()).map_or(0, |d| d.count()))
+            .sum()
+    }
     use crate::key::decode_path;
 
     fn key(raw: &str) -> StorageKey {
@@ -418,7 +458,7 @@ mod tests {
         w.write(Bytes::from_static(b"second")).await.unwrap();
         w.commit().await.unwrap();
         assert_eq!(read_all(&store, &k).await.unwrap(), b"second");
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(temp_files(dir.path()), 0);
     }
 
     #[tokio::test]
@@ -430,9 +470,9 @@ mod tests {
         w.write(Bytes::from(vec![7u8; WRITE_CHUNK * 2]))
             .await
             .unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        assert_eq!(temp_files(dir.path()), 1);
         drop(w);
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(temp_files(dir.path()), 0);
         assert!(!store.path_of(&k).exists());
     }
 
@@ -452,7 +492,7 @@ mod tests {
             matches!(over_folder, Err(StorageError::Conflict(_))),
             "{over_folder:?}"
         );
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(temp_files(dir.path()), 0);
     }
 
     #[tokio::test]

@@ -228,7 +228,7 @@ async fn ingest_killed_mid_upload_shows_no_partial_file_and_the_retry_succeeds()
     let stream = start_partial_put(ingest.health_port, &path, &data, 1_500_000).await;
     let tmp = settings.storage_dir.join("tmp");
     eventually("partial upload on disk", WAIT, async || {
-        count_files(&tmp) > 0
+        !all_files(&tmp).is_empty()
     })
     .await;
     ingest.sigkill().await;
@@ -272,7 +272,10 @@ async fn sigterm_lets_in_flight_uploads_and_jobs_finish() {
     let (path, _) = voicemail_path("t", 1);
     let mut stream = start_partial_put(ingest.health_port, &path, &data, 1_000_000).await;
     let tmp = settings.storage_dir.join("tmp");
-    eventually("upload in progress", WAIT, async || count_files(&tmp) > 0).await;
+    eventually("upload in progress", WAIT, async || {
+        !all_files(&tmp).is_empty()
+    })
+    .await;
     let exit = tokio::spawn(ingest.sigterm(Duration::from_secs(40)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stream.write_all(&data[1_000_000..]).await.unwrap();
