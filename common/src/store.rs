@@ -24,9 +24,10 @@ use crate::key::StorageKey;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Uploads are written to disk once this much has arrived: large enough to need few trips to
-/// the blocking pool, small enough that 64 uploads at once hold a few MiB whatever their size.
-const WRITE_CHUNK: usize = 64 * 1024;
+/// Uploads are written to disk once this much has arrived: a voicemail-sized upload costs one
+/// trip to the blocking pool (each trip is two context switches, and ingest is CPU-bound under
+/// load), and memory stays flat whatever the body size.
+const WRITE_CHUNK: usize = 256 * 1024;
 /// Subdirectories of `tmp/` (named 0 to f) that uploads in progress are spread over.
 const TMP_SHARDS: usize = 16;
 /// Files up to this size are read in one go when fetched.
