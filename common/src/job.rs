@@ -28,8 +28,10 @@ pub struct VoicemailJob {
     pub content_type: Option<String>,
     /// Size of the stored (decoded) file.
     pub size_bytes: u64,
-    /// SHA-256 of the stored file, lower-case hex.
-    pub sha256: String,
+    /// SHA-256 of the stored file, lower-case hex, when the sender computed it. Ingest leaves it
+    /// out (hashing is not for the upload's critical path): the worker hashes the stored file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub received_at: DateTime<Utc>,
     pub upload_mode: UploadMode,
     /// The JSON document of a multipart upload (KAZOO's whole public document), as sent.
@@ -178,7 +180,7 @@ mod tests {
             attachment_name: "c.mp3".into(),
             content_type: Some("audio/mpeg".into()),
             size_bytes: 3,
-            sha256: "00".into(),
+            sha256: Some("00".into()),
             received_at: Utc::now(),
             upload_mode: UploadMode::MultipartBase64,
             kazoo_document: Some(serde_json::json!({"id": "b"})),

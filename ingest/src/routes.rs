@@ -198,7 +198,7 @@ async fn store(
         attachment_name: info.file_part_name.unwrap_or(facts.attachment_name),
         content_type: info.content_type,
         size_bytes: received.size,
-        sha256: received.sha256,
+        sha256: None,
         received_at: chrono::Utc::now(),
         upload_mode: info.mode,
         kazoo_document: info.kazoo_document,
@@ -217,7 +217,6 @@ async fn store(
     let response = HttpResponse::Created().json(serde_json::json!({
         "storage_key": job.storage_key,
         "size_bytes": job.size_bytes,
-        "sha256": job.sha256,
     }));
     Ok((response, job.upload_mode))
 }

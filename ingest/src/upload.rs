@@ -17,7 +17,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, stream};
-use sha2::{Digest, Sha256};
 use tracing::warn;
 use vmpipe_common::settings::Base64Mode;
 use vmpipe_common::{ObjectWriter, UploadMode};
@@ -37,7 +36,6 @@ pub struct Received {
     /// Size of the stored (decoded) file.
     pub size: u64,
     /// SHA-256 of the stored file, lower-case hex.
-    pub sha256: String,
     pub info: BodyInfo,
 }
 
@@ -60,10 +58,9 @@ pub struct Limits {
     pub body_timeout: std::time::Duration,
 }
 
-/// Hashes, counts and forwards the file's bytes to storage.
+/// Counts and forwards the file's bytes to storage.
 struct FileSink {
     writer: Box<dyn ObjectWriter>,
-    hasher: Sha256,
     size: u64,
 }
 
@@ -72,7 +69,6 @@ impl FileSink {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.hasher.update(&bytes);
         self.size += bytes.len() as u64;
         self.writer.write(bytes).await?;
         Ok(())
@@ -99,11 +95,7 @@ pub async fn receive(
     let overflowed = Rc::new(Cell::new(false));
     let stalled = Rc::new(Cell::new(false));
     let body = limit_stream(payload, limits, overflowed.clone(), stalled.clone());
-    let mut sink = FileSink {
-        writer,
-        hasher: Sha256::new(),
-        size: 0,
-    };
+    let mut sink = FileSink { writer, size: 0 };
     let content_type = header_str(req.headers(), header::CONTENT_TYPE);
     let declared_multipart = content_type.as_deref().is_some_and(|ct| {
         ct.trim_start()
@@ -143,7 +135,6 @@ pub async fn receive(
     };
     let received = Received {
         size: sink.size,
-        sha256: hex::encode(sink.hasher.finalize()),
         info,
     };
     Ok((sink.writer, received))
@@ -517,7 +508,6 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
     runtime.block_on(async {
         let mut sink = FileSink {
             writer: Box::new(Counting),
-            hasher: Sha256::new(),
             size: 0,
         };
         receive_multipart(&headers, &mime, stream, &mut sink, &limits)

@@ -78,7 +78,8 @@ async fn every_store_mode_fetches_back_byte_identical_and_enqueues_its_job() {
             assert_eq!(job.attachment_name, name);
             assert_eq!(job.content_type.as_deref(), Some("audio/mpeg"));
             assert_eq!(job.size_bytes, audio.len() as u64);
-            assert_eq!(job.sha256, sha256_hex(&audio));
+            // Hashing is the worker's (off the upload's critical path).
+            assert_eq!(job.sha256, None);
             assert_eq!(job.upload_mode, expected_mode(body), "{verb:?} {body:?}");
             assert!(!job.request_id.is_empty());
             match body {
@@ -194,7 +195,7 @@ async fn repeated_put_is_idempotent_and_a_new_body_replaces_the_old() {
         jobs.push(job);
     }
     assert_eq!(jobs.len(), 6, "every accepted upload is announced");
-    assert_eq!(jobs[5].sha256, sha256_hex(&second));
+    assert_eq!(jobs[5].size_bytes, second.len() as u64);
     queue.delete().await;
     ingest.stop().await;
 }

@@ -208,7 +208,7 @@ async fn poison_jobs_are_dead_lettered_with_a_reason_and_the_next_job_is_indexed
         attachment_name: "never-stored.mp3".into(),
         content_type: None,
         size_bytes: 1,
-        sha256: "00".into(),
+        sha256: None,
         received_at: Utc::now(),
         upload_mode: vmpipe_common::UploadMode::Raw,
         kazoo_document: None,

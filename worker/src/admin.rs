@@ -1,7 +1,6 @@
 //! Operator commands: putting dead-lettered jobs back, and reconciling storage with the index.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::Path;
 
 use lapin::options::{
@@ -11,7 +10,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use vmpipe_common::job::{JOB_SCHEMA_VERSION, is_credentials_probe};
 use vmpipe_common::{FsStore, PathFacts, Settings, StorageKey, UploadMode, VoicemailJob, amqp};
@@ -197,17 +195,7 @@ fn walk(dir: &Path, visit: &mut dyn FnMut(&Path)) -> Result<(), WorkerError> {
 fn job_for_stored_file(store: &FsStore, key: &StorageKey) -> Result<VoicemailJob, WorkerError> {
     let path = store.path_of(key);
     let io = |e| WorkerError::Io(path.display().to_string(), e);
-    let mut file = std::fs::File::open(&path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    let meta = std::fs::metadata(&path).map_err(io)?;
     let facts = PathFacts::from_segments(key.segments());
     let received_at = meta
         .modified()
@@ -232,7 +220,7 @@ fn job_for_stored_file(store: &FsStore, key: &StorageKey) -> Result<VoicemailJob
         attachment_name: facts.attachment_name,
         content_type,
         size_bytes: meta.len(),
-        sha256: hex::encode(hasher.finalize()),
+        sha256: None,
         received_at,
         upload_mode: UploadMode::Reconciled,
         kazoo_document: None,

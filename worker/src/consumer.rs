@@ -23,7 +23,7 @@ use vmpipe_common::job::{JOB_SCHEMA_VERSION, is_credentials_probe};
 use vmpipe_common::{FsStore, Settings, StorageKey, VoicemailJob, amqp};
 
 use crate::db::{self, DbError};
-use crate::index::VoicemailRow;
+use crate::index::{self, VoicemailRow};
 use crate::probe;
 
 /// Why a job did not complete.
@@ -380,14 +380,25 @@ pub async fn process(
     }
 
     let started = std::time::Instant::now();
-    let probed = match tokio::task::spawn_blocking(move || probe::probe_file(&path)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
+    let hash = job.sha256.is_none();
+    let (probed, sha256) = tokio::task::spawn_blocking(move || {
+        let sha256 = hash.then(|| {
+            index::sha256_file(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+        });
         // A panic while probing hostile audio is a probe error, not a dead worker.
-        Err(e) => Err(format!("probe crashed: {e}")),
-    };
+        let probed = std::panic::catch_unwind(|| probe::probe_file(&path))
+            .map_err(|panic| format!("probe crashed: {}", panic_text(&panic)))
+            .and_then(|probed| probed.map_err(|e| e.to_string()));
+        (probed, sha256)
+    })
+    .await
+    .map_err(|e| JobError::Retry(format!("probing stopped: {e}")))?;
     let probe_time = started.elapsed();
     metrics::histogram!("vmpipe_probe_duration_seconds").record(probe_time.as_secs_f64());
-    let row = VoicemailRow::build(&job, &probed);
+    let mut row = VoicemailRow::build(&job, &probed);
+    if let Some(sha256) = sha256 {
+        row.sha256 = sha256.map_err(JobError::Retry)?;
+    }
     let written = retry_transient(&context.health, shutdown, || {
         context.index.upsert(row.clone())
     })
@@ -410,6 +421,14 @@ pub async fn process(
         "voicemail indexed"
     );
     Ok(())
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Runs `operation` until it succeeds or fails for good, waiting longer after each passing

@@ -7,6 +7,22 @@ use vmpipe_common::VoicemailJob;
 
 use crate::probe::Probed;
 
+/// SHA-256 of a stored file, lower-case hex (read in 256 KiB pieces).
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
 /// KAZOO timestamps are Gregorian seconds (since year 0); this many separate them from Unix time.
 pub const GREGORIAN_UNIX_OFFSET: i64 = 62_167_219_200;
 
@@ -109,7 +125,8 @@ impl VoicemailRow {
             probe_error,
             content_type: job.content_type.clone(),
             size_bytes: i64::try_from(job.size_bytes).unwrap_or(i64::MAX),
-            sha256: job.sha256.clone(),
+            // Filled in by the consumer when the job has none (see `sha256_file`).
+            sha256: job.sha256.clone().unwrap_or_default(),
             upload_mode: job.upload_mode.as_str().to_owned(),
             received_at: job.received_at,
             request_id: Some(job.request_id.clone()).filter(|r| !r.is_empty()),
@@ -211,7 +228,7 @@ mod tests {
             attachment_name: attachment.into(),
             content_type: Some("audio/mpeg".into()),
             size_bytes: 1234,
-            sha256: "ab".into(),
+            sha256: Some("ab".into()),
             received_at: Utc::now(),
             upload_mode: UploadMode::Multipart,
             kazoo_document: document,
