@@ -803,6 +803,16 @@ pub fn hex32() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// Whether every migration has been applied (they commit one by one, so a table of the first
+/// can exist while the last is still to come).
+pub async fn migrated(pool: &sqlx::PgPool) -> bool {
+    let applied: Result<i64, _> =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await;
+    applied.is_ok_and(|n| n as usize == vmpipe_worker::db::MIGRATOR.iter().count())
+}
+
 /// Ingest, worker, queue and database of the test's own.
 pub struct Stack {
     pub ingest: TestIngest,
@@ -884,10 +894,7 @@ impl Stack {
                 .max_connections(2)
                 .connect(&self.database.url)
                 .await
-                && sqlx::query("SELECT 1 FROM voicemails LIMIT 1")
-                    .execute(&pool)
-                    .await
-                    .is_ok()
+                && migrated(&pool).await
             {
                 self.pool = Some(pool);
                 return;

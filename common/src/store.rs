@@ -169,8 +169,7 @@ impl Storage for FsStore {
             final_path: self.path_of(key),
             voicemail_root: self.voicemails.clone(),
             file: None,
-            pending: Vec::new(),
-            pending_len: 0,
+            buffer: Vec::new(),
             committed: false,
         })
     }
@@ -280,26 +279,23 @@ struct FsWriter {
     voicemail_root: PathBuf,
     /// Created on the first flush, so a small upload costs one trip to the blocking pool.
     file: Option<File>,
-    /// Received chunks not yet written, kept as they came (no copy).
-    pending: Vec<Bytes>,
-    pending_len: usize,
+    /// Received bytes not yet written. Copied out of the chunks: a chunk can be a slice of a
+    /// much larger buffer (the multipart parser's), which holding it would keep alive.
+    buffer: Vec<u8>,
     committed: bool,
 }
 
 impl FsWriter {
-    fn take_state(&mut self) -> (Option<File>, Vec<Bytes>, PathBuf) {
+    fn take_state(&mut self) -> (Option<File>, Vec<u8>, PathBuf) {
         (
             self.file.take(),
-            {
-                self.pending_len = 0;
-                std::mem::take(&mut self.pending)
-            },
+            std::mem::take(&mut self.buffer),
             self.temp_path.clone(),
         )
     }
 }
 
-fn write_out(file: Option<File>, chunks: &[Bytes], temp_path: &Path) -> Result<File, StorageError> {
+fn write_out(file: Option<File>, buffer: &[u8], temp_path: &Path) -> Result<File, StorageError> {
     let mut file = match file {
         Some(file) => file,
         None => {
@@ -322,41 +318,42 @@ fn write_out(file: Option<File>, chunks: &[Bytes], temp_path: &Path) -> Result<F
             .map_err(|e| StorageError::io("create", temp_path, e))?
         }
     };
-    for chunk in chunks {
-        file.write_all(chunk)
-            .map_err(|e| StorageError::io("write", temp_path, e))?;
-    }
+    file.write_all(buffer)
+        .map_err(|e| StorageError::io("write", temp_path, e))?;
     Ok(file)
 }
 
 impl ObjectWriter for FsWriter {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
-            self.pending_len += chunk.len();
-            self.pending.push(chunk);
-            if self.pending_len < WRITE_CHUNK {
+            if self.buffer.capacity() == 0 {
+                // Exactly one piece's worth: growing by doubling would hold twice that.
+                self.buffer.reserve_exact(WRITE_CHUNK.max(chunk.len()));
+            }
+            self.buffer.extend_from_slice(&chunk);
+            if self.buffer.len() < WRITE_CHUNK {
                 return Ok(());
             }
-            let (file, mut chunks, temp_path) = self.take_state();
-            let (file, chunks) = blocking(move || {
-                let file = write_out(file, &chunks, &temp_path)?;
-                chunks.clear();
-                Ok((file, chunks))
+            let (file, mut buffer, temp_path) = self.take_state();
+            let (file, buffer) = blocking(move || {
+                let file = write_out(file, &buffer, &temp_path)?;
+                buffer.clear();
+                Ok((file, buffer))
             })
             .await?;
             self.file = Some(file);
-            self.pending = chunks;
+            self.buffer = buffer;
             Ok(())
         })
     }
 
     fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>> {
         Box::pin(async move {
-            let (file, chunks, temp_path) = self.take_state();
+            let (file, buffer, temp_path) = self.take_state();
             let final_path = self.final_path.clone();
             let root = self.voicemail_root.clone();
             blocking(move || {
-                let file = write_out(file, &chunks, &temp_path)?;
+                let file = write_out(file, &buffer, &temp_path)?;
                 file.sync_data()
                     .map_err(|e| StorageError::io("fsync", &temp_path, e))?;
                 drop(file);

@@ -187,10 +187,7 @@ async fn wait_for_schema(database: &TestDatabase) -> sqlx::PgPool {
             .max_connections(2)
             .connect(&database.url)
             .await
-            && sqlx::query("SELECT 1 FROM voicemails LIMIT 1")
-                .execute(&pool)
-                .await
-                .is_ok()
+            && migrated(&pool).await
         {
             return pool;
         }

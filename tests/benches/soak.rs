@@ -49,10 +49,7 @@ async fn main() {
     let mut worker = Some(Service::spawn("worker", &settings).await);
     let pool = loop {
         if let Ok(pool) = sqlx::PgPool::connect(&database.url).await
-            && sqlx::query("SELECT 1 FROM voicemails LIMIT 1")
-                .execute(&pool)
-                .await
-                .is_ok()
+            && migrated(&pool).await
         {
             break pool;
         }
