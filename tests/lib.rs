@@ -547,6 +547,28 @@ impl Kazoo {
         .await
     }
 
+    /// A voicemail as KAZOO's mailbox stores it: a multipart PUT of `audio` named `name`, with
+    /// its message document, under a new document id of `account`.
+    pub async fn store_voicemail(
+        &self,
+        account: &str,
+        name: &str,
+        audio: &[u8],
+        content_type: &str,
+    ) -> Response {
+        let document_id = format!("202611-{}", hex32());
+        let document = mailbox_message(&document_id, name);
+        let att = Attachment {
+            document_id: &document_id,
+            name,
+            content_type,
+            data: audio,
+            document: &document,
+        };
+        let path = format!("/{account}/{document_id}/{name}");
+        self.store(Verb::Put, &path, Body::Multipart, &att).await
+    }
+
     /// A store request as KAZOO < 4.3.106 sends it (extra bogus `content_type:` header).
     pub async fn store_legacy(
         &self,

@@ -229,22 +229,8 @@ async fn upload_many(ingest: &TestIngest, wav: &[u8], tag: &str, count: usize, c
 }
 
 async fn upload_one(client: &Kazoo, wav: &[u8], name: &str) {
-    let doc = format!("202611-{}", hex32());
-    let document = mailbox_message(&doc, name);
-    let att = Attachment {
-        document_id: &doc,
-        name,
-        content_type: "audio/wav",
-        data: wav,
-        document: &document,
-    };
     let r = client
-        .store(
-            Verb::Put,
-            &format!("/{ACCOUNT}/{doc}/{name}"),
-            Body::Multipart,
-            &att,
-        )
+        .store_voicemail(ACCOUNT, name, wav, "audio/wav")
         .await;
     assert_eq!(r.status, 201);
 }

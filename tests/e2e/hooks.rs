@@ -33,22 +33,12 @@ fn command_hook(name: &str, script: &str) -> HookSettings {
 
 /// Uploads a KAZOO voicemail (multipart, with its document) named `name`.
 async fn upload(stack: &Stack, name: &str, audio: &[u8], content_type: &str) {
-    let document_id = format!("202611-{}", hex32());
-    let document = mailbox_message(&document_id, name);
-    let att = Attachment {
-        document_id: &document_id,
-        name,
-        content_type,
-        data: audio,
-        document: &document,
-    };
-    stack
-        .put(
-            &format!("/{ACCOUNT}/{document_id}/{name}"),
-            Body::Multipart,
-            &att,
-        )
+    let r = stack
+        .ingest
+        .client()
+        .store_voicemail(ACCOUNT, name, audio, content_type)
         .await;
+    assert_eq!(r.status, 201, "{name}");
 }
 
 fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {

@@ -401,23 +401,17 @@ async fn a_row_the_database_refuses_fails_alone_in_its_batch() {
     pool.close().await;
     // Queue the jobs first, so that the worker finds them together and batches them.
     let wav = wav_pcm16(8000, 300);
+    let kazoo = stack.ingest.client();
     for i in 0..20 {
         let name = if i == 7 {
             "refused.wav".to_owned()
         } else {
             format!("b{i}.wav")
         };
-        let document = mailbox_message(DOC, &name);
-        let att = Attachment {
-            document_id: DOC,
-            name: &name,
-            content_type: "audio/wav",
-            data: &wav,
-            document: &document,
-        };
-        stack
-            .put(&format!("/{ACCOUNT}/{DOC}/{name}"), Body::Multipart, &att)
+        let r = kazoo
+            .store_voicemail(ACCOUNT, &name, &wav, "audio/wav")
             .await;
+        assert_eq!(r.status, 201);
     }
     stack.start_worker().await;
     wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 19, WAIT).await;

@@ -387,7 +387,7 @@ pub async fn process(
         });
         // A panic while probing hostile audio is a probe error, not a dead worker.
         let probed = std::panic::catch_unwind(|| probe::probe_file(&path))
-            .map_err(|panic| format!("probe crashed: {}", panic_text(&panic)))
+            .map_err(|panic| format!("probe crashed: {}", crate::panic_text(&panic)))
             .and_then(|probed| probed.map_err(|e| e.to_string()));
         (probed, sha256)
     })
@@ -421,14 +421,6 @@ pub async fn process(
         "voicemail indexed"
     );
     Ok(())
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 /// Runs `operation` until it succeeds or fails for good, waiting longer after each passing

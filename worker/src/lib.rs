@@ -43,6 +43,15 @@ pub enum WorkerError {
     Runner(#[from] hooks::runner::RunnerError),
 }
 
+/// The message of a caught panic (a probe on hostile audio, a compiled-in hook).
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// Connects to PostgreSQL (creating the database if needed) and applies pending migrations.
 pub async fn migrate(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
     let connections = u32::from(settings.worker_concurrency).clamp(2, 32);

@@ -256,7 +256,7 @@ impl HookRunner {
             Ok(result) => result,
             Err(e) if e.is_panic() => Err(HookError::Failed(format!(
                 "the hook panicked: {}",
-                panic_message(e.into_panic())
+                crate::panic_text(&e.into_panic())
             ))),
             Err(e) => Err(HookError::Failed(format!("the hook was stopped: {e}"))),
         }
@@ -477,14 +477,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// What to call the stored file in a webhook's `audio` part: KAZOO's declared type when it is
