@@ -28,7 +28,7 @@ if [ -n "$nginx_bin" ]; then
   mkdir -p "$run/nginx/data/dav"
   "$nginx_bin" -p "$run/nginx" -c "$PWD/bench/nginx.conf" -e "$run/nginx/error.log" &
   nginx_pid=$!
-  export BENCH_NGINX_PORT=18182
+  export BENCH_NGINX_PORT=18182 BENCH_NGINX_PID=$nginx_pid
 fi
 for _ in $(seq 1 50); do curl -s -o /dev/null http://127.0.0.1:18181/healthz && break; sleep 0.2; done
 # Measure our ingest, not something else left listening on the port.

@@ -4,7 +4,9 @@
 //! config in `bench/nginx.conf`) with KAZOO-shaped requests over keep-alive connections:
 //! bodies of 16 KiB, 128 KiB and 1 MiB, at 1, 16 and 64 connections, raw PUT and multipart
 //! POST. The two servers alternate run by run, so machine noise hits both alike. Prints
-//! requests/s, MB/s, p50/p99 latency, ingest's peak RSS, and the ratio to nginx.
+//! requests/s, MB/s, p50/p99 latency, ingest's peak RSS, and the ratio to nginx; and the CPU
+//! each server spent per request (ingest's own, plus RabbitMQ's for the jobs it confirmed), as
+//! everything shares the machine's cores and CPU per upload is what bounds the rate.
 //! Each case runs `BENCH_ROUNDS` (3) times per server, alternating, and the rounds are pooled.
 //! `BENCH_ONLY=raw:128:16` (body:KiB:connections) runs a single case, e.g. under a profiler.
 
@@ -19,16 +21,96 @@ struct Run {
     bytes: u64,
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time of the server's processes, and of RabbitMQ's, during the run.
+    server_cpu: Duration,
+    broker_cpu: Duration,
+}
+
+/// Who to charge CPU to while a server is driven.
+#[derive(Clone, Copy)]
+struct Server {
+    port: u16,
+    pid: Option<u32>,
+}
+
+/// utime + stime of `pid` and all its descendants (nginx's workers), from /proc.
+fn tree_cpu(root: u32) -> Duration {
+    let mut stats = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(stat) = proc_stat(pid) {
+            stats.push(stat);
+        }
+    }
+    let mut tree = vec![root];
+    let mut ticks = 0;
+    while let Some(pid) = tree.pop() {
+        for stat in &stats {
+            if stat.pid == pid {
+                ticks += stat.ticks;
+            }
+            if stat.parent == pid {
+                tree.push(stat.pid);
+            }
+        }
+    }
+    ticks_to_duration(ticks)
+}
+
+/// CPU time of every process with this command name (RabbitMQ's `beam.smp`).
+fn named_cpu(name: &str) -> Duration {
+    let mut ticks = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(stat) = proc_stat(pid)
+            && stat.name == name
+        {
+            ticks += stat.ticks;
+        }
+    }
+    ticks_to_duration(ticks)
+}
+
+struct ProcStat {
+    pid: u32,
+    parent: u32,
+    name: String,
+    ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // After the name: state, ppid, ..., utime (field 14 of the line), stime (15).
+    Some(ProcStat {
+        pid,
+        parent: fields.get(1)?.parse().ok()?,
+        name,
+        ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
+    })
+}
+
+/// /proc counts in USER_HZ, which is 100 on Linux.
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
 }
 
 async fn drive(
-    port: u16,
+    server: Server,
     body: Body,
     size: usize,
     connections: usize,
     seconds: f64,
     prefix: &str,
 ) -> Run {
+    let port = server.port;
+    let server_cpu_before = server.pid.map(tree_cpu).unwrap_or_default();
+    let broker_cpu_before = named_cpu("beam.smp");
     let audio = nasty_audio(size);
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -71,12 +153,24 @@ async fn drive(
         latencies.extend(task.await.unwrap());
     }
     latencies.sort();
+    let elapsed = started.elapsed();
     Run {
         requests: latencies.len() as u64,
         bytes: latencies.len() as u64 * size as u64,
         latencies,
-        elapsed: started.elapsed(),
+        elapsed,
+        server_cpu: server
+            .pid
+            .map(tree_cpu)
+            .unwrap_or_default()
+            .saturating_sub(server_cpu_before),
+        broker_cpu: named_cpu("beam.smp").saturating_sub(broker_cpu_before),
     }
+}
+
+/// CPU milliseconds per request.
+fn per_request(cpu: Duration, run: &Run) -> f64 {
+    cpu.as_secs_f64() * 1000.0 / run.requests.max(1) as f64
 }
 
 fn merge(runs: Vec<Run>) -> Run {
@@ -85,8 +179,12 @@ fn merge(runs: Vec<Run>) -> Run {
         bytes: 0,
         latencies: Vec::new(),
         elapsed: Duration::ZERO,
+        server_cpu: Duration::ZERO,
+        broker_cpu: Duration::ZERO,
     };
     for run in runs {
+        all.server_cpu += run.server_cpu;
+        all.broker_cpu += run.broker_cpu;
         all.requests += run.requests;
         all.bytes += run.bytes;
         all.latencies.extend(run.latencies);
@@ -140,12 +238,22 @@ async fn main() {
     let nginx_port: Option<u16> = std::env::var("BENCH_NGINX_PORT")
         .ok()
         .and_then(|p| p.parse().ok());
+    let nginx_pid: Option<u32> = std::env::var("BENCH_NGINX_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let ingest = Server {
+        port: ingest_port,
+        pid: ingest_pid,
+    };
     println!(
         "{seconds} s per run, {rounds} rounds alternating; ingest on {ingest_port}{}",
         nginx_port.map_or(String::new(), |p| format!(", nginx on {p}"))
     );
     println!(
-        "{:<10} {:>8} {:>5} | {:>9} {:>8} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>6}",
+        "CPU columns: milliseconds of CPU per request; ingest's own + RabbitMQ's for its jobs"
+    );
+    println!(
+        "{:<10} {:>8} {:>5} | {:>9} {:>8} {:>8} {:>8} {:>11} | {:>9} {:>8} {:>8} {:>6} | {:>6}",
         "body",
         "size",
         "conns",
@@ -153,9 +261,11 @@ async fn main() {
         "MB/s",
         "p50 ms",
         "p99 ms",
+        "CPU ms",
         "nginx/s",
         "p50 ms",
         "p99 ms",
+        "CPU ms",
         "ratio"
     );
     for (body, sizes) in [
@@ -175,28 +285,38 @@ async fn main() {
                 let mut ours = Vec::new();
                 let mut theirs = Vec::new();
                 for _ in 0..rounds {
-                    ours.push(drive(ingest_port, body, size, connections, seconds, "").await);
+                    ours.push(drive(ingest, body, size, connections, seconds, "").await);
                     if let (Some(port), Body::Raw) = (nginx_port, body) {
-                        theirs.push(drive(port, body, size, connections, seconds, "/dav").await);
+                        let nginx = Server {
+                            port,
+                            pid: nginx_pid,
+                        };
+                        theirs.push(drive(nginx, body, size, connections, seconds, "/dav").await);
                     }
                 }
                 let ours = merge(ours);
                 let theirs = (!theirs.is_empty()).then(|| merge(theirs));
                 let rate = |r: &Run| r.requests as f64 / r.elapsed.as_secs_f64();
                 let ours_rate = rate(&ours);
-                let (their_rate, their_p50, their_p99, ratio) =
-                    theirs
-                        .as_ref()
-                        .map_or(("-".into(), "-".into(), "-".into(), "-".into()), |t| {
-                            (
-                                format!("{:.0}", rate(t)),
-                                format!("{:.2}", percentile(&t.latencies, 0.5)),
-                                format!("{:.2}", percentile(&t.latencies, 0.99)),
-                                format!("{:.2}", ours_rate / rate(t)),
-                            )
-                        });
+                let (their_rate, their_p50, their_p99, their_cpu, ratio) = theirs.as_ref().map_or(
+                    ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+                    |t| {
+                        (
+                            format!("{:.0}", rate(t)),
+                            format!("{:.2}", percentile(&t.latencies, 0.5)),
+                            format!("{:.2}", percentile(&t.latencies, 0.99)),
+                            format!("{:.3}", per_request(t.server_cpu, t)),
+                            format!("{:.2}", ours_rate / rate(t)),
+                        )
+                    },
+                );
+                let our_cpu = format!(
+                    "{:.3}+{:.3}",
+                    per_request(ours.server_cpu, &ours),
+                    per_request(ours.broker_cpu, &ours)
+                );
                 println!(
-                    "{:<10} {:>7}K {:>5} | {:>9.0} {:>8.1} {:>8.2} {:>8.2} | {:>9} {:>8} {:>8} | {:>6}",
+                    "{:<10} {:>7}K {:>5} | {:>9.0} {:>8.1} {:>8.2} {:>8.2} {:>11} | {:>9} {:>8} {:>8} {:>6} | {:>6}",
                     format!("{body:?}"),
                     size >> 10,
                     connections,
@@ -204,9 +324,11 @@ async fn main() {
                     ours.bytes as f64 / 1e6 / ours.elapsed.as_secs_f64(),
                     percentile(&ours.latencies, 0.5),
                     percentile(&ours.latencies, 0.99),
+                    our_cpu,
                     their_rate,
                     their_p50,
                     their_p99,
+                    their_cpu,
                     ratio
                 );
             }
@@ -229,7 +351,11 @@ async fn memory(port: u16, pid: u32) {
     {
         let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
         let before = rss_kib(pid, "VmRSS:").unwrap_or(0);
-        let run = drive(port, Body::Raw, size, connections, 0.0, "").await;
+        let server = Server {
+            port,
+            pid: Some(pid),
+        };
+        let run = drive(server, Body::Raw, size, connections, 0.0, "").await;
         let peak = peak_rss_kib(pid).unwrap_or(0);
         println!(
             "memory {label}: {} uploads; ingest RSS {before} KiB before, peak {peak} KiB (+{} KiB){}",
