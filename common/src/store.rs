@@ -15,6 +15,8 @@ use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -28,6 +30,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// trip to the blocking pool (each trip is two context switches, and ingest is CPU-bound under
 /// load), and memory stays flat whatever the body size.
 const WRITE_CHUNK: usize = 256 * 1024;
+/// What the write buffers of all uploads in progress may hold together: with more than 16
+/// uploads at once each gets a share of this, down to [`MIN_WRITE_CHUNK`], so that memory
+/// stays flat in the number of uploads too.
+const WRITE_BUFFERS: usize = 4 * 1024 * 1024;
+const MIN_WRITE_CHUNK: usize = 32 * 1024;
 /// Subdirectories of `tmp/` (named 0 to f) that uploads in progress are spread over.
 const TMP_SHARDS: usize = 16;
 /// Files up to this size are read in one go when fetched.
@@ -102,6 +109,8 @@ pub trait ObjectWriter: Send {
 pub struct FsStore {
     voicemails: PathBuf,
     tmp: PathBuf,
+    /// Uploads in progress (writers not yet committed or dropped).
+    writers: Arc<AtomicUsize>,
 }
 
 impl FsStore {
@@ -109,6 +118,7 @@ impl FsStore {
         let store = Self {
             voicemails: root.join("voicemails"),
             tmp: root.join("tmp"),
+            writers: Arc::default(),
         };
         let shards = (0..TMP_SHARDS).map(|n| store.tmp.join(format!("{n:x}")));
         for dir in [store.voicemails.clone()].into_iter().chain(shards) {
@@ -159,7 +169,9 @@ impl FsStore {
 
 impl Storage for FsStore {
     fn create(&self, key: &StorageKey) -> Box<dyn ObjectWriter> {
+        self.writers.fetch_add(1, Ordering::Relaxed);
         Box::new(FsWriter {
+            writers: self.writers.clone(),
             temp_path: {
                 let name = uuid::Uuid::new_v4().simple().to_string();
                 // Spread over shards: uploads creating files at once would otherwise all wait
@@ -263,17 +275,47 @@ fn is_absent(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20)
 }
 
+/// Threads for file-system calls, shared by the whole process. Bounded, because each thread
+/// costs memory (its stack, its allocator arena), and tokio's own blocking pool, one per
+/// runtime (actix-web runs one per worker thread), grows to a thread per upload waiting on
+/// the disk: 64 concurrent uploads made 77 threads. Writes queue here when the disk is slow.
+const FILE_IO_THREADS: usize = 16;
+
+static FILE_IO: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    // Only its blocking pool is used; a current-thread runtime needs no thread of its own.
+    tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(FILE_IO_THREADS)
+        .thread_name("vmpipe-file-io")
+        .build()
+        .expect("cannot start the file I/O threads")
+});
+
+/// Runs blocking file-system work on the shared file I/O threads.
+pub fn spawn_file_io<T, F>(f: F) -> tokio::task::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    FILE_IO.spawn_blocking(f)
+}
+
 async fn blocking<T, F>(f: F) -> Result<T, StorageError>
 where
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
+    spawn_file_io(f)
         .await
         .map_err(|e| StorageError::Task(e.to_string()))?
 }
 
+/// Each upload's share of [`WRITE_BUFFERS`] when `writers` are in progress.
+fn piece_size(writers: usize) -> usize {
+    (WRITE_BUFFERS / writers.max(1)).clamp(MIN_WRITE_CHUNK, WRITE_CHUNK)
+}
+
 struct FsWriter {
+    writers: Arc<AtomicUsize>,
     temp_path: PathBuf,
     final_path: PathBuf,
     voicemail_root: PathBuf,
@@ -286,6 +328,28 @@ struct FsWriter {
 }
 
 impl FsWriter {
+    /// How much to gather before a write: this upload's share of [`WRITE_BUFFERS`].
+    fn piece_size(&self) -> usize {
+        piece_size(self.writers.load(Ordering::Relaxed))
+    }
+
+    /// Writes out what is gathered, on the blocking pool.
+    async fn flush(&mut self) -> Result<(), StorageError> {
+        let (file, mut buffer, temp_path) = self.take_state();
+        let (file, buffer) = blocking(move || {
+            let file = write_out(file, &buffer, &temp_path)?;
+            buffer.clear();
+            Ok((file, buffer))
+        })
+        .await?;
+        self.file = Some(file);
+        // Kept for the next piece unless more uploads have started meanwhile.
+        if buffer.capacity() <= self.piece_size() {
+            self.buffer = buffer;
+        }
+        Ok(())
+    }
+
     fn take_state(&mut self) -> (Option<File>, Vec<u8>, PathBuf) {
         (
             self.file.take(),
@@ -326,23 +390,20 @@ fn write_out(file: Option<File>, buffer: &[u8], temp_path: &Path) -> Result<File
 impl ObjectWriter for FsWriter {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
+            // A chunk that does not fit: what is gathered goes first, rather than the buffer
+            // growing (by doubling) past its share.
+            if !self.buffer.is_empty() && self.buffer.len() + chunk.len() > self.buffer.capacity() {
+                self.flush().await?;
+            }
+            let piece = self.piece_size();
             if self.buffer.capacity() == 0 {
                 // Exactly one piece's worth: growing by doubling would hold twice that.
-                self.buffer.reserve_exact(WRITE_CHUNK.max(chunk.len()));
+                self.buffer.reserve_exact(piece.max(chunk.len()));
             }
             self.buffer.extend_from_slice(&chunk);
-            if self.buffer.len() < WRITE_CHUNK {
-                return Ok(());
+            if self.buffer.len() >= piece {
+                self.flush().await?;
             }
-            let (file, mut buffer, temp_path) = self.take_state();
-            let (file, buffer) = blocking(move || {
-                let file = write_out(file, &buffer, &temp_path)?;
-                buffer.clear();
-                Ok((file, buffer))
-            })
-            .await?;
-            self.file = Some(file);
-            self.buffer = buffer;
             Ok(())
         })
     }
@@ -378,6 +439,7 @@ impl ObjectWriter for FsWriter {
 
 impl Drop for FsWriter {
     fn drop(&mut self) {
+        self.writers.fetch_sub(1, Ordering::Relaxed);
         if !self.committed {
             // Unfinished upload (client gone, error, body too large): leave nothing behind.
             let _ = fs::remove_file(&self.temp_path);
@@ -457,6 +519,35 @@ mod tests {
         w.commit().await.unwrap();
         assert_eq!(read_all(&store, &k).await.unwrap(), b"second");
         assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn uploads_share_the_write_buffers() {
+        assert_eq!(piece_size(1), WRITE_CHUNK);
+        assert_eq!(piece_size(16), WRITE_CHUNK);
+        assert_eq!(piece_size(64), 64 * 1024);
+        assert_eq!(piece_size(10_000), MIN_WRITE_CHUNK);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let mut writers: Vec<_> = (0..64)
+            .map(|n| store.create(&key(&format!("a/{n}.mp3"))))
+            .collect();
+        assert_eq!(store.writers.load(Ordering::Relaxed), 64);
+        // Chunks of any size, across pieces of 64 KiB: all bytes land, in order.
+        let body: Vec<u8> = (0..300_000).map(|i| (i % 253) as u8).collect();
+        for piece in body.chunks(50_000) {
+            writers[0]
+                .write(Bytes::copy_from_slice(piece))
+                .await
+                .unwrap();
+        }
+        writers.remove(0).commit().await.unwrap();
+        writers.truncate(10);
+        assert_eq!(store.writers.load(Ordering::Relaxed), 10);
+        drop(writers);
+        assert_eq!(store.writers.load(Ordering::Relaxed), 0);
+        assert_eq!(read_all(&store, &key("a/0.mp3")).await.unwrap(), body);
     }
 
     #[tokio::test]

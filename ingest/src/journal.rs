@@ -109,7 +109,7 @@ impl Journal {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
 ) -> Result<T, JournalError> {
-    tokio::task::spawn_blocking(f)
+    vmpipe_common::store::spawn_file_io(f)
         .await
         .map_err(|e| JournalError::Task(e.to_string()))?
 }
