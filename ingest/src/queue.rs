@@ -280,20 +280,46 @@ impl JobQueue {
             return Ok(());
         }
         info!(jobs = entries.len(), "publishing journaled jobs");
-        for entry in entries {
-            let payload = journal.read(&entry).await?;
-            match VoicemailJob::from_json(&payload) {
-                Ok(job) => publish(channel, &self.inner.queue, &payload, properties(&job)).await?,
-                // Cannot happen for entries we wrote; keep it for inspection rather than loop.
-                Err(e) => {
-                    warn!(entry = %entry.path.display(), error = %e, "unreadable journal entry left in place");
-                    continue;
+        // In groups, like uploads' jobs: a round trip per job would make a long outage's
+        // backlog take minutes to drain.
+        for group in entries.chunks(MAX_GROUP) {
+            let mut readable = Vec::with_capacity(group.len());
+            for entry in group {
+                let payload = journal.read(entry).await?;
+                match VoicemailJob::from_json(&payload) {
+                    Ok(job) => readable.push((entry, properties(&job), payload)),
+                    // Cannot happen for entries we wrote; keep it for inspection rather than
+                    // loop.
+                    Err(e) => {
+                        warn!(entry = %entry.path.display(), error = %e, "unreadable journal entry left in place");
+                    }
                 }
             }
-            journal.remove(&entry).await?;
-            metrics::counter!("vmpipe_jobs_published_total", "via" => "journal").increment(1);
-            metrics::gauge!("vmpipe_journal_jobs").decrement(1.0);
-            debug!(entry = %entry.path.display(), "journaled job published");
+            let published = join_all(readable.into_iter().map(
+                |(entry, properties, payload)| async move {
+                    (
+                        entry,
+                        publish(channel, &self.inner.queue, &payload, properties).await,
+                    )
+                },
+            ))
+            .await;
+            let mut failure = None;
+            for (entry, result) in published {
+                match result {
+                    Ok(()) => {
+                        journal.remove(entry).await?;
+                        metrics::counter!("vmpipe_jobs_published_total", "via" => "journal")
+                            .increment(1);
+                        metrics::gauge!("vmpipe_journal_jobs").decrement(1.0);
+                        debug!(entry = %entry.path.display(), "journaled job published");
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
         }
         Ok(())
     }
