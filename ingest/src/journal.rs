@@ -89,18 +89,31 @@ impl Journal {
         .await
     }
 
-    pub async fn read(&self, entry: &Entry) -> Result<Vec<u8>, JournalError> {
-        let path = entry.path.clone();
-        blocking(move || fs::read(&path).map_err(io_err("read", &path))).await
+    /// The payloads of `entries`, in one trip to the file I/O threads.
+    pub async fn read(&self, entries: &[Entry]) -> Result<Vec<Vec<u8>>, JournalError> {
+        let paths: Vec<PathBuf> = entries.iter().map(|e| e.path.clone()).collect();
+        blocking(move || {
+            paths
+                .iter()
+                .map(|path| fs::read(path).map_err(io_err("read", path)))
+                .collect()
+        })
+        .await
     }
 
-    /// Forgets a published entry. Losing this unlink in a crash only means one more publish of
+    /// Forgets published entries. Losing an unlink in a crash only means one more publish of
     /// the job, which the worker treats as a repeat.
-    pub async fn remove(&self, entry: &Entry) -> Result<(), JournalError> {
-        let path = entry.path.clone();
-        blocking(move || match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
-            _ => Ok(()),
+    pub async fn remove(&self, entries: Vec<Entry>) -> Result<(), JournalError> {
+        blocking(move || {
+            for entry in &entries {
+                match fs::remove_file(&entry.path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err("remove", &entry.path)(e));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
         })
         .await
     }
@@ -131,9 +144,9 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         let pending = journal.pending().await.unwrap();
         assert_eq!(pending.len(), 2);
-        assert_eq!(journal.read(&pending[0]).await.unwrap(), b"1");
-        journal.remove(&pending[0]).await.unwrap();
-        journal.remove(&pending[0]).await.unwrap();
+        assert_eq!(journal.read(&pending[..1]).await.unwrap(), [b"1".to_vec()]);
+        journal.remove(pending[..1].to_vec()).await.unwrap();
+        journal.remove(pending[..1].to_vec()).await.unwrap();
         assert_eq!(journal.pending().await.unwrap().len(), 1);
         assert!(!dir.path().join("x.tmp").exists());
     }

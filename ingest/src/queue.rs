@@ -222,9 +222,9 @@ impl JobQueue {
         // In groups with their confirms in flight together: a round trip per job would make a
         // long outage's backlog take minutes to drain.
         for group in entries.chunks(JOURNAL_GROUP) {
+            let payloads = journal.read(group).await?;
             let mut readable = Vec::with_capacity(group.len());
-            for entry in group {
-                let payload = journal.read(entry).await?;
+            for (entry, payload) in group.iter().zip(payloads) {
                 match VoicemailJob::from_json(&payload) {
                     Ok(job) => readable.push((entry, properties(&job), payload)),
                     // Cannot happen for entries we wrote; keep it for inspection rather than
@@ -243,19 +243,19 @@ impl JobQueue {
                 },
             ))
             .await;
+            let mut confirmed = Vec::with_capacity(published.len());
             let mut failure = None;
             for (entry, result) in published {
                 match result {
-                    Ok(()) => {
-                        journal.remove(entry).await?;
-                        metrics::counter!("vmpipe_jobs_published_total", "via" => "journal")
-                            .increment(1);
-                        metrics::gauge!("vmpipe_journal_jobs").decrement(1.0);
-                        debug!(entry = %entry.path.display(), "journaled job published");
-                    }
+                    Ok(()) => confirmed.push(entry.clone()),
                     Err(e) => failure = Some(e),
                 }
             }
+            let count = confirmed.len() as u64;
+            journal.remove(confirmed).await?;
+            metrics::counter!("vmpipe_jobs_published_total", "via" => "journal").increment(count);
+            metrics::gauge!("vmpipe_journal_jobs").decrement(count as f64);
+            debug!(jobs = count, "journaled jobs published");
             if let Some(e) = failure {
                 return Err(e);
             }
