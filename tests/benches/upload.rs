@@ -35,15 +35,7 @@ struct Server {
 
 /// utime + stime of `pid` and all its descendants (nginx's workers), from /proc.
 fn tree_cpu(root: u32) -> Duration {
-    let mut stats = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Some(stat) = proc_stat(pid) {
-            stats.push(stat);
-        }
-    }
+    let stats = processes();
     let mut tree = vec![root];
     let mut ticks = 0;
     while let Some(pid) = tree.pop() {
@@ -61,18 +53,23 @@ fn tree_cpu(root: u32) -> Duration {
 
 /// CPU time of every process with this command name (RabbitMQ's `beam.smp`).
 fn named_cpu(name: &str) -> Duration {
-    let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Some(stat) = proc_stat(pid)
-            && stat.name == name
-        {
-            ticks += stat.ticks;
-        }
-    }
+    let ticks = processes()
+        .iter()
+        .filter(|stat| stat.name == name)
+        .map(|stat| stat.ticks)
+        .sum();
     ticks_to_duration(ticks)
+}
+
+/// Every process in /proc.
+fn processes() -> Vec<ProcStat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .collect()
 }
 
 struct ProcStat {
