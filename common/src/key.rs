@@ -101,6 +101,22 @@ impl StorageKey {
     pub fn file_name(&self) -> &str {
         self.segments.last().map(String::as_str).unwrap_or_default()
     }
+
+    /// The content type the file name's extension stands for, if it is one vmpipe knows
+    /// (KAZOO's declared type travels in the job; this is for files known only by name).
+    pub fn content_type(&self) -> Option<&'static str> {
+        let extension = self
+            .file_name()
+            .rsplit_once('.')
+            .map(|(_, ext)| ext.to_ascii_lowercase());
+        match extension.as_deref() {
+            Some("mp3") => Some("audio/mpeg"),
+            Some("wav") => Some("audio/wav"),
+            Some("mp4") => Some("video/mp4"),
+            Some("txt") => Some("text/plain"),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for StorageKey {
@@ -245,6 +261,13 @@ mod tests {
         let k = key("%252E%252E/x").unwrap();
         assert_eq!(k.segments()[0], "%2E%2E");
         assert_eq!(k.as_str(), "%252E%252E/x");
+    }
+
+    #[test]
+    fn content_type_comes_from_the_extension() {
+        assert_eq!(key("a/b/c.MP3").unwrap().content_type(), Some("audio/mpeg"));
+        assert_eq!(key("a/b/c.wav").unwrap().content_type(), Some("audio/wav"));
+        assert_eq!(key("a/b/c").unwrap().content_type(), None);
     }
 
     #[test]

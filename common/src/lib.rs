@@ -1,15 +1,16 @@
 //! What `ingest` and `worker` share: settings, the job message, storage keys and storage,
-//! the RabbitMQ topology and log setup. Free of actix-web, so the worker does not compile it.
+//! RabbitMQ (topology and publishing), backoff, metrics, signals and log setup. Free of
+//! actix-web, so the worker does not compile it.
 
 pub mod amqp;
 pub mod backoff;
 pub mod job;
 pub mod key;
+pub mod logging;
 pub mod metrics;
 pub mod settings;
 pub mod signals;
 pub mod store;
-pub mod telemetry;
 
 pub use job::{PathFacts, UploadMode, VoicemailJob};
 pub use key::{KeyError, StorageKey};

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut file = tempfile_in_shm();
     file.write_all(data).unwrap();
-    if let Ok(probed) = vmpipe_worker::probe::probe_file(file.path()) {
+    if let Ok(probed) = vmpipe_worker::audio::probe::probe_file(file.path()) {
         assert!(probed.sample_rate > 0);
     }
 });

@@ -1,6 +1,6 @@
 //! Who may talk to ingest. KAZOO can authenticate only through its storage URL, and since
 //! 4.3.106 it mangles Basic auth credentials on fetches, so the ways offered are:
-//! - an allow-list of client networks (`VMPIPE_ALLOW_NETWORKS`);
+//! - an allow-list of client networks (`VMPIPE_ALLOW_NETWORKS`, parsed with the settings);
 //! - a secret token, either as the first path segment below the prefix
 //!   (`http://vmpipe:8080/SECRET`) or as the `token` query parameter (`...?token=SECRET&key=`,
 //!   which KAZOO keeps on fetches) (`VMPIPE_ACCESS_TOKEN`);
@@ -13,62 +13,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-
-/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or a single address).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Network {
-    address: IpAddr,
-    prefix: u8,
-}
-
-impl std::str::FromStr for Network {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (address, prefix) = s.trim().split_once('/').unwrap_or((s.trim(), ""));
-        let address: IpAddr = address
-            .parse()
-            .map_err(|_| format!("not an IP network: {s:?}"))?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        let prefix = if prefix.is_empty() {
-            max
-        } else {
-            prefix
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("bad prefix length in {s:?}"))?
-        };
-        Ok(Self { address, prefix })
-    }
-}
-
-impl Network {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let (net, addr, bits) = match (self.address, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                (u128::from(u32::from(n)), u128::from(u32::from(a)), 32)
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
-            _ => return false,
-        };
-        let shift = bits - u32::from(self.prefix);
-        shift >= 128 || (net >> shift) == (addr >> shift)
-    }
-}
-
-/// Parses `VMPIPE_ALLOW_NETWORKS`: comma-separated networks; empty allows everyone.
-pub fn parse_networks(list: &str) -> Result<Vec<Network>, String> {
-    list.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(str::parse)
-        .collect()
-}
+use vmpipe_common::settings::Networks;
 
 /// Why a request was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +27,7 @@ pub enum Denied {
 }
 
 pub struct AccessPolicy {
-    pub networks: Vec<Network>,
+    pub networks: Networks,
     pub token: Option<String>,
     /// `user:password`
     pub basic: Option<String>,
@@ -111,11 +56,7 @@ impl AccessPolicy {
     }
 
     pub fn check(&self, request: &Presented<'_>) -> Result<TokenAt, Denied> {
-        if !self.networks.is_empty()
-            && !request
-                .peer
-                .is_some_and(|ip| self.networks.iter().any(|n| n.contains(ip)))
-        {
+        if !self.networks.is_empty() && !request.peer.is_some_and(|ip| self.networks.contains(ip)) {
             return Err(Denied::Network);
         }
         if let Some(expected) = &self.basic {
@@ -165,29 +106,9 @@ mod tests {
     }
 
     #[test]
-    fn networks_match() {
-        let nets = parse_networks("10.0.0.0/8, 192.168.1.7, 2001:db8::/32").unwrap();
-        assert!(nets[0].contains("10.200.3.4".parse().unwrap()));
-        assert!(!nets[0].contains("11.0.0.1".parse().unwrap()));
-        assert!(nets[1].contains("192.168.1.7".parse().unwrap()));
-        assert!(!nets[1].contains("192.168.1.8".parse().unwrap()));
-        assert!(nets[2].contains("2001:db8::1".parse().unwrap()));
-        assert!(nets[0].contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(
-            "0.0.0.0/0"
-                .parse::<Network>()
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-        assert!(parse_networks("10.0.0.0/33").is_err());
-        assert!(parse_networks("nonsense").is_err());
-        assert!(parse_networks("").unwrap().is_empty());
-    }
-
-    #[test]
     fn policy_checks_each_way() {
         let policy = AccessPolicy {
-            networks: parse_networks("127.0.0.0/8").unwrap(),
+            networks: "127.0.0.0/8".parse().unwrap(),
             token: Some("s3cret".into()),
             basic: None,
         };
@@ -215,7 +136,7 @@ mod tests {
         );
 
         let basic = AccessPolicy {
-            networks: vec![],
+            networks: Networks::default(),
             token: None,
             basic: Some("kazoo:pw".into()),
         };

@@ -4,29 +4,33 @@
 //! confirmed by RabbitMQ or kept in a local journal until it can be. All post-processing is
 //! the worker's.
 
-pub mod access;
-pub mod error;
-pub mod journal;
-pub mod queue;
-pub mod routes;
-pub mod telemetry;
-pub mod tls;
+mod access;
+mod error;
+mod journal;
+mod publisher;
+mod request_span;
+mod routes;
+mod tls;
 pub mod upload;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_actix_web::TracingLogger;
 use vmpipe_common::{FsStore, Settings, StorageError};
 
-use crate::journal::{Journal, JournalError};
-use crate::queue::JobQueue;
-use crate::routes::AppState;
+pub use crate::journal::JournalError;
+pub use crate::tls::TlsError;
+
+use crate::journal::Journal;
+use crate::publisher::Publisher;
+use crate::routes::{AppState, health};
 use crate::upload::Limits;
 
 /// KAZOO's HTTP client keeps idle connections for 120 s; keeping ours open longer means the
@@ -34,6 +38,8 @@ use crate::upload::Limits;
 const KEEP_ALIVE: Duration = Duration::from_secs(150);
 /// How long startup waits for RabbitMQ before serving anyway (jobs are journaled meanwhile).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long a stop waits for the uploads in flight (and their publishes) to finish.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 /// An unfinished upload older than this at startup was left by a crash.
 const STALE_UPLOAD_AGE: Duration = Duration::from_secs(3600);
 
@@ -43,10 +49,8 @@ pub enum StartupError {
     Storage(#[from] StorageError),
     #[error("job journal: {0}")]
     Journal(#[from] JournalError),
-    #[error("invalid setting: {0}")]
-    Config(String),
     #[error("TLS: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -57,8 +61,8 @@ pub enum StartupError {
 pub struct Application {
     server: Server,
     port: u16,
-    jobs: JobQueue,
-    queue_task: JoinHandle<()>,
+    jobs: Publisher,
+    publisher_task: JoinHandle<()>,
 }
 
 impl Application {
@@ -72,7 +76,7 @@ impl Application {
             info!(removed, "removed unfinished uploads left by a crash");
         }
         let journal = Journal::open(&settings.storage_dir.join("journal"))?;
-        let (jobs, queue_task) = JobQueue::start(
+        let (jobs, publisher_task) = Publisher::start(
             settings.amqp_url.expose().to_owned(),
             settings.queue.clone(),
             settings.publish_timeout(),
@@ -86,8 +90,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen).map_err(listen_error)?;
         let port = listener.local_addr().map_err(listen_error)?.port();
         let access = access::AccessPolicy {
-            networks: access::parse_networks(&settings.allow_networks)
-                .map_err(StartupError::Config)?,
+            networks: settings.allow_networks.clone(),
             token: settings
                 .access_token
                 .as_ref()
@@ -114,13 +117,17 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
-                .route("/healthz", web::get().to(routes::healthz))
-                .route("/readyz", web::get().to(routes::readyz))
-                .route("/metrics", web::get().to(routes::metrics_endpoint))
+                .wrap(TracingLogger::<request_span::RequestSpan>::new())
+                .route("/healthz", web::get().to(health::healthz))
+                .route("/readyz", web::get().to(health::readyz))
+                .route("/metrics", web::get().to(health::metrics_endpoint))
                 .default_service(web::to(routes::dispatch))
         })
-        .keep_alive(KEEP_ALIVE);
+        .keep_alive(KEEP_ALIVE)
+        // Signals are the caller's (see `run`): actix-web's own handler makes SIGINT a forced
+        // stop that drops the uploads in flight.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
         let server = match tls {
             Some(config) => server.listen_rustls_0_23(listener, config),
             None => server.listen(listener),
@@ -133,7 +140,7 @@ impl Application {
             server,
             port,
             jobs,
-            queue_task,
+            publisher_task,
         })
     }
 
@@ -141,16 +148,20 @@ impl Application {
         self.port
     }
 
-    /// Stops the server (gracefully: in-flight uploads finish) from elsewhere, e.g. a test.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
-    }
-
-    /// Serves until SIGINT/SIGTERM or [`ServerHandle::stop`]; in-flight uploads finish first.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until `shutdown` is cancelled (the binary cancels it on SIGINT or SIGTERM), then
+    /// stops gracefully: no new connections, and the uploads in flight finish, with their
+    /// publishes, for up to 30 s. Journaled jobs stay on disk for the next start.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            info!("stopping: finishing the uploads in flight");
+            handle.stop(true).await;
+        });
         let result = self.server.await;
+        stopper.abort();
         self.jobs.stop();
-        let _ = self.queue_task.await;
+        let _ = self.publisher_task.await;
         info!("ingest stopped");
         result
     }

@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use vmpipe_common::{Settings, telemetry};
+use tokio_util::sync::CancellationToken;
+use vmpipe_common::{Settings, logging, signals};
 use vmpipe_ingest::Application;
 
 /// vmpipe ingest: KAZOO's HTTP storage backend. Settings come from VMPIPE_* environment
@@ -18,8 +19,10 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(settings.log_format);
+    logging::init(settings.log_format);
     let app = Application::build(settings).await?;
-    app.run_until_stopped().await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
+    app.run(shutdown).await?;
     Ok(())
 }

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vmpipe_common::settings::SecretUrl;
-use vmpipe_tests::faults::{Proxy, Service, url_addr};
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";

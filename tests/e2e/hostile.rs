@@ -34,9 +34,7 @@ fn get(path: &str, extra_headers: &str) -> Request {
 }
 
 async fn assert_still_serving(ingest: &TestIngest) {
-    let (status, _) = faults::http_get(ingest.port, "/healthz")
-        .await
-        .expect("answers");
+    let (status, _) = http_get(ingest.port, "/healthz").await.expect("answers");
     assert_eq!(status, 200, "server still answers");
 }
 
@@ -58,7 +56,7 @@ async fn token_in_path_or_query_is_required_and_never_part_of_the_key() {
     let ingest = TestIngest::start(Options {
         tweak: Some(Box::new(|s| {
             s.access_token = Some(Secret(TOKEN.into()));
-            s.allow_networks = "127.0.0.0/8, ::1".into();
+            s.allow_networks = "127.0.0.0/8, ::1".parse().unwrap();
         })),
         ..Options::default()
     })
@@ -113,7 +111,9 @@ async fn token_in_path_or_query_is_required_and_never_part_of_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networks_and_basic_auth() {
     let outsider = TestIngest::start(Options {
-        tweak: Some(Box::new(|s| s.allow_networks = "10.0.0.0/8".into())),
+        tweak: Some(Box::new(|s| {
+            s.allow_networks = "10.0.0.0/8".parse().unwrap()
+        })),
         ..Options::default()
     })
     .await;

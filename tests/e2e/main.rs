@@ -1,4 +1,4 @@
-mod faults;
+mod failures;
 mod hooks;
 mod hostile;
 mod ingest;

@@ -1,7 +1,6 @@
 //! Operating vmpipe: Prometheus counters that match what happened, and one request id from the
 //! upload's log line to the worker's log line to the row.
 
-use vmpipe_tests::faults::Service;
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";

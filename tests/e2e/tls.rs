@@ -147,7 +147,7 @@ async fn https_with_a_self_signed_certificate_at_tls_1_2_and_1_3() {
     }
     // Plain HTTP on the TLS port is refused, not served.
     assert!(
-        faults::http_get(ingest.port, "/healthz")
+        http_get(ingest.port, "/healthz")
             .await
             .is_none_or(|(status, _)| status != 200)
     );

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmpipe_worker::probe::probe_file;
+use vmpipe_worker::audio::probe::probe_file;
 
 fn main() {
     let args: Vec<String> = std::env::args()

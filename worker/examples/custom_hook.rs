@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
-use vmpipe_common::{Settings, signals, telemetry};
+use vmpipe_common::{Settings, logging, signals};
 use vmpipe_worker::Worker;
 use vmpipe_worker::hooks::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
 
@@ -43,8 +43,8 @@ impl Hook for SpeechRatio {
         Box::pin(async move {
             let (speech, seconds) = tokio::task::spawn_blocking(move || measure(&path))
                 .await
-                .map_err(|e| HookError::Failed(e.to_string()))?
-                .map_err(|e| HookError::Failed(format!("reading the WAV: {e}")))?;
+                .map_err(HookError::retry)?
+                .map_err(|e| HookError::retry(anyhow::Error::new(e).context("reading the WAV")))?;
             Ok(Transcript {
                 text: format!("speech in {:.0}% of {seconds:.1} s", speech * 100.0),
                 language: None,
@@ -82,7 +82,7 @@ fn measure(path: &Path) -> std::io::Result<(f64, f64)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(None)?;
-    telemetry::init(settings.log_format);
+    logging::init(settings.log_format);
     let shutdown = CancellationToken::new();
     tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
     Worker::build(settings)

@@ -1,14 +1,21 @@
 //! vmpipe worker: consumes the jobs ingest publishes and indexes each voicemail into
-//! PostgreSQL (the `voicemails` table), with its duration measured from the audio.
+//! PostgreSQL (the `voicemails` table), with its duration measured from the audio, then runs
+//! the hooks (transcription).
+//!
+//! Along the data flow: [`consumer`] (RabbitMQ deliveries and how each is settled) →
+//! [`pipeline`] (one job: probe, hash, row) → [`index`] (batched upserts) → [`hooks`] (the
+//! runner works through the `transcriptions` queue). [`audio`] measures and decodes, [`admin`]
+//! holds the operator commands, [`health`] and [`activity`] the state others watch.
 
+mod activity;
 pub mod admin;
-pub mod batch;
-pub mod consumer;
-pub mod db;
+pub mod audio;
+mod consumer;
+mod error;
+mod health;
 pub mod hooks;
-pub mod http;
 pub mod index;
-pub mod probe;
+mod pipeline;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,47 +23,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use vmpipe_common::settings::Transcriber;
-use vmpipe_common::{FsStore, Settings, StorageError};
+use vmpipe_common::{FsStore, Settings};
 
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("PostgreSQL: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("storage: {0}")]
-    Storage(#[from] StorageError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("RabbitMQ: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}: {1}")]
-    Io(String, #[source] std::io::Error),
-    #[error("hook: {0}")]
-    Hook(#[from] hooks::HookError),
-    #[error(transparent)]
-    Runner(#[from] hooks::runner::RunnerError),
-}
-
-/// The message of a caught panic (a probe on hostile audio, a compiled-in hook).
-pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}
+pub use admin::transcribe;
+pub use error::{JobError, WorkerError};
 
 /// Connects to PostgreSQL (creating the database if needed) and applies pending migrations.
 pub async fn migrate(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
     let connections = u32::from(settings.worker_concurrency).clamp(2, 32);
-    let pool = db::connect(settings.database_url.expose(), connections).await?;
-    db::migrate(&pool).await?;
+    let pool = index::db::connect(settings.database_url.expose(), connections).await?;
+    index::db::migrate(&pool).await?;
     info!(database = %settings.database_url, "database migrated");
     Ok(pool)
 }
@@ -73,7 +49,7 @@ pub struct Worker {
 impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
         vmpipe_common::metrics::handle();
-        let hooks = hooks::from_settings(&settings)?;
+        let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
         let pool = migrate(&settings).await?;
         let store = FsStore::open(&settings.storage_dir)?;
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
@@ -112,7 +88,7 @@ impl Worker {
     /// Consumes jobs and runs hooks until `shutdown` is cancelled; in-flight jobs finish first,
     /// hook runs in progress are handed back for later.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let activity = Arc::new(consumer::Activity::default());
+        let activity = Arc::new(activity::Activity::default());
         if self.settings.transcriber == Transcriber::Pocketsphinx {
             // Early word of a missing engine, checked off the start-up path.
             let activity = activity.clone();
@@ -133,8 +109,8 @@ impl Worker {
             usize::from(self.settings.hook_concurrency),
             activity.clone(),
         ));
-        let index = batch::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
-        let context = Arc::new(consumer::Context {
+        let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
+        let context = Arc::new(pipeline::Context {
             settings: self.settings,
             pool: self.pool,
             store: self.store,
@@ -145,12 +121,12 @@ impl Worker {
             activity,
         });
         info!(health = %self.listener.local_addr().expect("bound"), "worker health endpoints listening");
-        let server = Arc::new(http::HealthServer {
+        let server = Arc::new(health::HealthServer {
             health: context.health.clone(),
             pool: context.pool.clone(),
             metrics: Some(Arc::new(|| vmpipe_common::metrics::handle().render())),
         });
-        let http = tokio::spawn(http::serve(self.listener, server, shutdown.clone()));
+        let http = tokio::spawn(health::serve(self.listener, server, shutdown.clone()));
         let hook_runner = tokio::spawn(runner.run(shutdown.clone()));
         consumer::consume(context.clone(), shutdown).await;
         let _ = hook_runner.await;
@@ -159,22 +135,6 @@ impl Worker {
         info!("worker stopped");
         Ok(())
     }
-}
-
-/// `worker transcribe`: runs the configured hooks for one voicemail (its id or storage key)
-/// now, and returns their rows.
-pub async fn transcribe(
-    settings: &Settings,
-    voicemail: &str,
-    only: Option<&str>,
-) -> Result<Vec<hooks::runner::TranscriptionReport>, WorkerError> {
-    let hooks = hooks::from_settings(settings)?;
-    let pool = migrate(settings).await?;
-    let store = FsStore::open(&settings.storage_dir)?;
-    let runner = hooks::runner::HookRunner::new(pool.clone(), store, hooks, 1, Arc::default());
-    let reports = runner.transcribe_now(voicemail, only).await;
-    pool.close().await;
-    Ok(reports?)
 }
 
 /// Migrates, then consumes jobs until `shutdown` is cancelled; in-flight jobs finish first.

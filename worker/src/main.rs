@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use vmpipe_common::{Settings, signals, telemetry};
-use vmpipe_worker::probe;
+use vmpipe_common::{Settings, logging, signals};
+use vmpipe_worker::admin;
 
 /// vmpipe worker: indexes stored voicemails into PostgreSQL. Settings come from VMPIPE_*
 /// environment variables, over an optional TOML file, over built-in defaults (see README).
@@ -71,10 +71,14 @@ enum Command {
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     if let Some(Command::Probe { files }) = &cli.command {
-        return Ok(probe_files(files));
+        return Ok(if admin::probe_files(files) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(settings.log_format);
+    logging::init(settings.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let shutdown = CancellationToken::new();
@@ -85,20 +89,20 @@ async fn main() -> anyhow::Result<ExitCode> {
             vmpipe_worker::migrate(&settings).await?.close().await;
         }
         Command::Reconcile { dry_run } => {
-            let report = vmpipe_worker::admin::reconcile(&settings, dry_run).await?;
+            let report = admin::reconcile(&settings, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::ReplayDead => {
-            let replayed = vmpipe_worker::admin::replay_dead(&settings).await?;
+            let replayed = admin::replay_dead(&settings).await?;
             println!("{}", serde_json::json!({ "replayed": replayed }));
         }
         Command::DeadLetters => {
-            for dead in vmpipe_worker::admin::dead_letters(&settings).await? {
+            for dead in admin::dead_letters(&settings).await? {
                 println!("{}", serde_json::to_string(&dead)?);
             }
         }
         Command::Reindex => {
-            let report = vmpipe_worker::admin::reindex(&settings).await?;
+            let report = admin::reindex(&settings).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Prune {
@@ -107,11 +111,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             batch,
             pause_ms,
         } => {
-            let age = vmpipe_worker::admin::parse_age(&older_than).map_err(anyhow::Error::msg)?;
+            let age = admin::parse_age(&older_than).map_err(anyhow::Error::msg)?;
             let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age)?;
             let pause = std::time::Duration::from_millis(pause_ms);
-            let report =
-                vmpipe_worker::admin::prune(&settings, cutoff, apply, batch, pause).await?;
+            let report = admin::prune(&settings, cutoff, apply, batch, pause).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Transcribe { voicemail, hook } => {
@@ -126,27 +129,4 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Probe { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn probe_files(files: &[PathBuf]) -> ExitCode {
-    let mut failed = false;
-    for file in files {
-        let line = match probe::probe_file(file) {
-            Ok(probed) => {
-                let mut value = serde_json::to_value(probed).expect("serialisable");
-                value["file"] = file.display().to_string().into();
-                value
-            }
-            Err(e) => {
-                failed = true;
-                serde_json::json!({ "file": file.display().to_string(), "error": e.to_string() })
-            }
-        };
-        println!("{line}");
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
 }

@@ -22,6 +22,7 @@ use tokio::process::Command;
 use vmpipe_common::settings::POCKETSPHINX_HOOK;
 
 use super::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
+use crate::error::Context as _;
 
 /// The PocketSphinx transcriber, run with `python3 -c`; kept in the repository as
 /// `hooks/pocketsphinx.py`.
@@ -103,7 +104,7 @@ impl CommandHook {
             );
         let mut child = command
             .spawn()
-            .map_err(|e| HookError::Failed(format!("cannot start {:?}: {e}", self.argv[0])))?;
+            .retry_with(format!("cannot start {:?}", self.argv[0]))?;
         // Whatever happens next (timeout included: this future is dropped), the program and
         // anything it started are killed.
         let _group = child.id().map(ProcessGroup);
@@ -118,9 +119,8 @@ impl CommandHook {
         let stdout = read_limited(child.stdout.take().expect("piped"), MAX_STDOUT);
         let stderr = read_limited(child.stderr.take().expect("piped"), MAX_STDOUT);
         let ((), stdout, stderr, status) = tokio::join!(feed, stdout, stderr, child.wait());
-        let status =
-            status.map_err(|e| HookError::Failed(format!("waiting for the program: {e}")))?;
-        let stdout = stdout.map_err(|e| HookError::Failed(format!("reading its output: {e}")))?;
+        let status = status.retry_with("waiting for the program")?;
+        let stdout = stdout.retry_with("reading its output")?;
         let stderr = stderr.unwrap_or_default();
         if !status.success() {
             let how = match (
@@ -133,14 +133,14 @@ impl CommandHook {
             };
             let stderr = String::from_utf8_lossy(&stderr);
             let tail = tail(&stderr, STDERR_TAIL);
-            return Err(HookError::Failed(if tail.is_empty() {
+            return Err(HookError::retry_because(if tail.is_empty() {
                 how
             } else {
                 format!("{how}: {tail}")
             }));
         }
         if stdout.len() as u64 >= MAX_STDOUT {
-            return Err(HookError::Failed(format!(
+            return Err(HookError::retry_because(format!(
                 "the program printed more than {MAX_STDOUT} bytes"
             )));
         }

@@ -11,7 +11,6 @@
 
 pub mod command;
 pub mod runner;
-pub mod wav16k;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -20,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use vmpipe_common::backoff;
 use vmpipe_common::settings::{HookKind, HookSettings, Settings, Transcriber};
 
 pub use vmpipe_common::settings::HookAudio;
@@ -38,6 +38,9 @@ pub trait Hook: Send + Sync {
     /// the timeout); blocking work belongs in `tokio::task::spawn_blocking`.
     fn run<'a>(&'a self, input: &'a HookInput) -> BoxFuture<'a, Result<Transcript, HookError>>;
 }
+
+/// The longest wait between two attempts of a hook.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 
 /// How a hook is run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -75,10 +78,7 @@ impl HookPolicy {
 
     /// Wait after failed attempt number `attempt` (1-based).
     pub fn retry_after(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(20);
-        self.retry_delay
-            .saturating_mul(1 << doublings)
-            .min(Duration::from_secs(3600))
+        backoff::exponential(self.retry_delay, MAX_RETRY_DELAY, attempt.saturating_sub(1))
     }
 }
 
@@ -112,15 +112,10 @@ pub struct Transcript {
     pub confidence: Option<f64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HookError {
-    /// May work on another attempt (a crash, a timeout, a server error).
-    #[error("{0}")]
-    Failed(String),
-    /// Will never work for this voicemail (undecodable audio, a 4xx answer): not retried.
-    #[error("{0}")]
-    Rejected(String),
-}
+/// How a hook run fails: the worker's one error vocabulary. `Retry` may work on another
+/// attempt (a crash, a timeout, a server error); `Abort` never will for this voicemail
+/// (undecodable audio, a 4xx answer) and is not retried; `Interrupted` hands the run back.
+pub type HookError = crate::error::JobError;
 
 /// The hooks a worker runs, in settings order: the built-in transcriber, then `[[hooks]]`.
 pub fn from_settings(settings: &Settings) -> Result<Vec<Arc<dyn Hook>>, HookError> {

@@ -13,6 +13,7 @@ use tokio_util::io::ReaderStream;
 use vmpipe_common::settings::HookSettings;
 
 use super::{Hook, HookError, HookInput, HookPolicy, Transcript};
+use crate::error::Context as _;
 
 /// An answer is a transcript, not a file.
 const MAX_ANSWER: usize = 1 << 20;
@@ -30,13 +31,13 @@ impl WebhookHook {
         let url = settings
             .url
             .as_ref()
-            .ok_or_else(|| HookError::Rejected("a webhook needs a url".into()))?;
+            .ok_or_else(|| HookError::abort_because("a webhook needs a url"))?;
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| HookError::Rejected(format!("header name {name:?}: {e}")))?;
+                .abort_with(format!("header name {name:?}"))?;
             let mut value = reqwest::header::HeaderValue::from_str(value.expose())
-                .map_err(|e| HookError::Rejected(format!("header {name}: {e}")))?;
+                .abort_with(format!("header {name}"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
@@ -44,7 +45,7 @@ impl WebhookHook {
             .user_agent(concat!("vmpipe-worker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
-            .map_err(|e| HookError::Rejected(format!("HTTP client: {e}")))?;
+            .abort_with("HTTP client")?;
         Ok(Self {
             name: settings.name.clone(),
             url: url.expose().to_owned(),
@@ -58,12 +59,8 @@ impl WebhookHook {
         let json = serde_json::to_vec(input).expect("serialisable input");
         let file = tokio::fs::File::open(&input.audio_path)
             .await
-            .map_err(|e| HookError::Failed(format!("opening the audio: {e}")))?;
-        let length = file
-            .metadata()
-            .await
-            .map_err(|e| HookError::Failed(format!("reading the audio: {e}")))?
-            .len();
+            .retry_with("opening the audio")?;
+        let length = file.metadata().await.retry_with("reading the audio")?.len();
         let file_name = input
             .audio_path
             .file_name()
@@ -72,7 +69,7 @@ impl WebhookHook {
         let audio = Part::stream_with_length(Body::wrap_stream(ReaderStream::new(file)), length)
             .file_name(file_name)
             .mime_str(&input.audio_content_type)
-            .map_err(|e| HookError::Rejected(format!("audio content type: {e}")))?;
+            .abort_with("audio content type")?;
         let voicemail = Part::bytes(json)
             .mime_str("application/json")
             .expect("valid mime");
@@ -86,7 +83,7 @@ impl WebhookHook {
             .multipart(form)
             .send()
             .await
-            .map_err(|e| HookError::Failed(format!("POST failed: {}", error_chain(&e))))?;
+            .retry_with("POST failed")?;
         let status = response.status();
         let body = read_answer(response).await?;
         let body_text = String::from_utf8_lossy(&body);
@@ -96,13 +93,13 @@ impl WebhookHook {
                 || status == StatusCode::REQUEST_TIMEOUT
                 || status == StatusCode::TOO_MANY_REQUESTS;
             return Err(if retryable {
-                HookError::Failed(message)
+                HookError::retry_because(message)
             } else {
-                HookError::Rejected(message)
+                HookError::abort_because(message)
             });
         }
         serde_json::from_slice::<Transcript>(&body).map_err(|e| {
-            HookError::Failed(format!(
+            HookError::retry_because(format!(
                 "webhook answered {status} without a JSON transcript ({e}): {}",
                 snippet(&body_text)
             ))
@@ -126,31 +123,15 @@ impl Hook for WebhookHook {
 
 async fn read_answer(mut response: reqwest::Response) -> Result<Vec<u8>, HookError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| HookError::Failed(format!("reading the answer: {}", error_chain(&e))))?
-    {
+    while let Some(chunk) = response.chunk().await.retry_with("reading the answer")? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_ANSWER {
-            return Err(HookError::Failed(format!(
+            return Err(HookError::retry_because(format!(
                 "the answer is over {MAX_ANSWER} bytes"
             )));
         }
     }
     Ok(body)
-}
-
-/// reqwest's top-level message is "error sending request"; the cause is what helps.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn snippet(text: &str) -> &str {

@@ -1,0 +1,24 @@
+//! Talking to RabbitMQ: the connection, the queue topology both services declare, and the one
+//! way a vmpipe message is published (persistent, with a publisher confirm). Ingest's jobs, the
+//! worker's dead letters and the admin commands' re-published jobs all go through
+//! [`publish_confirmed`].
+
+mod publish;
+mod topology;
+
+use lapin::{Connection, ConnectionProperties};
+
+pub use publish::{
+    ERROR_HEADER, FAILED_AT_HEADER, PublishError, header_text, job_properties, message_properties,
+    publish_confirmed,
+};
+pub use topology::{dead_letter_queue, declare_queues};
+
+/// Connects with a name that shows up in RabbitMQ's management UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
+}

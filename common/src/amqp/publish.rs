@@ -1,0 +1,82 @@
+//! Publishing with a publisher confirm: the only way vmpipe puts a message on a queue.
+//!
+//! A message counts as safe only when RabbitMQ confirms it. It is published `mandatory` to the
+//! default exchange, so a message that no queue takes comes back instead of vanishing, and
+//! that is an error here too.
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel, Confirmation};
+
+use crate::VoicemailJob;
+
+/// Header of a dead letter: why the job can never succeed.
+pub const ERROR_HEADER: &str = "x-vmpipe-error";
+/// Header of a dead letter: when it was dead-lettered (RFC 3339).
+pub const FAILED_AT_HEADER: &str = "x-vmpipe-failed-at";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("RabbitMQ could not route the message to the queue")]
+    Unroutable,
+    #[error("the channel is not in confirm mode, so the message is not known to be safe")]
+    NotConfirmed,
+}
+
+/// Persistent JSON: the properties every vmpipe message has.
+pub fn message_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+/// A job's message: its AMQP `message_id` is the job id and its `correlation_id` the upload's
+/// request id.
+pub fn job_properties(job: &VoicemailJob) -> BasicProperties {
+    message_properties()
+        .with_message_id(job.job_id.to_string().into())
+        .with_correlation_id(job.request_id.as_str().into())
+        .with_timestamp(job.received_at.timestamp().max(0) as u64)
+}
+
+/// Publishes `payload` to `queue` on `channel` (which must be in confirm mode) and waits for
+/// RabbitMQ's confirm.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            payload,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        // A mandatory message that no queue took comes back with the ack.
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+        Confirmation::NotRequested => Err(PublishError::NotConfirmed),
+    }
+}
+
+/// A text header of a message ([`ERROR_HEADER`], say).
+pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,121 @@
+//! The hook settings: the built-in transcriber and the `[[hooks]]` tables of the settings file.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Secret, SecretUrl};
+
+/// The hook name the built-in PocketSphinx transcriber records its results under.
+pub const POCKETSPHINX_HOOK: &str = "pocketsphinx";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transcriber {
+    None,
+    /// PocketSphinx (the `pocketsphinx` Python package and its English model), run by `python3`.
+    Pocketsphinx,
+}
+
+/// One `[[hooks]]` table of the settings file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSettings {
+    /// Recorded in `transcriptions.hook`; letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    pub kind: HookKind,
+    /// `command`: the program and its arguments (no shell). `{audio}` and `{id}` are replaced
+    /// by the audio file's path and the voicemail's id.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `webhook`: where the voicemail is POSTed.
+    #[serde(default)]
+    pub url: Option<SecretUrl>,
+    /// `webhook`: extra request headers (an `Authorization`, say).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// Which audio the hook gets: the stored file, or a 16 kHz mono 16-bit WAV made from it.
+    #[serde(default)]
+    pub audio: HookAudio,
+    /// A run taking longer is stopped (the program killed) and counted as a failed attempt.
+    #[serde(default = "HookSettings::default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Attempts before the transcription is marked `failed`.
+    #[serde(default = "HookSettings::default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled after each failed attempt, at most an hour.
+    #[serde(default = "HookSettings::default_retry_delay_ms")]
+    pub retry_delay_ms: u64,
+}
+
+impl HookSettings {
+    fn default_timeout_secs() -> u64 {
+        300
+    }
+
+    fn default_max_attempts() -> u32 {
+        5
+    }
+
+    fn default_retry_delay_ms() -> u64 {
+        30_000
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err("name must be 1 to 64 letters, digits, '-', '_' or '.'".into());
+        }
+        if self.timeout_secs == 0 || self.max_attempts == 0 {
+            return Err("timeout_secs and max_attempts must be at least 1".into());
+        }
+        match self.kind {
+            HookKind::Command if self.command.is_empty() => {
+                Err("a command hook needs `command = [\"program\", \"arg\", ...]`".into())
+            }
+            HookKind::Webhook => match &self.url {
+                Some(url)
+                    if url.expose().starts_with("http://")
+                        || url.expose().starts_with("https://") =>
+                {
+                    Ok(())
+                }
+                _ => Err("a webhook hook needs `url = \"http(s)://...\"`".into()),
+            },
+            HookKind::Command => Ok(()),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_millis(self.retry_delay_ms)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookKind {
+    /// Runs a program; its standard output is the transcript.
+    Command,
+    /// POSTs the voicemail and its audio; the JSON answer is the transcript.
+    Webhook,
+}
+
+/// The audio a hook receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookAudio {
+    /// The file as KAZOO stored it (MP3 or WAV).
+    #[default]
+    Original,
+    /// Decoded to 16 kHz mono 16-bit PCM WAV, what most speech engines want.
+    Wav16k,
+}

@@ -1,0 +1,227 @@
+//! Typed settings shared by `ingest` and `worker`, layered: built-in defaults, then an optional
+//! TOML file, then `VMPIPE_*` environment variables (highest).
+//!
+//! Every setting is a flat key so that the TOML key and the environment name match one to one:
+//! `max_body = "64MiB"` in the file is `VMPIPE_MAX_BODY=64MiB` in the environment.
+
+mod hooks;
+mod network;
+mod secret;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use hooks::{HookAudio, HookKind, HookSettings, POCKETSPHINX_HOOK, Transcriber};
+pub use network::{Network, Networks};
+pub use secret::{Secret, SecretUrl, redact_url};
+pub use values::{Base64Mode, ByteSize, LogFormat};
+
+/// The environment variable naming the settings file (not itself a setting).
+pub const CONFIG_FILE_ENV: &str = "VMPIPE_CONFIG";
+const ENV_PREFIX: &str = "VMPIPE_";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `VMPIPE_LISTEN`: address ingest listens on.
+    pub listen: String,
+    /// `VMPIPE_PATH_PREFIX`: URL path under which KAZOO stores and fetches files.
+    pub path_prefix: String,
+    /// `VMPIPE_STORAGE_DIR`: root of the voicemail files, the temporary files and the job journal.
+    pub storage_dir: PathBuf,
+    /// `VMPIPE_AMQP_URL`: RabbitMQ.
+    pub amqp_url: SecretUrl,
+    /// `VMPIPE_QUEUE`: durable job queue; dead letters go to `{queue}.dead`.
+    pub queue: String,
+    /// `VMPIPE_DATABASE_URL`: PostgreSQL (worker).
+    pub database_url: SecretUrl,
+    /// `VMPIPE_MAX_BODY`: largest accepted request body (413 above it).
+    pub max_body: ByteSize,
+    /// `VMPIPE_BASE64`: whether the file part of a multipart upload is base64.
+    pub base64: Base64Mode,
+    /// `VMPIPE_PUBLISH_TIMEOUT_MS`: how long an upload waits for RabbitMQ's confirm before the
+    /// job is written to the local journal instead.
+    pub publish_timeout_ms: u64,
+    /// `VMPIPE_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `VMPIPE_WORKER_CONCURRENCY`: jobs a worker processes at once (its RabbitMQ prefetch).
+    pub worker_concurrency: u16,
+    /// `VMPIPE_WORKER_LISTEN`: the worker's health and metrics address.
+    pub worker_listen: String,
+    /// `VMPIPE_MAX_DELIVERIES`: deliveries of a failing job before it is dead-lettered.
+    pub max_deliveries: u16,
+    /// `VMPIPE_ALLOW_NETWORKS`: comma-separated client networks (CIDR) allowed to use ingest;
+    /// empty allows all.
+    pub allow_networks: Networks,
+    /// `VMPIPE_ACCESS_TOKEN`: secret required as the first path segment or `token=` parameter.
+    pub access_token: Option<Secret>,
+    /// `VMPIPE_BASIC_AUTH`: `user:password` required as HTTP Basic auth.
+    pub basic_auth: Option<Secret>,
+    /// `VMPIPE_TLS_CERT` and `VMPIPE_TLS_KEY`: PEM files; HTTPS instead of HTTP when both set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `VMPIPE_MAX_UPLOADS`: uploads in progress at once; more wait for a 503 and retry.
+    pub max_uploads: usize,
+    /// `VMPIPE_BODY_TIMEOUT_SECS`: longest silence while a request body arrives.
+    pub body_timeout_secs: u64,
+    /// `VMPIPE_TRANSCRIBER`: built-in transcriber run on every new voicemail: `none` or
+    /// `pocketsphinx`.
+    pub transcriber: Transcriber,
+    /// `VMPIPE_HOOK_CONCURRENCY`: hook runs a worker performs at once.
+    pub hook_concurrency: u16,
+    /// Hooks run after a voicemail is indexed: `[[hooks]]` tables, in the settings file only.
+    pub hooks: Vec<HookSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            path_prefix: "/".into(),
+            storage_dir: PathBuf::from("./data"),
+            amqp_url: SecretUrl("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            queue: "vmpipe.jobs".into(),
+            database_url: SecretUrl("postgres://postgres@127.0.0.1:5432/vmpipe".into()),
+            max_body: ByteSize(256 * 1024 * 1024),
+            base64: Base64Mode::Auto,
+            publish_timeout_ms: 2000,
+            log_format: LogFormat::Text,
+            worker_concurrency: 64,
+            worker_listen: "0.0.0.0:9091".into(),
+            max_deliveries: 5,
+            allow_networks: Networks::default(),
+            access_token: None,
+            basic_auth: None,
+            tls_cert: None,
+            tls_key: None,
+            max_uploads: 256,
+            body_timeout_secs: 30,
+            transcriber: Transcriber::None,
+            hook_concurrency: 2,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid settings: {0}")]
+    Invalid(#[from] config::ConfigError),
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or the file named by `VMPIPE_CONFIG`), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get(CONFIG_FILE_ENV).map(PathBuf::from));
+        if let Some(path) = &file {
+            let source = config::File::from(path.as_path()).format(config::FileFormat::Toml);
+            // Read the file on its own first so that an error names it.
+            config::Config::builder()
+                .add_source(source.clone())
+                .build()
+                .map_err(|source| SettingsError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+            builder = builder.add_source(source);
+        }
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix(ENV_PREFIX)
+                && name != CONFIG_FILE_ENV
+            {
+                builder = builder.set_override(key.to_ascii_lowercase(), value.as_str())?;
+            }
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), config::ConfigError> {
+        if !self.path_prefix.starts_with('/') {
+            return Err(config::ConfigError::Message(format!(
+                "path_prefix must start with '/': {:?}",
+                self.path_prefix
+            )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(config::ConfigError::Message(
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        if self.max_uploads == 0 {
+            return Err(config::ConfigError::Message(
+                "max_uploads must be at least 1".into(),
+            ));
+        }
+        if self.max_deliveries == 0 {
+            return Err(config::ConfigError::Message(
+                "max_deliveries must be at least 1".into(),
+            ));
+        }
+        if self.worker_concurrency == 0 {
+            return Err(config::ConfigError::Message(
+                "worker_concurrency must be at least 1".into(),
+            ));
+        }
+        if self.queue.is_empty() || self.queue.len() > 200 {
+            return Err(config::ConfigError::Message(
+                "queue must be 1 to 200 characters".into(),
+            ));
+        }
+        if self.hook_concurrency == 0 {
+            return Err(config::ConfigError::Message(
+                "hook_concurrency must be at least 1".into(),
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        if self.transcriber == Transcriber::Pocketsphinx {
+            names.push(POCKETSPHINX_HOOK);
+        }
+        for hook in &self.hooks {
+            hook.validate()
+                .map_err(|e| config::ConfigError::Message(format!("hook {:?}: {e}", hook.name)))?;
+            if names.contains(&hook.name.as_str()) {
+                return Err(config::ConfigError::Message(format!(
+                    "two hooks are named {:?} (the built-in transcriber takes {POCKETSPHINX_HOOK:?})",
+                    hook.name
+                )));
+            }
+            names.push(&hook.name);
+        }
+        Ok(())
+    }
+
+    /// The prefix without trailing slashes (`/` becomes empty), ready to strip from paths.
+    pub fn normalized_prefix(&self) -> &str {
+        self.path_prefix.trim_end_matches('/')
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}

@@ -1,0 +1,168 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_match_the_documented_ones() {
+    let s = Settings::load_from(None, &env(&[])).unwrap();
+    assert_eq!(s.listen, "0.0.0.0:8080");
+    assert_eq!(s.path_prefix, "/");
+    assert_eq!(s.storage_dir, PathBuf::from("./data"));
+    assert_eq!(s.queue, "vmpipe.jobs");
+    assert_eq!(s.max_body, ByteSize(256 << 20));
+    assert_eq!(s.base64, Base64Mode::Auto);
+}
+
+#[test]
+fn environment_overrides_file_which_overrides_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    std::fs::write(
+        &file,
+        "queue = \"from.file\"\nmax_body = \"2MiB\"\nbase64 = \"never\"\n",
+    )
+    .unwrap();
+    let s = Settings::load_from(
+        Some(&file),
+        &env(&[
+            ("VMPIPE_QUEUE", "from.env"),
+            ("VMPIPE_PUBLISH_TIMEOUT_MS", "250"),
+            ("OTHER_QUEUE", "ignored"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.queue, "from.env");
+    assert_eq!(s.max_body, ByteSize(2 << 20));
+    assert_eq!(s.base64, Base64Mode::Never);
+    assert_eq!(s.publish_timeout_ms, 250);
+}
+
+#[test]
+fn config_file_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    std::fs::write(&file, "path_prefix = \"/kazoo\"\n").unwrap();
+    let s = Settings::load_from(None, &env(&[(CONFIG_FILE_ENV, file.to_str().unwrap())])).unwrap();
+    assert_eq!(s.normalized_prefix(), "/kazoo");
+}
+
+#[test]
+fn typos_are_errors_not_silently_ignored() {
+    let err = Settings::load_from(None, &env(&[("VMPIPE_MAX_BDOY", "1")])).unwrap_err();
+    assert!(err.to_string().contains("max_bdoy"), "{err}");
+    let err = Settings::load_from(None, &env(&[("VMPIPE_MAX_BODY", "12XB")])).unwrap_err();
+    assert!(err.to_string().contains("unit"), "{err}");
+}
+
+#[test]
+fn hooks_come_from_the_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    std::fs::write(
+        &file,
+        r#"
+transcriber = "pocketsphinx"
+
+[[hooks]]
+name = "whisper"
+kind = "command"
+command = ["whisper-cli", "-f", "{audio}"]
+audio = "wav16k"
+timeout_secs = 60
+
+[[hooks]]
+name = "crm"
+kind = "webhook"
+url = "https://crm.example/voicemail"
+headers = { Authorization = "Bearer s3cret" }
+"#,
+    )
+    .unwrap();
+    let s = Settings::load_from(Some(&file), &env(&[("VMPIPE_HOOK_CONCURRENCY", "4")])).unwrap();
+    assert_eq!(s.transcriber, Transcriber::Pocketsphinx);
+    assert_eq!(s.hook_concurrency, 4);
+    assert_eq!(s.hooks.len(), 2);
+    let whisper = &s.hooks[0];
+    assert_eq!(whisper.kind, HookKind::Command);
+    assert_eq!(whisper.command, ["whisper-cli", "-f", "{audio}"]);
+    assert_eq!(whisper.audio, HookAudio::Wav16k);
+    assert_eq!((whisper.timeout_secs, whisper.max_attempts), (60, 5));
+    let crm = &s.hooks[1];
+    assert_eq!(crm.kind, HookKind::Webhook);
+    assert_eq!(crm.audio, HookAudio::Original);
+    assert_eq!(crm.headers["Authorization"].expose(), "Bearer s3cret");
+    assert!(!format!("{s:?}").contains("s3cret"));
+}
+
+#[test]
+fn bad_hooks_are_refused_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    for (toml, expected) in [
+        (
+            "[[hooks]]\nname = \"a\"\nkind = \"command\"\n",
+            "needs `command",
+        ),
+        (
+            "[[hooks]]\nname = \"b\"\nkind = \"webhook\"\nurl = \"ftp://x\"\n",
+            "url",
+        ),
+        (
+            "[[hooks]]\nname = \"a b\"\nkind = \"command\"\ncommand = [\"x\"]\n",
+            "name",
+        ),
+        (
+            "transcriber = \"pocketsphinx\"\n[[hooks]]\nname = \"pocketsphinx\"\nkind = \"command\"\ncommand = [\"x\"]\n",
+            "two hooks",
+        ),
+        (
+            "[[hooks]]\nname = \"c\"\nkind = \"command\"\ncommand = [\"x\"]\ntimeout = 5\n",
+            "timeout",
+        ),
+    ] {
+        std::fs::write(&file, toml).unwrap();
+        let err = Settings::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn byte_sizes_parse() {
+    assert_eq!("1048576".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
+    assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));
+    assert_eq!("512k".parse::<ByteSize>().unwrap(), ByteSize(512 << 10));
+    assert!("-1".parse::<ByteSize>().is_err());
+}
+
+#[test]
+fn passwords_are_masked() {
+    assert_eq!(
+        redact_url("amqp://guest:secret@rabbit:5672/%2f"),
+        "amqp://guest:***@rabbit:5672/%2f"
+    );
+    assert_eq!(
+        format!("{:?}", SecretUrl("postgres://u:p@db/x".into())),
+        "\"postgres://u:***@db/x\""
+    );
+    assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+}
+
+#[test]
+fn allowed_networks_are_parsed_at_load_time() {
+    let s =
+        Settings::load_from(None, &env(&[("VMPIPE_ALLOW_NETWORKS", "10.0.0.0/8, ::1")])).unwrap();
+    assert!(s.allow_networks.contains("10.1.2.3".parse().unwrap()));
+    assert!(!s.allow_networks.contains("192.0.2.1".parse().unwrap()));
+    let err =
+        Settings::load_from(None, &env(&[("VMPIPE_ALLOW_NETWORKS", "10.0.0.0/33")])).unwrap_err();
+    assert!(err.to_string().contains("prefix length"), "{err}");
+    let s = Settings::load_from(None, &env(&[])).unwrap();
+    assert!(s.allow_networks.is_empty());
+}

@@ -1,0 +1,205 @@
+//! Writing one upload: gathered in pieces, written to `tmp/`, fsynced, renamed into place, and
+//! its directory fsynced. The uploads in progress share one budget of write buffers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+
+use super::file_io::blocking;
+use super::{BoxFuture, ObjectWriter, StorageError};
+
+/// Uploads are written to disk once this much has arrived: a voicemail-sized upload costs one
+/// trip to the blocking pool (each trip is two context switches, and ingest is CPU-bound under
+/// load), and memory stays flat whatever the body size.
+pub(super) const WRITE_CHUNK: usize = 256 * 1024;
+/// What the write buffers of all uploads in progress may hold together: with more than 16
+/// uploads at once each gets a share of this, down to [`MIN_WRITE_CHUNK`], so that memory
+/// stays flat in the number of uploads too.
+const WRITE_BUFFERS: usize = 4 * 1024 * 1024;
+pub(super) const MIN_WRITE_CHUNK: usize = 32 * 1024;
+
+/// Each upload's share of [`WRITE_BUFFERS`] when `writers` are in progress.
+pub(super) fn piece_size(writers: usize) -> usize {
+    (WRITE_BUFFERS / writers.max(1)).clamp(MIN_WRITE_CHUNK, WRITE_CHUNK)
+}
+
+pub(super) struct FsWriter {
+    writers: Arc<AtomicUsize>,
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    voicemail_root: PathBuf,
+    /// Created on the first flush, so a small upload costs one trip to the blocking pool.
+    file: Option<File>,
+    /// Received bytes not yet written. Copied out of the chunks: a chunk can be a slice of a
+    /// much larger buffer (the multipart parser's), which holding it would keep alive.
+    buffer: Vec<u8>,
+    committed: bool,
+}
+
+impl FsWriter {
+    /// A writer for `final_path`, gathering its bytes in `temp_path` until committed; counted
+    /// in `writers` (the uploads in progress) while it lives.
+    pub(super) fn new(
+        writers: Arc<AtomicUsize>,
+        temp_path: PathBuf,
+        final_path: PathBuf,
+        voicemail_root: PathBuf,
+    ) -> Self {
+        writers.fetch_add(1, Ordering::Relaxed);
+        Self {
+            writers,
+            temp_path,
+            final_path,
+            voicemail_root,
+            file: None,
+            buffer: Vec::new(),
+            committed: false,
+        }
+    }
+
+    /// How much to gather before a write: this upload's share of [`WRITE_BUFFERS`].
+    fn piece_size(&self) -> usize {
+        piece_size(self.writers.load(Ordering::Relaxed))
+    }
+
+    /// Writes out what is gathered, on the blocking pool.
+    async fn flush(&mut self) -> Result<(), StorageError> {
+        let (file, mut buffer, temp_path) = self.take_state();
+        let (file, buffer) = blocking(move || {
+            let file = write_out(file, &buffer, &temp_path)?;
+            buffer.clear();
+            Ok((file, buffer))
+        })
+        .await?;
+        self.file = Some(file);
+        // Kept for the next piece unless more uploads have started meanwhile.
+        if buffer.capacity() <= self.piece_size() {
+            self.buffer = buffer;
+        }
+        Ok(())
+    }
+
+    fn take_state(&mut self) -> (Option<File>, Vec<u8>, PathBuf) {
+        (
+            self.file.take(),
+            std::mem::take(&mut self.buffer),
+            self.temp_path.clone(),
+        )
+    }
+}
+
+fn write_out(file: Option<File>, buffer: &[u8], temp_path: &Path) -> Result<File, StorageError> {
+    let mut file = match file {
+        Some(file) => file,
+        None => {
+            let create = || {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(temp_path)
+            };
+            match create() {
+                // Its tmp/ shard is gone (tmp/ emptied by hand): made again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(shard) = temp_path.parent() {
+                        let _ = fs::create_dir_all(shard);
+                    }
+                    create()
+                }
+                other => other,
+            }
+            .map_err(|e| StorageError::io("create", temp_path, e))?
+        }
+    };
+    file.write_all(buffer)
+        .map_err(|e| StorageError::io("write", temp_path, e))?;
+    Ok(file)
+}
+
+impl ObjectWriter for FsWriter {
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            // A chunk that does not fit: what is gathered goes first, rather than the buffer
+            // growing (by doubling) past its share.
+            if !self.buffer.is_empty() && self.buffer.len() + chunk.len() > self.buffer.capacity() {
+                self.flush().await?;
+            }
+            let piece = self.piece_size();
+            if self.buffer.capacity() == 0 {
+                // Exactly one piece's worth: growing by doubling would hold twice that.
+                self.buffer.reserve_exact(piece.max(chunk.len()));
+            }
+            self.buffer.extend_from_slice(&chunk);
+            if self.buffer.len() >= piece {
+                self.flush().await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>> {
+        Box::pin(async move {
+            let (file, buffer, temp_path) = self.take_state();
+            let final_path = self.final_path.clone();
+            let root = self.voicemail_root.clone();
+            blocking(move || {
+                let file = write_out(file, &buffer, &temp_path)?;
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fsync", &temp_path, e))?;
+                drop(file);
+                let parent = final_path.parent().unwrap_or(&root);
+                create_dirs_durably(&root, parent)?;
+                fs::rename(&temp_path, &final_path).map_err(|e| {
+                    // ENOTDIR, EISDIR: one key cannot be both a file and a folder of files.
+                    if matches!(e.raw_os_error(), Some(20 | 21)) {
+                        StorageError::Conflict(final_path.display().to_string())
+                    } else {
+                        StorageError::io("rename", &final_path, e)
+                    }
+                })?;
+                sync_dir(parent)
+            })
+            .await?;
+            self.committed = true;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        self.writers.fetch_sub(1, Ordering::Relaxed);
+        if !self.committed {
+            // Unfinished upload (client gone, error, body too large): leave nothing behind.
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+/// `create_dir_all`, plus an fsync of the parent of every directory it created, so that the
+/// new directory entries survive a power loss along with the file.
+fn create_dirs_durably(root: &Path, dir: &Path) -> Result<(), StorageError> {
+    if dir == root || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(root);
+    create_dirs_durably(root, parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(20) => {
+            Err(StorageError::Conflict(dir.display().to_string()))
+        }
+        Err(e) => Err(StorageError::io("create directory", dir, e)),
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("fsync directory", dir, e))
+}

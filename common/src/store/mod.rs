@@ -1,0 +1,94 @@
+//! Where voicemail files live.
+//!
+//! [`Storage`] is the one abstraction both services use; [`FsStore`] (the local file system)
+//! is the default. An object store (S3, via the `object_store` crate) fits the same trait:
+//! `create` maps to a multipart upload that becomes visible on `commit`.
+//!
+//! Layout of a storage directory:
+//! - `voicemails/` — one file per storage key, at the key's canonical path. Nothing else is
+//!   ever written here, so every regular file in it is a stored voicemail.
+//! - `tmp/` — uploads in progress; renamed into `voicemails/` once complete and fsynced.
+//! - `journal/` — ingest's jobs waiting for RabbitMQ (see ingest).
+
+mod file_io;
+mod fs;
+mod fs_writer;
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::key::StorageKey;
+
+pub use file_io::spawn_file_io;
+pub use fs::FsStore;
+pub use fs_writer::sync_dir;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage is full: {0}")]
+    Full(#[source] io::Error),
+    #[error("storage {op} failed for {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} is below a stored file, or is a directory of stored files")]
+    Conflict(String),
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl StorageError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        // ENOSPC and EDQUOT: tell the client to come back later rather than "broken".
+        if matches!(source.raw_os_error(), Some(28 | 122)) {
+            return StorageError::Full(source);
+        }
+        StorageError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A stored file being read.
+pub struct StoredObject {
+    pub size: u64,
+    pub body: BoxStream<'static, io::Result<Bytes>>,
+}
+
+pub trait Storage: Send + Sync + 'static {
+    /// Starts writing `key`. Nothing is visible under the key until [`ObjectWriter::commit`]
+    /// returns; dropping the writer discards what was written.
+    fn create(&self, key: &StorageKey) -> Box<dyn ObjectWriter>;
+
+    /// Opens a stored file, or `None` when nothing is stored under `key`.
+    fn open(&self, key: &StorageKey) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>>;
+
+    /// Whether a file can be written now (readiness).
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// The stored key made of the first segments of `segments`, if any. (At most one can
+    /// exist: a stored file cannot have anything stored below it.)
+    fn find_prefix(
+        &self,
+        segments: Vec<String>,
+    ) -> BoxFuture<'_, Result<Option<StorageKey>, StorageError>>;
+}
+
+pub trait ObjectWriter: Send {
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Makes the file durable and visible under its key, replacing any previous version.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>>;
+}

@@ -1,0 +1,37 @@
+//! Ingest's own endpoints: `GET /healthz` (alive), `GET /readyz` (uploads can be accepted) and
+//! `GET /metrics`.
+
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics_endpoint() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(vmpipe_common::metrics::handle().render())
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+}
+
+/// `GET /readyz`: uploads can be accepted: storage is writable, and jobs are either confirmed
+/// by RabbitMQ or journaled on local disk until it is back.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let storage = state.store.check_writable().await;
+    let journaled = state.journal.pending().await.map(|p| p.len()).ok();
+    let connected = state.jobs.is_connected();
+    let body = serde_json::json!({
+        "ready": storage.is_ok(),
+        "storage": storage.as_ref().map_or_else(|e| e.to_string(), |()| "ok".to_owned()),
+        "rabbitmq": if connected { "connected" } else { "unreachable: jobs are journaled" },
+        "journaled_jobs": journaled,
+    });
+    if storage.is_ok() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

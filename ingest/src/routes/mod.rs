@@ -1,0 +1,142 @@
+//! The HTTP surface KAZOO's `http` storage handler talks to.
+//!
+//! - `PUT|POST {prefix}/{key…}`: store ([`store`]: 201 once durable and its job is safe).
+//! - `GET|HEAD {prefix}/{key…}`: fetch ([`fetch`], which resolves KAZOO's doubled paths).
+//! - `/healthz`, `/readyz`, `/metrics` ([`health`]).
+//!
+//! This module checks access and finds the key the request names; the handlers do the rest.
+
+mod fetch;
+pub mod health;
+mod store;
+
+use actix_web::http::Method;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use tracing::warn;
+use tracing_actix_web::RequestId;
+use vmpipe_common::Storage;
+
+use crate::access::{AccessPolicy, Presented, TokenAt};
+use crate::error::ApiError;
+use crate::publisher::Publisher;
+use crate::upload::Limits;
+
+pub struct AppState {
+    pub store: std::sync::Arc<dyn Storage>,
+    pub jobs: Publisher,
+    pub journal: crate::journal::Journal,
+    /// Path prefix without trailing slash (empty for `/`).
+    pub prefix: String,
+    pub limits: Limits,
+    pub access: AccessPolicy,
+    /// Uploads in progress; a full house answers 503 (KAZOO retries).
+    pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// KAZOO sends five short headers; anything near this is not KAZOO.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+pub async fn dispatch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge);
+    }
+    let requested = authorized_key(&req, &state)?;
+    match *req.method() {
+        Method::PUT | Method::POST => {
+            let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+                count_upload("busy", "unknown");
+                return Err(ApiError::Busy);
+            };
+            let started = std::time::Instant::now();
+            let result = store::store(&req, &requested.raw, payload, &state, request_id).await;
+            match &result {
+                Ok((_, mode)) => {
+                    count_upload("stored", mode.as_str());
+                    metrics::histogram!("vmpipe_upload_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Err(e) => count_upload(
+                    if e.status_code().is_server_error() {
+                        "failed"
+                    } else {
+                        "rejected"
+                    },
+                    "unknown",
+                ),
+            }
+            result.map(|(response, _)| response)
+        }
+        Method::GET | Method::HEAD => fetch::fetch(&requested, &state).await,
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn count_upload(outcome: &'static str, mode: &'static str) {
+    metrics::counter!("vmpipe_uploads_total", "outcome" => outcome, "mode" => mode).increment(1);
+}
+
+/// The storage key a request names, still percent-encoded: the path below the prefix (and
+/// below the token segment), or, with KAZOO's base URL `.../?token=SECRET&key=`, the `key`
+/// query parameter.
+pub(crate) struct RequestedKey {
+    pub(crate) raw: String,
+    /// Taken from `key=` (where a fetch's doubled key has no `/` between its copies).
+    pub(crate) from_query: bool,
+}
+
+/// Checks access, and returns the storage key the request names.
+fn authorized_key(req: &HttpRequest, state: &AppState) -> Result<RequestedKey, ApiError> {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(state.prefix.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or(ApiError::OutsidePrefix)?;
+    let query = req.query_string();
+    let token_at = if state.access.is_open() {
+        TokenAt::None
+    } else {
+        let authorization = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let presented = Presented {
+            peer: req.peer_addr().map(|a| a.ip()),
+            first_segment: rest.split('/').next(),
+            query,
+            authorization,
+        };
+        state.access.check(&presented).inspect_err(|denied| {
+            // Never the path or query: they may hold the secret.
+            warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        })?
+    };
+    let rest = match token_at {
+        TokenAt::PathSegment => rest.split_once('/').map_or("", |(_, below)| below),
+        _ => rest,
+    };
+    if !rest.is_empty() {
+        return Ok(RequestedKey {
+            raw: rest.to_owned(),
+            from_query: false,
+        });
+    }
+    let from_query = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("key="))
+        .unwrap_or_default();
+    Ok(RequestedKey {
+        raw: from_query.to_owned(),
+        from_query: true,
+    })
+}

@@ -1,0 +1,67 @@
+//! `PUT|POST {prefix}/{key…}`: the upload is streamed into storage and committed, then its job
+//! is made durable (confirmed by RabbitMQ or journaled), and only then answered 201.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use tracing::info;
+use tracing_actix_web::RequestId;
+use vmpipe_common::job::JOB_SCHEMA_VERSION;
+use vmpipe_common::key::decode_path;
+use vmpipe_common::{PathFacts, StorageKey, UploadMode, VoicemailJob};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::upload;
+
+pub(super) async fn store(
+    req: &HttpRequest,
+    raw_key: &str,
+    payload: web::Payload,
+    state: &AppState,
+    request_id: RequestId,
+) -> Result<(HttpResponse, UploadMode), ApiError> {
+    let key = StorageKey::from_segments(decode_path(raw_key)?)?;
+    let writer = state.store.create(&key);
+    let (writer, received) = upload::receive(req, payload, writer, &state.limits).await?;
+    writer.commit().await?;
+
+    let facts = PathFacts::from_segments(key.segments());
+    let info = received.info;
+    let document_id = info
+        .kazoo_document
+        .as_ref()
+        .and_then(|doc| doc.get("id"))
+        .and_then(|id| id.as_str())
+        .map(str::to_owned)
+        .or(info.document_part_name)
+        .or(facts.document_id);
+    let job = VoicemailJob {
+        schema_version: JOB_SCHEMA_VERSION,
+        job_id: uuid::Uuid::now_v7(),
+        storage_key: key.as_str().to_owned(),
+        account_id: facts.account_id,
+        document_id,
+        attachment_name: info.file_part_name.unwrap_or(facts.attachment_name),
+        content_type: info.content_type,
+        size_bytes: received.size,
+        sha256: None,
+        received_at: chrono::Utc::now(),
+        upload_mode: info.mode,
+        kazoo_document: info.kazoo_document,
+        request_id: request_id.to_string(),
+    };
+    let enqueued = state.jobs.enqueue(&job).await?;
+    info!(
+        storage_key = %job.storage_key,
+        size_bytes = job.size_bytes,
+        upload_mode = job.upload_mode.as_str(),
+        job_id = %job.job_id,
+        ?enqueued,
+        "voicemail stored"
+    );
+    metrics::counter!("vmpipe_upload_bytes_total").increment(job.size_bytes);
+    let response = HttpResponse::Created().json(serde_json::json!({
+        "storage_key": job.storage_key,
+        "size_bytes": job.size_bytes,
+    }));
+    Ok((response, job.upload_mode))
+}

@@ -1,0 +1,205 @@
+//! Reading an upload body as KAZOO sends it and streaming the file into storage.
+//!
+//! - Any content type but `multipart/*`: the body is the file, stored byte for byte (never
+//!   base64-decoded: KAZOO only base64-encodes inside multipart).
+//! - `multipart/*` (KAZOO ≥ 4.3.21 sends `form-data`, 4.3.17-4.3.20 sent `mixed` without a
+//!   boundary parameter): a JSON part with KAZOO's document, then the file part, possibly
+//!   base64 (`base64_encode_data`, which adds no header saying so). Parts are told apart by
+//!   position and content type, never by name.
+
+mod base64;
+mod multipart;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use actix_web::HttpRequest;
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self, HeaderMap};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream};
+use vmpipe_common::settings::Base64Mode;
+use vmpipe_common::{ObjectWriter, UploadMode};
+
+use crate::error::ApiError;
+
+pub use multipart::fuzz_multipart;
+use multipart::receive_multipart;
+
+/// What was received.
+#[derive(Debug)]
+pub struct Received {
+    /// Size of the stored (decoded) file.
+    pub size: u64,
+    /// SHA-256 of the stored file, lower-case hex.
+    pub info: BodyInfo,
+}
+
+/// What the body said about the file.
+#[derive(Debug)]
+pub struct BodyInfo {
+    pub mode: UploadMode,
+    pub content_type: Option<String>,
+    /// The `name=` of the file part (KAZOO: the attachment name).
+    pub file_part_name: Option<String>,
+    /// The `name=` of the JSON part (KAZOO: the document id).
+    pub document_part_name: Option<String>,
+    pub kazoo_document: Option<serde_json::Value>,
+}
+
+pub struct Limits {
+    pub max_body: u64,
+    pub base64: Base64Mode,
+    /// Longest silence between two pieces of a body.
+    pub body_timeout: std::time::Duration,
+}
+
+/// Counts and forwards the file's bytes to storage.
+pub(super) struct FileSink {
+    pub(super) writer: Box<dyn ObjectWriter>,
+    pub(super) size: u64,
+}
+
+impl FileSink {
+    pub(super) async fn put(&mut self, bytes: Bytes) -> Result<(), ApiError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.size += bytes.len() as u64;
+        self.writer.write(bytes).await?;
+        Ok(())
+    }
+}
+
+/// Reads the whole body into `writer` (not yet committed) and describes it.
+pub async fn receive(
+    req: &HttpRequest,
+    payload: actix_web::web::Payload,
+    writer: Box<dyn ObjectWriter>,
+    limits: &Limits,
+) -> Result<(Box<dyn ObjectWriter>, Received), ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body) {
+        return Err(ApiError::TooLarge {
+            limit: limits.max_body,
+        });
+    }
+    let overflowed = Rc::new(Cell::new(false));
+    let stalled = Rc::new(Cell::new(false));
+    let body = limit_stream(payload, limits, overflowed.clone(), stalled.clone());
+    let mut sink = FileSink { writer, size: 0 };
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE);
+    let declared_multipart = content_type.as_deref().is_some_and(|ct| {
+        ct.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/")
+    });
+    let multipart = content_type
+        .as_deref()
+        .and_then(|ct| ct.parse::<mime::Mime>().ok())
+        .filter(|m| m.type_() == mime::MULTIPART);
+    if declared_multipart && multipart.is_none() {
+        return Err(ApiError::BadMultipart(
+            "unparseable multipart content type".into(),
+        ));
+    }
+
+    let result = match multipart {
+        None => receive_raw(body, &mut sink).await.map(|()| BodyInfo {
+            mode: UploadMode::Raw,
+            content_type,
+            file_part_name: None,
+            document_part_name: None,
+            kazoo_document: None,
+        }),
+        Some(mime) => receive_multipart(req.headers(), &mime, body, &mut sink, limits).await,
+    };
+    let info = match result {
+        Err(_) if overflowed.get() => {
+            return Err(ApiError::TooLarge {
+                limit: limits.max_body,
+            });
+        }
+        Err(_) if stalled.get() => {
+            return Err(ApiError::BodyTimeout(limits.body_timeout.as_secs()));
+        }
+        other => other?,
+    };
+    let received = Received {
+        size: sink.size,
+        info,
+    };
+    Ok((sink.writer, received))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+pub(super) type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
+
+/// Ends the stream with an error once more than `max_body` bytes arrived (chunked bodies have
+/// no Content-Length to check up front), or when the client stays silent for `body_timeout`
+/// (a slow or stuck client must not hold an upload slot forever).
+fn limit_stream(
+    payload: actix_web::web::Payload,
+    limits: &Limits,
+    overflowed: Rc<Cell<bool>>,
+    stalled: Rc<Cell<bool>>,
+) -> Body {
+    let (max, timeout) = (limits.max_body, limits.body_timeout);
+    Box::pin(
+        stream::unfold(
+            (payload, 0u64, false),
+            move |(mut payload, seen, failed)| {
+                let (overflowed, stalled) = (overflowed.clone(), stalled.clone());
+                async move {
+                    if failed {
+                        return None;
+                    }
+                    let chunk = match tokio::time::timeout(timeout, payload.next()).await {
+                        Err(_) => {
+                            stalled.set(true);
+                            return Some((
+                                Err(PayloadError::Incomplete(None)),
+                                (payload, seen, true),
+                            ));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(chunk)) => chunk,
+                    };
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(e) => return Some((Err(e), (payload, seen, true))),
+                    };
+                    let seen = seen + chunk.len() as u64;
+                    if seen > max {
+                        overflowed.set(true);
+                        return Some((Err(PayloadError::Overflow), (payload, seen, true)));
+                    }
+                    Some((Ok(chunk), (payload, seen, false)))
+                }
+            },
+        )
+        // Multipart parsing polls again after the end: a fused stream keeps answering None.
+        .fuse(),
+    )
+}
+
+pub(super) fn payload_error(e: PayloadError) -> ApiError {
+    ApiError::Incomplete(e.to_string())
+}
+
+async fn receive_raw(mut body: Body, sink: &mut FileSink) -> Result<(), ApiError> {
+    while let Some(chunk) = body.next().await {
+        sink.put(chunk.map_err(payload_error)?).await?;
+    }
+    Ok(())
+}

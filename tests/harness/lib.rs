@@ -1,0 +1,38 @@
+//! Test harness: a real ingest on a free port, a private storage directory and a private
+//! RabbitMQ queue per test, and a client that puts on the wire exactly what KAZOO's `httpc`
+//! does (header set and order, empty `te:`, no user-agent, KAZOO's multipart layout).
+//!
+//! RabbitMQ is taken from `VMPIPE_TEST_AMQP_URL` (default: guest on 127.0.0.1:5672).
+//!
+//! One module per thing the harness fakes or drives; every public item is re-exported here,
+//! so `use vmpipe_tests::*;` brings them all.
+
+use std::time::Duration;
+
+pub mod audio;
+pub mod database;
+pub mod ingest;
+pub mod kazoo;
+pub mod process;
+pub mod proxy;
+pub mod queue;
+pub mod response;
+pub mod stack;
+pub mod worker;
+
+pub use audio::{hex32, nasty_audio, sha256_hex, wav_pcm16};
+pub use database::{TestDatabase, database_admin_url, migrated, wait_for_count};
+pub use ingest::{Options, TestIngest, Tweak, all_files, count_files};
+pub use kazoo::{
+    ALL_BODIES, Attachment, Body, Kazoo, VOICEMAIL_FETCH_QUERY, Verb, encode_body, kazoo_boundary,
+    mailbox_message, start_partial_put,
+};
+pub use process::{Service, binary, free_port, http_get, settings_env};
+pub use proxy::{Proxy, url_addr};
+pub use queue::{TestQueue, amqp_url};
+pub use response::{Response, read_response, read_response_from};
+pub use stack::Stack;
+pub use worker::TestWorker;
+
+/// How long end-to-end tests wait for something to happen.
+pub const WAIT: Duration = Duration::from_secs(20);

@@ -1,0 +1,215 @@
+//! The real `ingest` and `worker` binaries as child processes, which a test can SIGKILL,
+//! SIGTERM or SIGINT, and a bare HTTP GET for their health port.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use vmpipe_common::Settings;
+
+/// A built binary of the workspace (`scripts/test.sh` builds them before the tests).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/e2e-… -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound, then released for a child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `ingest` or `worker` process.
+pub struct Service {
+    pub child: tokio::process::Child,
+    /// Where it answers `/healthz` and `/readyz`.
+    pub health_port: u16,
+}
+
+impl Service {
+    /// Starts `binary` with `settings` as VMPIPE_* variables and waits until it is alive.
+    pub async fn spawn(binary_name: &str, settings: &Settings) -> Self {
+        Self::spawn_logging(binary_name, settings, None).await
+    }
+
+    /// Like [`Service::spawn`], with JSON logs at info level written to `log`.
+    pub async fn spawn_logging(
+        binary_name: &str,
+        settings: &Settings,
+        log: Option<&std::path::Path>,
+    ) -> Self {
+        let health_port = free_port();
+        let mut settings = settings.clone();
+        if binary_name == "ingest" {
+            settings.listen = format!("127.0.0.1:{health_port}");
+        } else {
+            settings.worker_listen = format!("127.0.0.1:{health_port}");
+        }
+        let mut command = tokio::process::Command::new(binary(binary_name));
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("VMPIPE_")) {
+            command.env_remove(name);
+        }
+        command
+            .envs(settings_env(&settings))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,lapin=off".into()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).expect("log file");
+            command
+                .env("VMPIPE_LOG_FORMAT", "json")
+                .env("RUST_LOG", "info,lapin=off")
+                .stdout(file);
+        }
+        let child = command.spawn().expect("spawn service");
+        let service = Self { child, health_port };
+        service.wait_alive(Duration::from_secs(30)).await;
+        service
+    }
+
+    async fn wait_alive(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .get("/healthz")
+                .await
+                .is_some_and(|(status, _)| status == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("service on port {} did not come up", self.health_port);
+    }
+
+    /// `GET path` on the health port: status and body.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.health_port, path).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    pub async fn sigkill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn sigterm(self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("TERM", timeout).await
+    }
+
+    /// Sends SIGINT (what Ctrl-C and many supervisors send) and waits for the exit status.
+    pub async fn sigint(self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("INT", timeout).await
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`...) and waits for the exit status.
+    pub async fn signal(mut self, name: &str, timeout: Duration) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("exit status")
+    }
+}
+
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Settings as the environment variables the binaries read.
+pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
+    [
+        ("VMPIPE_LISTEN", s.listen.clone()),
+        ("VMPIPE_PATH_PREFIX", s.path_prefix.clone()),
+        ("VMPIPE_STORAGE_DIR", s.storage_dir.display().to_string()),
+        ("VMPIPE_AMQP_URL", s.amqp_url.expose().to_owned()),
+        ("VMPIPE_QUEUE", s.queue.clone()),
+        ("VMPIPE_DATABASE_URL", s.database_url.expose().to_owned()),
+        ("VMPIPE_MAX_BODY", s.max_body.0.to_string()),
+        (
+            "VMPIPE_PUBLISH_TIMEOUT_MS",
+            s.publish_timeout_ms.to_string(),
+        ),
+        (
+            "VMPIPE_WORKER_CONCURRENCY",
+            s.worker_concurrency.to_string(),
+        ),
+        ("VMPIPE_WORKER_LISTEN", s.worker_listen.clone()),
+        ("VMPIPE_MAX_DELIVERIES", s.max_deliveries.to_string()),
+        ("VMPIPE_ALLOW_NETWORKS", s.allow_networks.to_string()),
+        ("VMPIPE_MAX_UPLOADS", s.max_uploads.to_string()),
+        ("VMPIPE_BODY_TIMEOUT_SECS", s.body_timeout_secs.to_string()),
+        ("VMPIPE_BASE64", format!("{:?}", s.base64).to_lowercase()),
+        (
+            "VMPIPE_TRANSCRIBER",
+            format!("{:?}", s.transcriber).to_lowercase(),
+        ),
+        ("VMPIPE_HOOK_CONCURRENCY", s.hook_concurrency.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .chain(
+        [
+            (
+                "VMPIPE_ACCESS_TOKEN",
+                s.access_token.as_ref().map(|t| t.expose().to_owned()),
+            ),
+            (
+                "VMPIPE_BASIC_AUTH",
+                s.basic_auth.as_ref().map(|t| t.expose().to_owned()),
+            ),
+            (
+                "VMPIPE_TLS_CERT",
+                s.tls_cert.as_ref().map(|p| p.display().to_string()),
+            ),
+            (
+                "VMPIPE_TLS_KEY",
+                s.tls_key.as_ref().map(|p| p.display().to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?))),
+    )
+    .collect()
+}

@@ -1,0 +1,129 @@
+//! The whole pipeline for one test: ingest, worker, queue and database of its own.
+
+use std::time::{Duration, Instant};
+
+use vmpipe_common::Settings;
+use vmpipe_common::settings::SecretUrl;
+
+use crate::database::{TestDatabase, migrated};
+use crate::ingest::{Options, TestIngest};
+use crate::kazoo::{Attachment, Body, Verb};
+use crate::queue::TestQueue;
+use crate::worker::TestWorker;
+
+/// Ingest, worker, queue and database of the test's own.
+pub struct Stack {
+    pub ingest: TestIngest,
+    pub queue: TestQueue,
+    pub database: TestDatabase,
+    pub worker: Option<TestWorker>,
+    pool: Option<sqlx::PgPool>,
+}
+
+impl Stack {
+    pub async fn start(with_worker: bool) -> Self {
+        let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
+        let mut stack = Self {
+            ingest,
+            queue,
+            database: TestDatabase::new(),
+            worker: None,
+            pool: None,
+        };
+        if with_worker {
+            stack.start_worker().await;
+        }
+        stack
+    }
+
+    pub fn worker_settings(&self) -> Settings {
+        Settings {
+            database_url: SecretUrl(self.database.url.clone()),
+            worker_concurrency: 4,
+            worker_listen: "127.0.0.1:0".into(),
+            ..self.ingest.settings.clone()
+        }
+    }
+
+    pub async fn start_worker(&mut self) {
+        self.start_worker_with(self.worker_settings()).await;
+    }
+
+    /// Starts a worker with settings changed from [`Stack::worker_settings`] (hooks, say).
+    pub async fn start_worker_with(&mut self, settings: Settings) {
+        self.worker = Some(TestWorker::start(settings));
+        self.wait_for_schema().await;
+    }
+
+    /// Waits until the transcription of `hook` for the voicemail `attachment_name` is `done` or
+    /// `failed`, and returns that row.
+    pub async fn finished_transcription(
+        &self,
+        attachment_name: &str,
+        hook: &str,
+        timeout: Duration,
+    ) -> sqlx::postgres::PgRow {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = sqlx::query(
+                "SELECT t.* FROM transcriptions t JOIN voicemails v ON v.id = t.voicemail_id
+                 WHERE v.attachment_name = $1 AND t.hook = $2 AND t.status IN ('done', 'failed')",
+            )
+            .bind(attachment_name)
+            .bind(hook)
+            .fetch_optional(self.pool())
+            .await
+            .expect("query transcriptions");
+            if let Some(row) = row {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no finished {hook} transcription of {attachment_name} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a worker has created and migrated the database, and connects to it.
+    pub async fn wait_for_schema(&mut self) {
+        for _ in 0..200 {
+            if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&self.database.url)
+                .await
+                && migrated(&pool).await
+            {
+                self.pool = Some(pool);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("worker did not migrate the database");
+    }
+
+    pub async fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.pool.as_ref().expect("worker started")
+    }
+
+    pub async fn put(&self, path: &str, body: Body, att: &Attachment<'_>) {
+        let r = self.ingest.client().store(Verb::Put, path, body, att).await;
+        assert_eq!(r.status, 201, "PUT {path}");
+    }
+
+    pub async fn finish(mut self) {
+        self.stop_worker().await;
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        self.queue.delete().await;
+        self.ingest.stop().await;
+        self.database.drop().await;
+    }
+}

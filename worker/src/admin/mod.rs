@@ -1,0 +1,58 @@
+//! Operator commands, one file each (`worker reconcile`, `replay-dead`, `dead-letters`,
+//! `reindex`, `prune`, `transcribe`, `probe`), sharing how they reach the database, the storage
+//! and RabbitMQ.
+
+mod dead_letters;
+mod probe;
+mod prune;
+mod reconcile;
+mod reindex;
+mod replay_dead;
+mod transcribe;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection};
+use sqlx::PgPool;
+use vmpipe_common::{FsStore, Settings, amqp};
+
+use crate::WorkerError;
+use crate::index::db;
+
+pub use dead_letters::{DeadLetter, dead_letters};
+pub use probe::probe_files;
+pub use prune::{Pruned, parse_age, prune};
+pub use reconcile::{Reconciliation, reconcile};
+pub use reindex::{Reindexed, reindex};
+pub use replay_dead::replay_dead;
+pub use transcribe::transcribe;
+
+/// What the commands that read the index share: the database, migrated, and the storage.
+struct Admin {
+    pool: PgPool,
+    store: FsStore,
+}
+
+impl Admin {
+    async fn open(settings: &Settings) -> Result<Self, WorkerError> {
+        let pool = db::connect(settings.database_url.expose(), 2).await?;
+        db::migrate(&pool).await?;
+        let store = FsStore::open(&settings.storage_dir)?;
+        Ok(Self { pool, store })
+    }
+}
+
+/// A channel for an admin command, with the queues declared (and confirms, to publish).
+async fn open_channel(
+    settings: &Settings,
+    confirms: bool,
+) -> Result<(Connection, Channel), WorkerError> {
+    let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker-admin").await?;
+    let channel = connection.create_channel().await?;
+    if confirms {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    amqp::declare_queues(&channel, &settings.queue).await?;
+    Ok((connection, channel))
+}

@@ -1,0 +1,69 @@
+//! `worker reindex`: probes every indexed file again and rewrites its measured columns.
+
+use serde::Serialize;
+use vmpipe_common::{Settings, StorageKey};
+
+use super::Admin;
+use crate::WorkerError;
+use crate::audio::probe;
+use crate::index::ProbeColumns;
+
+/// What `worker reindex` did.
+#[derive(Debug, Default, Serialize)]
+pub struct Reindexed {
+    pub rows: u64,
+    pub reprobed: u64,
+    pub files_missing: Vec<String>,
+}
+
+/// Probes every indexed voicemail's file again and rewrites its measured columns (after an
+/// upgrade of the probe, say). KAZOO's metadata in the rows is kept.
+pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
+    let Admin { pool, store } = Admin::open(settings).await?;
+    let mut report = Reindexed::default();
+    let mut after = String::new();
+    loop {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT storage_key FROM voicemails WHERE storage_key > $1 ORDER BY storage_key LIMIT 500",
+        )
+        .bind(&after)
+        .fetch_all(&pool)
+        .await?;
+        let Some(last) = keys.last() else { break };
+        after = last.clone();
+        for key in keys {
+            report.rows += 1;
+            let Ok(parsed) = StorageKey::parse(&key) else {
+                continue;
+            };
+            let path = store.path_of(&parsed);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                report.files_missing.push(key);
+                continue;
+            };
+            let probed = tokio::task::spawn_blocking(move || probe::probe_file(&path))
+                .await
+                .map_err(|e| WorkerError::Refused(format!("probe task: {e}")))?
+                .map_err(|e| e.to_string());
+            let measured = ProbeColumns::from_probe(&probed);
+            sqlx::query(
+                "UPDATE voicemails SET duration_ms = $2, codec = $3, sample_rate = $4, channels = $5,
+                 bitrate_bps = $6, probe_error = $7, size_bytes = $8, indexed_at = now()
+                 WHERE storage_key = $1",
+            )
+            .bind(&key)
+            .bind(measured.duration_ms)
+            .bind(measured.codec)
+            .bind(measured.sample_rate)
+            .bind(measured.channels)
+            .bind(measured.bitrate_bps)
+            .bind(measured.probe_error)
+            .bind(meta.len() as i64)
+            .execute(&pool)
+            .await?;
+            report.reprobed += 1;
+        }
+    }
+    pool.close().await;
+    Ok(report)
+}

@@ -1,0 +1,250 @@
+//! Decodes a stored voicemail to a 16 kHz mono 16-bit PCM WAV, the input speech engines want.
+//!
+//! Any MP3 or WAV codec symphonia reads is accepted. The format is recognised from the bytes,
+//! never from the file name. The audio is decoded packet by packet, mixed down to mono by
+//! averaging the channels, resampled to 16 kHz (rubato's sinc resampler, fed in fixed chunks),
+//! and written through a `BufWriter`: memory stays flat whatever the length of the recording.
+//!
+//! Damaged audio is tolerated the way a player would: packets that fail to decode are skipped,
+//! a file cut short ends where its audio ends, a WAV header whose sizes were never filled in
+//! is repaired on the fly, and recordings glued together (even at different sample rates) come
+//! out whole.
+
+mod repair;
+mod sink;
+mod tail;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use symphonia::core::codecs::CodecParameters;
+use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::io::{MediaSource, MediaSourceStream};
+use symphonia::core::meta::MetadataOptions;
+
+use super::riff;
+use repair::{Repaired, repair_wav_header, wav_format};
+use sink::Sink;
+use tail::Tail;
+
+/// The output sample rate.
+const RATE: u32 = 16_000;
+/// Bytes read from the start of the input to recognise it.
+const HEAD_LEN: usize = 64 * 1024;
+/// WAV format tags symphonia decodes (with the pcm and adpcm features).
+const SUPPORTED_WAV_FORMATS: [u16; 7] = [
+    riff::PCM,
+    riff::MS_ADPCM,
+    riff::FLOAT,
+    riff::ALAW,
+    riff::MULAW,
+    riff::IMA_ADPCM,
+    riff::EXTENSIBLE,
+];
+
+/// What was decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wav16k {
+    /// 16 kHz frames written.
+    pub frames: u64,
+    /// Sample rate of the source (of its first part, if it changes mid-stream).
+    pub source_rate: u32,
+    /// Channels of the source (of its first part, if they change mid-stream).
+    pub source_channels: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("cannot open {path}: {source}", path = .path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}", path = .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("not a recognised audio file (MP3 or WAV): {0}")]
+    NotAudio(String),
+    #[error("unsupported audio codec: {0}")]
+    UnsupportedCodec(String),
+    #[error("damaged audio file: {0}")]
+    Corrupt(String),
+    #[error("no audio track in the file")]
+    NoAudioTrack,
+    #[error("no audio could be decoded: {0}")]
+    NoAudio(String),
+    #[error("resampling to 16 kHz: {0}")]
+    Resample(String),
+    #[error("cannot write {path}: {source}", path = .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("the audio is too long for a WAV file (4 GiB)")]
+    TooLong,
+}
+
+/// Decodes `input` and writes a 16 kHz mono 16-bit PCM WAV to `output` (created/truncated).
+/// Streams: memory stays flat whatever the input length.
+///
+/// `output` is only created once the first audio has been decoded, so a file that is not
+/// audio leaves it untouched; after a later error it may be incomplete.
+pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> {
+    let read_err = |source| DecodeError::Read {
+        path: input.to_owned(),
+        source,
+    };
+    let mut file = File::open(input).map_err(|source| DecodeError::Open {
+        path: input.to_owned(),
+        source,
+    })?;
+    let file_len = file.metadata().map_err(read_err)?.len();
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    (&mut file)
+        .take(HEAD_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    if head.is_empty() {
+        return Err(DecodeError::NotAudio("empty file".into()));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+
+    // The hint comes from the bytes, not the name: KAZOO's names and content types can lie.
+    // Symphonia's probe sniffs the content anyway; the hint only orders its guesses.
+    let is_riff = riff::is_wave(&head);
+    let mut hint = Hint::new();
+    hint.with_extension(if is_riff { "wav" } else { "mp3" });
+    let source: Box<dyn MediaSource> = match is_riff.then(|| repair_wav_header(&head, file_len)) {
+        Some(Some(head)) => Box::new(Repaired { file, head, pos: 0 }),
+        _ => Box::new(file),
+    };
+    let mss = MediaSourceStream::new(source, Default::default());
+    let mut format = match symphonia::default::get_probe().probe(
+        &hint,
+        mss,
+        FormatOptions::default(),
+        MetadataOptions::default(),
+    ) {
+        Ok(format) => format,
+        Err(SymphoniaError::IoError(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
+            return Err(read_err(e));
+        }
+        Err(e) if is_riff => {
+            return Err(match wav_format(&head) {
+                Some((tag, name)) if tag != 0 && !SUPPORTED_WAV_FORMATS.contains(&tag) => {
+                    DecodeError::UnsupportedCodec(name)
+                }
+                Some((_, name)) => DecodeError::Corrupt(format!("{name}: {e}")),
+                None => DecodeError::Corrupt(format!("WAV: {e}")),
+            });
+        }
+        Err(SymphoniaError::Unsupported(_)) => {
+            return Err(DecodeError::NotAudio(
+                "no MP3 frames or WAV header found".into(),
+            ));
+        }
+        Err(e) => return Err(DecodeError::NotAudio(e.to_string())),
+    };
+
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or(DecodeError::NoAudioTrack)?;
+    let track_id = track.id;
+    let Some(CodecParameters::Audio(params)) = track.codec_params.clone() else {
+        return Err(DecodeError::NoAudioTrack);
+    };
+    // Encoder delay and padding are trimmed here, not by the decoder: see `Tail`.
+    let mut options = AudioDecoderOptions::default();
+    options.gapless = false;
+    let new_decoder = || {
+        symphonia::default::get_codecs()
+            .make_audio_decoder(&params, &options)
+            .map_err(|e| {
+                let name = is_riff
+                    .then(|| wav_format(&head))
+                    .flatten()
+                    .map_or_else(|| params.codec.to_string(), |f| f.1);
+                DecodeError::UnsupportedCodec(format!("{name} ({e})"))
+            })
+    };
+    let mut decoder = Some(new_decoder()?);
+    // Whether the decoder in use has decoded a packet.
+    let mut proven = false;
+
+    let mut sink = Sink::new(output);
+    let mut tail = Tail::default();
+    let mut planes: Vec<Vec<f32>> = Vec::new();
+    let mut mono: Vec<f32> = Vec::new();
+    let mut last_error = String::from("no audio packets");
+    'packets: loop {
+        let packet = match format.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            Err(SymphoniaError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(SymphoniaError::IoError(e)) => return Err(read_err(e)),
+            // The demuxer lost its footing (a damaged tail after real audio): keep what came
+            // before it. With no audio yet, there is nothing to keep.
+            Err(e) => {
+                last_error = e.to_string();
+                break;
+            }
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        // Symphonia's MP3 decoder takes its sample rate and channel count from the first frame
+        // header it sees, and refuses frames that differ: those of a second recording glued on
+        // at another rate, or all frames after a false sync in garbage it latched onto. So a
+        // packet that fails is retried once on a fresh decoder, and a decoder that failed is
+        // not reused. A packet that still fails is skipped: a damaged packet costs its few
+        // milliseconds, not the recording. A rate change reaches the sink, which restarts the
+        // resampler.
+        let spec = loop {
+            let current = match &mut decoder {
+                Some(current) => current,
+                None => {
+                    proven = false;
+                    decoder.insert(new_decoder()?)
+                }
+            };
+            match current.decode(&packet) {
+                Ok(buf) => break buf.spec().clone(),
+                Err(e) => {
+                    last_error = e.to_string();
+                    decoder = None;
+                    if !std::mem::take(&mut proven) {
+                        continue 'packets;
+                    }
+                }
+            }
+        };
+        proven = true;
+        let buf = decoder.as_ref().expect("decoded above").last_decoded();
+        let frames = buf.frames();
+        let channels = spec.channels().count();
+        if frames == 0 || channels == 0 || spec.rate() == 0 {
+            continue;
+        }
+        buf.copy_to_vecs_planar::<f32>(&mut planes);
+        let trim_start = usize::try_from(packet.trim_start.get()).map_or(frames, |t| t.min(frames));
+        let trim_end = usize::try_from(packet.trim_end.get()).unwrap_or(usize::MAX);
+        // Wholly past the declared end: see `Tail`.
+        let past_end = trim_end > 0 && trim_end >= frames - trim_start;
+        let end = if past_end { frames } else { frames - trim_end };
+        mono.clear();
+        mono.extend_from_slice(&planes[0][trim_start..end]);
+        for plane in &planes[1..channels] {
+            for (m, s) in mono.iter_mut().zip(&plane[trim_start..end]) {
+                *m += s;
+            }
+        }
+        if channels > 1 {
+            let scale = 1.0 / channels as f32;
+            mono.iter_mut().for_each(|m| *m *= scale);
+        }
+        tail.push(&mut sink, spec.rate(), channels as u16, &mono, past_end)?;
+    }
+    sink.finish().map_err(|e| match e {
+        DecodeError::NoAudio(_) => DecodeError::NoAudio(last_error),
+        e => e,
+    })
+}

@@ -1,0 +1,108 @@
+//! RIFF/WAVE: the chunk rules, written once for the probe (which measures a WAV) and the
+//! decoder (which repairs a WAV header a recorder never finalised).
+
+/// WAV format tags vmpipe knows by name.
+pub const PCM: u16 = 0x0001;
+pub const MS_ADPCM: u16 = 0x0002;
+pub const FLOAT: u16 = 0x0003;
+pub const ALAW: u16 = 0x0006;
+pub const MULAW: u16 = 0x0007;
+pub const IMA_ADPCM: u16 = 0x0011;
+pub const GSM610: u16 = 0x0031;
+pub const MPEG: u16 = 0x0050;
+pub const MPEG_LAYER3: u16 = 0x0055;
+pub const EXTENSIBLE: u16 = 0xFFFE;
+
+/// Chunks start after `RIFF`, the RIFF size and `WAVE`.
+pub const FIRST_CHUNK: u64 = 12;
+/// A chunk header: a 4-byte id and a little-endian 32-bit size.
+pub const CHUNK_HEADER_LEN: u64 = 8;
+
+/// Whether the bytes start a RIFF WAVE file.
+pub fn is_wave(head: &[u8]) -> bool {
+    head.get(0..4) == Some(b"RIFF") && head.get(8..12) == Some(b"WAVE")
+}
+
+/// The id and declared size of the chunk whose header starts `bytes`.
+pub fn chunk_header(bytes: &[u8]) -> Option<([u8; 4], u32)> {
+    let id = bytes.get(0..4)?.try_into().ok()?;
+    let size = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    Some((id, size))
+}
+
+/// Where the next chunk starts, after one whose body starts at `body` and declares `size`
+/// bytes: chunks are padded to an even size.
+pub fn next_chunk(body: u64, size: u32) -> u64 {
+    body + u64::from(size) + u64::from(size & 1)
+}
+
+/// The bytes of audio a `data` chunk really holds, `available` being what the file has after
+/// its header. Its declared size, unless the recorder never finalised it (0 or 0xFFFFFFFF) or
+/// it runs past the end of the file: then all that is there.
+pub fn data_len(declared: u32, available: u64) -> u64 {
+    let declared = u64::from(declared);
+    if declared == 0 || declared == u64::from(u32::MAX) || declared > available {
+        available
+    } else {
+        declared
+    }
+}
+
+/// The chunks whose headers lie within `head` (the first bytes of a RIFF WAVE file): each
+/// one's offset, id and declared size.
+pub fn chunks(head: &[u8]) -> impl Iterator<Item = (usize, [u8; 4], u32)> + '_ {
+    let mut at = Some(FIRST_CHUNK);
+    std::iter::from_fn(move || {
+        let offset = usize::try_from(at?).ok()?;
+        let (id, size) = chunk_header(head.get(offset..)?)?;
+        at = Some(next_chunk(at? + CHUNK_HEADER_LEN, size));
+        Some((offset, id, size))
+    })
+}
+
+/// A name for a format tag, for messages.
+pub fn format_name(tag: u16) -> &'static str {
+    match tag {
+        PCM => "PCM",
+        MS_ADPCM => "Microsoft ADPCM",
+        FLOAT => "IEEE float",
+        ALAW => "G.711 A-law",
+        MULAW => "G.711 mu-law",
+        IMA_ADPCM => "IMA ADPCM",
+        0x0014 | 0x0040 => "G.723 ADPCM",
+        0x0022 => "TrueSpeech",
+        GSM610 => "GSM 6.10",
+        0x0042 => "G.723.1",
+        0x0045 | 0x0064 => "G.726 ADPCM",
+        MPEG => "MPEG audio",
+        MPEG_LAYER3 => "MP3",
+        0x0065 => "G.722",
+        0x0070 => "G.729",
+        EXTENSIBLE => "extensible",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_walked_with_their_padding() {
+        let mut wav = b"RIFF\0\0\0\0WAVE".to_vec();
+        wav.extend_from_slice(b"LIST\x03\0\0\0abc\0");
+        wav.extend_from_slice(b"data\x04\0\0\0wxyz");
+        let found: Vec<_> = chunks(&wav).collect();
+        assert_eq!(found, [(12, *b"LIST", 3), (24, *b"data", 4)]);
+        assert!(is_wave(&wav));
+        assert!(!is_wave(b"RIFX\0\0\0\0WAVE"));
+    }
+
+    #[test]
+    fn unfinalised_data_sizes_run_to_the_end_of_the_file() {
+        assert_eq!(data_len(100, 1000), 100);
+        assert_eq!(data_len(0, 1000), 1000);
+        assert_eq!(data_len(u32::MAX, 1000), 1000);
+        assert_eq!(data_len(2000, 1000), 1000);
+    }
+}

@@ -1,0 +1,219 @@
+//! Consuming jobs from RabbitMQ: at-least-once, acked only after the row is committed.
+//!
+//! Each delivery runs in its own task (a panic there cannot stop the consumer). The number in
+//! flight is bounded by the channel's prefetch. The job itself is the [`pipeline`]'s; how the
+//! delivery is then settled (ack, requeue, retry later, dead-letter) is decided by
+//! [`settle::settle`] from its outcome and delivery count. A job waiting to be retried stays
+//! unacked, so a crash or shutdown hands it back to RabbitMQ.
+//!
+//! [`pipeline`]: crate::pipeline
+
+mod settle;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, message::Delivery};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+use vmpipe_common::amqp::{self, ERROR_HEADER, FAILED_AT_HEADER, PublishError};
+use vmpipe_common::backoff::Backoff;
+
+use crate::pipeline::{Context, process};
+use settle::{Outcome, Settlement, settle, should_process};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ ended the consumer")]
+    ConsumerEnded,
+}
+
+/// Consumes until `shutdown`, reconnecting to RabbitMQ with backoff when the connection drops.
+pub async fn consume(context: Arc<Context>, shutdown: CancellationToken) {
+    let mut delay = Backoff::default();
+    loop {
+        let result = consume_once(&context, &shutdown).await;
+        context.health.set_consuming(false);
+        match result {
+            Ok(()) => return,
+            Err(e) => warn!(error = %e, "RabbitMQ connection lost or refused; reconnecting"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay.next_delay()) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One connection's worth of consuming. Returns Ok on shutdown (after in-flight jobs finish).
+async fn consume_once(
+    context: &Arc<Context>,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    let settings = &context.settings;
+    let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker").await?;
+    let channel = connection.create_channel().await?;
+    amqp::declare_queues(&channel, &settings.queue).await?;
+    channel
+        .basic_qos(settings.worker_concurrency, BasicQosOptions::default())
+        .await?;
+    // Dead letters are published with confirms: a job is acked only once its dead letter is safe.
+    let dead_letters = connection.create_channel().await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(queue = %settings.queue, concurrency = settings.worker_concurrency, "consuming jobs");
+    context.health.set_consuming(true);
+
+    let tasks = TaskTracker::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let context = context.clone();
+                    let dead_letters = dead_letters.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move {
+                        handle_delivery(&context, &dead_letters, delivery, &shutdown).await;
+                    });
+                }
+                Some(Err(e)) => break Err(ConsumeError::Amqp(e)),
+                None => break Err(ConsumeError::ConsumerEnded),
+            }
+        }
+    };
+    // Stop new deliveries, let the jobs in hand finish (their acks need the channel open).
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
+    tasks.close();
+    tasks.wait().await;
+    let _ = connection.close(200, "worker stopping".into()).await;
+    result
+}
+
+async fn handle_delivery(
+    context: &Context,
+    dead_letters: &Channel,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+) {
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let span = info_span!("job", job_id = %message_id, storage_key = tracing::field::Empty,
+        request_id = tracing::field::Empty, redelivered = delivery.redelivered);
+    async {
+        let _active = context.activity.begin();
+        let deliveries = delivery_count(&delivery) + 1;
+        let max = u64::from(context.settings.max_deliveries);
+        let outcome = if should_process(deliveries, max) {
+            match process(context, &delivery.data, shutdown).await {
+                Ok(()) => Outcome::Indexed,
+                Err(error) => Outcome::Failed(error),
+            }
+        } else {
+            Outcome::NeverCompleted
+        };
+        let settlement = settle(&outcome, deliveries, max);
+        metrics::counter!("vmpipe_jobs_total", "outcome" => settlement.metric_label()).increment(1);
+        let settled = match settlement {
+            Settlement::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Settlement::Requeue => requeue(&delivery).await,
+            Settlement::RetryAfter(wait) => {
+                if let Outcome::Failed(reason) = &outcome {
+                    warn!(%reason, deliveries, retry_in = ?wait, "job failed; it will be retried");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                requeue(&delivery).await
+            }
+            Settlement::DeadLetter(reason) => {
+                warn!(%reason, "job can never succeed; dead-lettering it");
+                let queue = amqp::dead_letter_queue(&context.settings.queue);
+                match dead_letter(dead_letters, &queue, &delivery, &reason).await {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        // The queue's own dead-letter route still keeps it (without the reason).
+                        error!(error = %e, "could not publish the dead letter; rejecting instead");
+                        delivery.nack(BasicNackOptions::default()).await
+                    }
+                }
+            }
+        };
+        if let Err(e) = settled {
+            // The channel is gone: RabbitMQ redelivers the job, and the upsert makes that harmless.
+            warn!(error = %e, "could not settle the delivery; it will be redelivered");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Earlier deliveries of this message, as RabbitMQ's quorum queues count them.
+fn delivery_count(delivery: &Delivery) -> u64 {
+    let count = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    match count {
+        Some(AMQPValue::LongLongInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::ShortInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::LongUInt(n)) => u64::from(n),
+        _ => u64::from(delivery.redelivered),
+    }
+}
+
+async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
+    delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+}
+
+/// Publishes the delivery to the dead-letter queue with the reason and the time in its
+/// headers, and waits for the confirm.
+async fn dead_letter(
+    channel: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), PublishError> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(reason.into()));
+    headers.insert(
+        FAILED_AT_HEADER.into(),
+        AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
+    );
+    let properties = amqp::message_properties().with_headers(headers);
+    let properties = match delivery.properties.message_id() {
+        Some(id) => properties.with_message_id(id.clone()),
+        None => properties,
+    };
+    amqp::publish_confirmed(channel, queue, &delivery.data, properties).await
+}

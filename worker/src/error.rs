@@ -1,0 +1,123 @@
+//! The worker's errors. [`JobError`] is the one vocabulary of the work it does, jobs and hook
+//! runs alike: every failure says what should happen next (retry, give up, hand back), and
+//! keeps its cause. Decisions are taken on the variant, never on a message's text.
+
+use std::fmt::Display;
+
+/// Why a job (or a hook run) did not complete, and so what to do with it.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Retrying cannot help (not a job, the file is gone, undecodable audio, a 4xx answer):
+    /// give up, with this reason (a job is dead-lettered, a transcription marked failed).
+    #[error("{0:#}")]
+    Abort(anyhow::Error),
+    /// May work next time (the file could not be read, a crash, a timeout, a 5xx): try again
+    /// later, up to the limit of attempts.
+    #[error("{0:#}")]
+    Retry(anyhow::Error),
+    /// Shutdown came first: hand the work back; the attempt does not count.
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+impl JobError {
+    /// Gives up because of `cause`.
+    pub fn abort(cause: impl Into<anyhow::Error>) -> Self {
+        JobError::Abort(cause.into())
+    }
+
+    /// Tries again later because of `cause`.
+    pub fn retry(cause: impl Into<anyhow::Error>) -> Self {
+        JobError::Retry(cause.into())
+    }
+
+    /// Gives up, for a reason that has no error value behind it.
+    pub fn abort_because(reason: impl Display + std::fmt::Debug + Send + Sync + 'static) -> Self {
+        JobError::Abort(anyhow::Error::msg(reason))
+    }
+
+    /// Tries again later, for a reason that has no error value behind it.
+    pub fn retry_because(reason: impl Display + std::fmt::Debug + Send + Sync + 'static) -> Self {
+        JobError::Retry(anyhow::Error::msg(reason))
+    }
+}
+
+/// Adds what was being done to an error, keeping it as the cause: `.retry_with("reading the
+/// audio")` on an `io::Error` reads "reading the audio: No such file or directory".
+pub trait Context<T> {
+    fn abort_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError>;
+    fn retry_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError>;
+}
+
+impl<T, E> Context<T> for Result<T, E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn abort_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError> {
+        self.map_err(|e| JobError::Abort(anyhow::Error::new(e).context(doing)))
+    }
+
+    fn retry_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError> {
+        self.map_err(|e| JobError::Retry(anyhow::Error::new(e).context(doing)))
+    }
+}
+
+/// What stops a worker command from starting or finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("storage: {0}")]
+    Storage(#[from] vmpipe_common::StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ: {0}")]
+    Publish(#[from] vmpipe_common::amqp::PublishError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("hook: {0}")]
+    Hook(#[source] JobError),
+    #[error(transparent)]
+    Runner(#[from] crate::hooks::runner::RunnerError),
+}
+
+/// The message of a caught panic (a probe on hostile audio, a compiled-in hook).
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_is_kept_and_shown() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = Err::<(), _>(io)
+            .retry_with("reading the audio")
+            .unwrap_err();
+        assert_eq!(error.to_string(), "reading the audio: no such file");
+        let JobError::Retry(cause) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
+        assert_eq!(
+            JobError::abort_because("gone").to_string(),
+            "gone",
+            "a reason without a cause reads as itself"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Readiness state, and the worker's small HTTP side: `GET /healthz` (alive), `GET /readyz` (database reachable and
+//! consuming jobs) and `GET /metrics`, on `VMPIPE_WORKER_LISTEN`. The worker has no other HTTP
+//! to serve, so this is a few lines on a TCP listener rather than a web framework.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// What readiness reports: set by the consumer and by every database write.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub consuming: std::sync::atomic::AtomicBool,
+    pub database_ok: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub fn set_consuming(&self, on: bool) {
+        self.consuming
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_database_ok(&self, ok: bool) {
+        self.database_ok
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub struct HealthServer {
+    pub health: Arc<Health>,
+    pub pool: PgPool,
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+pub async fn serve(listener: TcpListener, server: Arc<HealthServer>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        if let Ok((stream, _)) = accepted {
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, &server).await {
+                    debug!(error = %e, "health request failed");
+                }
+            });
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, server: &HealthServer) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/healthz") => (200, "application/json", r#"{"status":"alive"}"#.to_owned()),
+        ("GET", "/readyz") => readiness(server).await,
+        ("GET", "/metrics") => match &server.metrics {
+            Some(render) => (200, "text/plain; version=0.0.4", render()),
+            None => (
+                404,
+                "application/json",
+                r#"{"error":"not_found"}"#.to_owned(),
+            ),
+        },
+        _ => (
+            404,
+            "application/json",
+            r#"{"error":"not_found"}"#.to_owned(),
+        ),
+    };
+    let reason = match status {
+        200 => "OK",
+        503 => "Service Unavailable",
+        _ => "Not Found",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+async fn readiness(server: &HealthServer) -> (u16, &'static str, String) {
+    let database = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&server.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let consuming = server.health.consuming.load(Ordering::Relaxed);
+    let ready = database && consuming;
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": if database { "ok" } else { "unreachable" },
+        "rabbitmq": if consuming { "consuming" } else { "not connected" },
+    });
+    (
+        if ready { 200 } else { 503 },
+        "application/json",
+        body.to_string(),
+    )
+}

@@ -1,0 +1,296 @@
+//! Runs the hooks queued in `transcriptions`, off the indexing path: the scheduler. The SQL of
+//! the queue is in [`queue`], the preparation of a run's input in [`input`].
+//!
+//! A row is claimed with `FOR UPDATE SKIP LOCKED` (several workers share the work), marked
+//! `running` with a lease (`next_attempt_at`), and settled as `done`, `pending` again (to be
+//! retried after a growing delay) or `failed`. Every write after the claim names the attempt
+//! (`attempt_id`), so a late or taken-over attempt cannot overwrite a newer result. A worker
+//! that dies mid-run leaves its row `running`; once the lease expires another worker takes it
+//! over, and the lost attempt counts.
+
+mod input;
+mod queue;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use vmpipe_common::FsStore;
+use vmpipe_common::backoff::Backoff;
+
+use super::{Hook, HookError, Transcript};
+use crate::activity::Activity;
+use crate::error::{JobError, panic_text};
+
+pub use queue::TranscriptionReport;
+use queue::{Claim, TranscriptionQueue};
+
+/// How often idle runners look for due retries (new voicemails wake them at once).
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Hook runs start once indexing has been quiet this long: between the jobs of a storm, no.
+const QUIET: Duration = Duration::from_millis(50);
+/// Longest a hook run waits for that (hooks yield to indexing, but never starve).
+const MAX_DEFERRAL: Duration = Duration::from_secs(10);
+/// Margin on top of the longest hook timeout before a `running` row is taken over.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("no voicemail {0:?} (give its id or its storage key)")]
+    NoSuchVoicemail(String),
+    #[error("no hook named {0:?} is configured")]
+    NoSuchHook(String),
+    #[error("no hook is configured (VMPIPE_TRANSCRIBER or [[hooks]] in the settings file)")]
+    NoHooks,
+}
+
+pub struct HookRunner {
+    queue: TranscriptionQueue,
+    store: FsStore,
+    hooks: Vec<Arc<dyn Hook>>,
+    names: Vec<String>,
+    concurrency: usize,
+    wake: Arc<Notify>,
+    activity: Arc<Activity>,
+}
+
+impl HookRunner {
+    /// `activity`: the indexing jobs in progress, which new hook runs wait for.
+    pub fn new(
+        pool: PgPool,
+        store: FsStore,
+        hooks: Vec<Arc<dyn Hook>>,
+        concurrency: usize,
+        activity: Arc<Activity>,
+    ) -> Self {
+        let names = hooks.iter().map(|hook| hook.name().to_owned()).collect();
+        Self {
+            queue: TranscriptionQueue { pool },
+            store,
+            hooks,
+            names,
+            concurrency: concurrency.max(1),
+            wake: Arc::default(),
+            activity,
+        }
+    }
+
+    /// The hook names that indexing queues a row for.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Notified by indexing after it queued rows.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    fn hook(&self, name: &str) -> Option<&Arc<dyn Hook>> {
+        self.hooks.iter().find(|hook| hook.name() == name)
+    }
+
+    fn lease(&self) -> Duration {
+        self.hooks
+            .iter()
+            .map(|hook| hook.policy().timeout)
+            .max()
+            .unwrap_or_default()
+            + LEASE_MARGIN
+    }
+
+    /// Works through due rows, `concurrency` at a time, until `shutdown`; attempts in progress
+    /// are then stopped and handed back as `pending`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.hooks.is_empty() {
+            return;
+        }
+        info!(hooks = ?self.names, concurrency = self.concurrency, "hook runner started");
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let tasks = TaskTracker::new();
+        let mut backoff = Backoff::default();
+        loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            tokio::select! {
+                _ = self.activity.wait_quiet(QUIET, MAX_DEFERRAL) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let pause = match self.queue.claim_next(&self.names, self.lease()).await {
+                Ok(Some(claim)) => {
+                    backoff.reset();
+                    let runner = self.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move {
+                        runner.attempt(claim, &shutdown).await;
+                        drop(slot);
+                    });
+                    continue;
+                }
+                Ok(None) => POLL_INTERVAL,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?wait, "cannot claim hook work");
+                    wait
+                }
+            };
+            drop(slot);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+        info!("hook runner stopped");
+    }
+
+    /// Runs one claimed attempt and records its outcome.
+    async fn attempt(&self, claim: Claim, shutdown: &CancellationToken) {
+        let span = info_span!("hook", hook = %claim.hook, voicemail_id = %claim.voicemail_id,
+            attempt = claim.attempts);
+        async {
+            let Some(hook) = self.hook(&claim.hook).cloned() else {
+                return; // claims only name our hooks
+            };
+            let policy = hook.policy();
+            let attempt = u32::try_from(claim.attempts).unwrap_or(u32::MAX);
+            let started = Instant::now();
+            let result = if attempt > policy.max_attempts {
+                // Earlier attempts never ended: the worker died during each.
+                Err(HookError::abort_because(format!(
+                    "gave up after {} attempts that never finished (the worker stopped during each)",
+                    attempt - 1
+                )))
+            } else {
+                tokio::select! {
+                    result = tokio::time::timeout(policy.timeout, self.execute(hook, &claim)) => {
+                        result.unwrap_or_else(|_| Err(HookError::retry_because(format!(
+                            "timed out after {} s", policy.timeout.as_secs_f64()))))
+                    }
+                    _ = shutdown.cancelled() => Err(JobError::Interrupted),
+                }
+            };
+            let next = match &result {
+                Ok(_) => Next::Done,
+                Err(JobError::Interrupted) => {
+                    self.queue.release(&claim).await;
+                    return;
+                }
+                Err(JobError::Retry(_)) if attempt < policy.max_attempts => {
+                    Next::RetryAfter(policy.retry_after(attempt))
+                }
+                Err(_) => Next::Failed,
+            };
+            let elapsed = started.elapsed();
+            let outcome = next.metric_label();
+            metrics::counter!("vmpipe_hook_runs_total", "hook" => claim.hook.clone(), "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("vmpipe_hook_run_seconds", "hook" => claim.hook.clone())
+                .record(elapsed.as_secs_f64());
+            let run_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
+            match &result {
+                Ok(transcript) => info!(run_ms, chars = transcript.text.len(), "hook done"),
+                Err(e) => warn!(run_ms, error = %e, outcome, "hook attempt failed"),
+            }
+            let retry_after = match next {
+                Next::RetryAfter(wait) => Some(wait),
+                Next::Done | Next::Failed => None,
+            };
+            self.queue
+                .record(&claim, result, run_ms, retry_after, shutdown)
+                .await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Prepares the input and runs the hook on its own task, so that a panic in it is a failed
+    /// attempt rather than a lost runner.
+    async fn execute(&self, hook: Arc<dyn Hook>, claim: &Claim) -> Result<Transcript, HookError> {
+        let (input, _scratch) =
+            input::input_for(&self.queue.pool, &self.store, claim, hook.policy().audio).await?;
+        let task = tokio::spawn(async move { hook.run(&input).await });
+        let abort = task.abort_handle();
+        // Dropped at the timeout: the hook's future (and any program it runs) goes too.
+        let _abort = AbortOnDrop(abort);
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(HookError::retry_because(format!(
+                "the hook panicked: {}",
+                panic_text(&e.into_panic())
+            ))),
+            Err(e) => Err(HookError::retry_because(format!(
+                "the hook was stopped: {e}"
+            ))),
+        }
+    }
+
+    /// `worker transcribe`: runs the hooks (all, or `only`) for one voicemail now, in this
+    /// process, whatever their rows say, and returns the rows as they end up.
+    pub async fn transcribe_now(
+        &self,
+        voicemail: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<TranscriptionReport>, RunnerError> {
+        if self.hooks.is_empty() {
+            return Err(RunnerError::NoHooks);
+        }
+        if let Some(name) = only
+            && self.hook(name).is_none()
+        {
+            return Err(RunnerError::NoSuchHook(name.to_owned()));
+        }
+        let id = self
+            .queue
+            .find_voicemail(voicemail)
+            .await?
+            .ok_or_else(|| RunnerError::NoSuchVoicemail(voicemail.to_owned()))?;
+        let never = CancellationToken::new();
+        for name in self
+            .names
+            .iter()
+            .filter(|name| only.is_none_or(|only| only == *name))
+        {
+            let claim = self.queue.claim_now(id, name, self.lease()).await?;
+            self.attempt(claim, &never).await;
+        }
+        Ok(self.queue.reports(id, only).await?)
+    }
+}
+
+/// What follows an attempt.
+enum Next {
+    Done,
+    /// Failed; pending again after this wait.
+    RetryAfter(Duration),
+    /// Failed for good.
+    Failed,
+}
+
+impl Next {
+    /// The `outcome` label of `vmpipe_hook_runs_total`.
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Next::Done => "done",
+            Next::RetryAfter(_) => "retry",
+            Next::Failed => "failed",
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,216 @@
+//! The `transcriptions` table as a work queue: claiming a due row (`FOR UPDATE SKIP LOCKED`,
+//! so several workers share it), recording an attempt's outcome, handing an attempt back, and
+//! the rows `worker transcribe` works on and prints.
+//!
+//! Every write after the claim names the attempt (`attempt_id`), so a late or taken-over
+//! attempt cannot overwrite a newer result.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+use vmpipe_common::backoff::Backoff;
+
+use crate::hooks::{HookError, Transcript};
+
+/// A claimed attempt: the row is `running` and ours until settled.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claim {
+    pub id: i64,
+    pub voicemail_id: Uuid,
+    pub hook: String,
+    /// 1-based number of this attempt.
+    pub attempts: i32,
+    pub attempt_id: Uuid,
+}
+
+/// A transcription row as `worker transcribe` prints it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TranscriptionReport {
+    pub voicemail_id: Uuid,
+    pub hook: String,
+    pub status: String,
+    pub text: Option<String>,
+    pub language: Option<String>,
+    pub confidence: Option<f64>,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub run_ms: Option<i32>,
+}
+
+/// The transcriptions queue in PostgreSQL.
+pub(super) struct TranscriptionQueue {
+    pub(super) pool: PgPool,
+}
+
+impl TranscriptionQueue {
+    /// Claims the due row that waited longest, for one of `hooks`, leased for `lease`.
+    pub(super) async fn claim_next(
+        &self,
+        hooks: &[String],
+        lease: Duration,
+    ) -> Result<Option<Claim>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE transcriptions SET status = 'running', attempts = attempts + 1,
+                attempt_id = $3, started_at = now(),
+                next_attempt_at = now() + $2 * interval '1 second'
+             WHERE id = (
+                SELECT id FROM transcriptions
+                WHERE status IN ('pending', 'running') AND next_attempt_at <= now()
+                  AND hook = ANY($1)
+                ORDER BY next_attempt_at
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+             RETURNING id, voicemail_id, hook, attempts, attempt_id",
+        )
+        .bind(hooks)
+        .bind(lease.as_secs_f64())
+        .bind(Uuid::now_v7())
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Writes the outcome, retrying while the database is away (until shutdown; the lease then
+    /// brings the row back).
+    pub(super) async fn record(
+        &self,
+        claim: &Claim,
+        result: Result<Transcript, HookError>,
+        run_ms: i32,
+        retry_after: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) {
+        let mut backoff = Backoff::default();
+        loop {
+            let written = match &result {
+                Ok(transcript) => {
+                    sqlx::query(
+                        "UPDATE transcriptions SET status = 'done', text = $3, language = $4,
+                            confidence = $5, error = NULL, finished_at = now(), run_ms = $6,
+                            attempt_id = NULL
+                         WHERE id = $1 AND attempt_id = $2",
+                    )
+                    .bind(claim.id)
+                    .bind(claim.attempt_id)
+                    .bind(transcript.text.replace('\0', ""))
+                    .bind(transcript.language.as_ref().map(|l| l.replace('\0', "")))
+                    .bind(transcript.confidence.filter(|c| (0.0..=1.0).contains(c)))
+                    .bind(run_ms)
+                    .execute(&self.pool)
+                    .await
+                }
+                Err(error) => {
+                    sqlx::query(
+                        "UPDATE transcriptions SET
+                            status = CASE WHEN $4 THEN 'pending' ELSE 'failed' END,
+                            error = $3, finished_at = now(), run_ms = $5, attempt_id = NULL,
+                            next_attempt_at = now() + $6 * interval '1 second'
+                         WHERE id = $1 AND attempt_id = $2",
+                    )
+                    .bind(claim.id)
+                    .bind(claim.attempt_id)
+                    .bind(error.to_string().replace('\0', ""))
+                    .bind(retry_after.is_some())
+                    .bind(run_ms)
+                    .bind(retry_after.unwrap_or_default().as_secs_f64())
+                    .execute(&self.pool)
+                    .await
+                }
+            };
+            match written {
+                Ok(done) => {
+                    if done.rows_affected() == 0 {
+                        info!("the transcription was re-queued meanwhile; result dropped");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?wait, "cannot record the hook's outcome");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands an interrupted attempt back: it does not count.
+    pub(super) async fn release(&self, claim: &Claim) {
+        let released = sqlx::query(
+            "UPDATE transcriptions SET status = 'pending', attempts = attempts - 1,
+                next_attempt_at = now(), attempt_id = NULL
+             WHERE id = $1 AND attempt_id = $2",
+        )
+        .bind(claim.id)
+        .bind(claim.attempt_id)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = released {
+            warn!(error = %e, "could not hand the hook attempt back; its lease will");
+        }
+    }
+
+    /// The id of the voicemail with this id or storage key.
+    pub(super) async fn find_voicemail(
+        &self,
+        voicemail: &str,
+    ) -> Result<Option<Uuid>, sqlx::Error> {
+        match Uuid::parse_str(voicemail) {
+            Ok(id) => sqlx::query_scalar("SELECT id FROM voicemails WHERE id = $1").bind(id),
+            Err(_) => sqlx::query_scalar("SELECT id FROM voicemails WHERE storage_key = $1")
+                .bind(voicemail),
+        }
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Claims `hook`'s row for `voicemail_id` now, whatever state it is in (creating it if
+    /// needed), as its first attempt.
+    pub(super) async fn claim_now(
+        &self,
+        voicemail_id: Uuid,
+        hook: &str,
+        lease: Duration,
+    ) -> Result<Claim, sqlx::Error> {
+        sqlx::query_as(
+            "INSERT INTO transcriptions (voicemail_id, hook, audio_received_at, status,
+                attempts, attempt_id, started_at, next_attempt_at)
+             SELECT id, $2, received_at, 'running', 1, $3, now(),
+                now() + $4 * interval '1 second'
+             FROM voicemails WHERE id = $1
+             ON CONFLICT (voicemail_id, hook) DO UPDATE SET status = 'running', attempts = 1,
+                attempt_id = EXCLUDED.attempt_id, started_at = now(), queued_at = now(),
+                next_attempt_at = EXCLUDED.next_attempt_at,
+                audio_received_at = EXCLUDED.audio_received_at
+             RETURNING id, voicemail_id, hook, attempts, attempt_id",
+        )
+        .bind(voicemail_id)
+        .bind(hook)
+        .bind(Uuid::now_v7())
+        .bind(lease.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// A voicemail's transcription rows (all, or `only` one hook's).
+    pub(super) async fn reports(
+        &self,
+        voicemail_id: Uuid,
+        only: Option<&str>,
+    ) -> Result<Vec<TranscriptionReport>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT voicemail_id, hook, status, text, language, confidence, error, attempts, run_ms
+             FROM transcriptions WHERE voicemail_id = $1 AND ($2::text IS NULL OR hook = $2)
+             ORDER BY hook",
+        )
+        .bind(voicemail_id)
+        .bind(only)
+        .fetch_all(&self.pool)
+        .await
+    }
+}

@@ -1,0 +1,186 @@
+//! PostgreSQL: connection, migrations, and the idempotent writes of the index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, types::Json};
+
+use super::VoicemailRow;
+
+/// The SQL files in `migrations/`, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Connects, creating the database first if it does not exist (a fresh install).
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    if !Postgres::database_exists(url).await? {
+        // Several workers may race here; whoever loses sees "already exists", which is fine.
+        if let Err(e) = Postgres::create_database(url).await
+            && !Postgres::database_exists(url).await?
+        {
+            return Err(e);
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+}
+
+/// Applies pending migrations (under PostgreSQL's advisory lock: safe with several workers).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether retrying later can help: the database is away, overloaded or restarting, as
+/// opposed to refusing this data.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08 connection, 40 serialization/deadlock, 53 resources, 57 operator action
+            // (admin shutdown, crash recovery), 58 system error.
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+/// A database failure, as jobs see it: cloneable (a batch's failure is every one of its jobs'),
+/// with its cause kept.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Sql(Arc<sqlx::Error>),
+    /// The worker is stopping: the row was not written.
+    #[error("the index writer has stopped")]
+    WriterStopped,
+}
+
+impl DbError {
+    /// Retrying later can help (see [`is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Sql(error) => is_transient(error),
+            DbError::WriterStopped => true,
+        }
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(error: sqlx::Error) -> Self {
+        DbError::Sql(Arc::new(error))
+    }
+}
+
+/// Inserts or updates the rows, keyed by `storage_key`, in one statement (one commit for the
+/// whole batch). A row written from a newer upload of the same key is never overwritten by an
+/// older job (jobs can arrive out of order and twice); of two rows for one key in the batch,
+/// the newer wins.
+///
+/// In the same statement, queues a `transcriptions` row for each of `hooks`: a new one for a
+/// new voicemail, a reset one when the audio is newer than the one transcribed, nothing when a
+/// job is merely delivered again. Returns the storage keys whose row was written.
+pub async fn upsert_voicemails(
+    pool: &PgPool,
+    rows: &[&VoicemailRow],
+    hooks: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    // The rows travel as one JSON array that PostgreSQL reads with the table's own row type:
+    // one parameter whatever the batch size.
+    sqlx::query_scalar(
+        "WITH incoming AS (
+            SELECT DISTINCT ON (storage_key) *
+            FROM jsonb_populate_recordset(NULL::voicemails, $1)
+            ORDER BY storage_key, received_at DESC
+        ), indexed AS (
+            INSERT INTO voicemails (
+            id, storage_key, account_id, document_id, attachment_name, mailbox_id,
+            caller_id_number, caller_id_name, call_id, from_user, from_realm, to_user, to_realm,
+            folder, kazoo_length_ms, recorded_at, duration_ms, codec, sample_rate, channels,
+            bitrate_bps, probe_error, content_type, size_bytes, sha256, upload_mode,
+            received_at, indexed_at, request_id, job_id, metadata
+            )
+            SELECT id, storage_key, account_id, document_id, attachment_name, mailbox_id,
+            caller_id_number, caller_id_name, call_id, from_user, from_realm, to_user, to_realm,
+            folder, kazoo_length_ms, recorded_at, duration_ms, codec, sample_rate, channels,
+            bitrate_bps, probe_error, content_type, size_bytes, sha256, upload_mode,
+            received_at, now(), request_id, job_id, metadata
+            FROM incoming
+            ON CONFLICT (storage_key) DO UPDATE SET
+                account_id = EXCLUDED.account_id,
+                document_id = EXCLUDED.document_id,
+                attachment_name = EXCLUDED.attachment_name,
+                mailbox_id = EXCLUDED.mailbox_id,
+                caller_id_number = EXCLUDED.caller_id_number,
+                caller_id_name = EXCLUDED.caller_id_name,
+                call_id = EXCLUDED.call_id,
+                from_user = EXCLUDED.from_user,
+                from_realm = EXCLUDED.from_realm,
+                to_user = EXCLUDED.to_user,
+                to_realm = EXCLUDED.to_realm,
+                folder = EXCLUDED.folder,
+                kazoo_length_ms = EXCLUDED.kazoo_length_ms,
+                recorded_at = EXCLUDED.recorded_at,
+                duration_ms = EXCLUDED.duration_ms,
+                codec = EXCLUDED.codec,
+                sample_rate = EXCLUDED.sample_rate,
+                channels = EXCLUDED.channels,
+                bitrate_bps = EXCLUDED.bitrate_bps,
+                probe_error = EXCLUDED.probe_error,
+                content_type = EXCLUDED.content_type,
+                size_bytes = EXCLUDED.size_bytes,
+                sha256 = EXCLUDED.sha256,
+                upload_mode = EXCLUDED.upload_mode,
+                received_at = EXCLUDED.received_at,
+                indexed_at = now(),
+                request_id = EXCLUDED.request_id,
+                job_id = EXCLUDED.job_id,
+                metadata = EXCLUDED.metadata
+            WHERE voicemails.received_at <= EXCLUDED.received_at
+            RETURNING id, storage_key, received_at
+        ), queued AS (
+            INSERT INTO transcriptions (voicemail_id, hook, audio_received_at)
+            SELECT indexed.id, hook, indexed.received_at FROM indexed, unnest($2::text[]) AS hook
+            ON CONFLICT (voicemail_id, hook) DO UPDATE SET
+                status = 'pending', attempts = 0, text = NULL, language = NULL,
+                confidence = NULL, error = NULL, queued_at = now(), next_attempt_at = now(),
+                attempt_id = NULL, audio_received_at = EXCLUDED.audio_received_at
+            WHERE transcriptions.audio_received_at < EXCLUDED.audio_received_at
+        )
+        SELECT storage_key FROM indexed",
+    )
+    .bind(Json(rows))
+    .bind(hooks)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records one of KAZOO's credentials-probe files (not a voicemail).
+pub async fn record_credential_probe(
+    pool: &PgPool,
+    storage_key: &str,
+    account_id: Option<&str>,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO credential_probes (storage_key, account_id, received_at)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (storage_key) DO UPDATE SET received_at = EXCLUDED.received_at, indexed_at = now()",
+    )
+    .bind(storage_key)
+    .bind(account_id)
+    .bind(received_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

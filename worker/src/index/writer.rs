@@ -1,0 +1,79 @@
+//! Batching the index writes: the jobs in progress hand their rows to one writer, which
+//! upserts whatever has arrived in one statement and one commit.
+//!
+//! No timer: the writer takes what is waiting (up to a limit) the moment it is free, so a lone
+//! job is written at once and a backlog is written in batches that grow with it. A batch that
+//! the database refuses is retried row by row, so that one bad row fails only its own job.
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::VoicemailRow;
+use super::db::{self, DbError};
+
+/// Rows written per statement at most.
+pub const MAX_BATCH: usize = 256;
+
+struct Pending {
+    row: VoicemailRow,
+    written: oneshot::Sender<Result<bool, DbError>>,
+}
+
+/// The handle jobs write through; the writer task ends when every handle is dropped.
+#[derive(Clone)]
+pub struct IndexWriter {
+    rows: mpsc::Sender<Pending>,
+}
+
+impl IndexWriter {
+    /// Starts the writer; `hooks` are queued with every new voicemail.
+    pub fn start(pool: PgPool, hooks: Vec<String>) -> Self {
+        let (rows, incoming) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(write_batches(pool, hooks, incoming));
+        Self { rows }
+    }
+
+    /// Upserts `row` (with the other rows waiting); whether it was written.
+    pub async fn upsert(&self, row: VoicemailRow) -> Result<bool, DbError> {
+        let (written, answer) = oneshot::channel();
+        let gone = || DbError::WriterStopped;
+        self.rows
+            .send(Pending { row, written })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        metrics::histogram!("vmpipe_index_batch_rows").record(batch.len() as f64);
+        let rows: Vec<&VoicemailRow> = batch.iter().map(|p| &p.row).collect();
+        match db::upsert_voicemails(&pool, &rows, &hooks).await {
+            Ok(written) => {
+                for pending in batch.drain(..) {
+                    let was_written = written.contains(&pending.row.storage_key);
+                    let _ = pending.written.send(Ok(was_written));
+                }
+            }
+            Err(e) => {
+                let error = DbError::from(e);
+                if error.is_transient() || batch.len() == 1 {
+                    for pending in batch.drain(..) {
+                        let _ = pending.written.send(Err(error.clone()));
+                    }
+                } else {
+                    // Find the row the database refuses: each on its own.
+                    for pending in batch.drain(..) {
+                        let result = db::upsert_voicemails(&pool, &[&pending.row], &hooks)
+                            .await
+                            .map(|written| !written.is_empty())
+                            .map_err(DbError::from);
+                        let _ = pending.written.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
