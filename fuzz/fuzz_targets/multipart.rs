@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(content_type) = std::str::from_utf8(&data[..split]) else { return };
     let body = data.get(split + 1..).unwrap_or_default();
     for mode in [Base64Mode::Auto, Base64Mode::Always, Base64Mode::Never] {
-        let _ = vmpipe_ingest::upload::fuzz_multipart(content_type, body, mode);
+        let _ = vmpipe_ingest::fuzz_multipart(content_type, body, mode);
     }
 });

@@ -17,7 +17,7 @@ use vmpipe_common::settings::Networks;
 
 /// Why a request was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
+pub(crate) enum Denied {
     #[error("client address not in the allowed networks")]
     Network,
     #[error("missing or wrong access token")]
@@ -26,7 +26,7 @@ pub enum Denied {
     Credentials,
 }
 
-pub struct AccessPolicy {
+pub(crate) struct AccessPolicy {
     pub networks: Networks,
     pub token: Option<String>,
     /// `user:password`
@@ -34,7 +34,7 @@ pub struct AccessPolicy {
 }
 
 /// How a request presented itself.
-pub struct Presented<'a> {
+pub(crate) struct Presented<'a> {
     pub peer: Option<IpAddr>,
     /// The first path segment below the prefix (raw).
     pub first_segment: Option<&'a str>,
@@ -44,18 +44,18 @@ pub struct Presented<'a> {
 
 /// Where the token was found, so the caller strips it from the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenAt {
+pub(crate) enum TokenAt {
     None,
     PathSegment,
     Query,
 }
 
 impl AccessPolicy {
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.networks.is_empty() && self.token.is_none() && self.basic.is_none()
     }
 
-    pub fn check(&self, request: &Presented<'_>) -> Result<TokenAt, Denied> {
+    pub(crate) fn check(&self, request: &Presented<'_>) -> Result<TokenAt, Denied> {
         if !self.networks.is_empty() && !request.peer.is_some_and(|ip| self.networks.contains(ip)) {
             return Err(Denied::Network);
         }

@@ -12,7 +12,7 @@ use crate::access::Denied;
 use crate::journal::JournalError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("bad path: {0}")]
     BadPath(#[from] KeyError),
     #[error("path is outside the storage prefix")]
@@ -58,7 +58,7 @@ impl From<StorageError> for ApiError {
 }
 
 impl ApiError {
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::BadPath(_) | ApiError::OutsidePrefix => "bad_path",
             ApiError::TooLarge { .. } => "too_large",

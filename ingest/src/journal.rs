@@ -33,19 +33,19 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Jou
 
 /// An entry waiting to be published.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub path: PathBuf,
 }
 
 #[derive(Clone, Debug)]
-pub struct Journal {
+pub(crate) struct Journal {
     dir: PathBuf,
 }
 
 impl Journal {
     /// Opens (creating) the journal directory and drops half-written entries left by a crash:
     /// their upload never got its 201, so KAZOO retries it.
-    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, JournalError> {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         for entry in fs::read_dir(dir).map_err(io_err("list", dir))?.flatten() {
             if entry.path().extension().is_some_and(|e| e == "tmp") {
@@ -58,7 +58,7 @@ impl Journal {
     }
 
     /// Durably records a job (written, fsynced, renamed, directory fsynced).
-    pub async fn write(&self, job_id: Uuid, payload: Vec<u8>) -> Result<(), JournalError> {
+    pub(crate) async fn write(&self, job_id: Uuid, payload: Vec<u8>) -> Result<(), JournalError> {
         let dir = self.dir.clone();
         blocking(move || {
             let temp = dir.join(format!("{}.tmp", job_id.simple()));
@@ -73,7 +73,7 @@ impl Journal {
     }
 
     /// Waiting entries, oldest first (job ids are time-ordered UUIDv7).
-    pub async fn pending(&self) -> Result<Vec<Entry>, JournalError> {
+    pub(crate) async fn pending(&self) -> Result<Vec<Entry>, JournalError> {
         let dir = self.dir.clone();
         blocking(move || {
             let mut entries: Vec<Entry> = fs::read_dir(&dir)
@@ -90,7 +90,7 @@ impl Journal {
     }
 
     /// The payloads of `entries`, in one trip to the file I/O threads.
-    pub async fn read(&self, entries: &[Entry]) -> Result<Vec<Vec<u8>>, JournalError> {
+    pub(crate) async fn read(&self, entries: &[Entry]) -> Result<Vec<Vec<u8>>, JournalError> {
         let paths: Vec<PathBuf> = entries.iter().map(|e| e.path.clone()).collect();
         blocking(move || {
             paths
@@ -103,7 +103,7 @@ impl Journal {
 
     /// Forgets published entries. Losing an unlink in a crash only means one more publish of
     /// the job, which the worker treats as a repeat.
-    pub async fn remove(&self, entries: Vec<Entry>) -> Result<(), JournalError> {
+    pub(crate) async fn remove(&self, entries: Vec<Entry>) -> Result<(), JournalError> {
         blocking(move || {
             for entry in &entries {
                 match fs::remove_file(&entry.path) {

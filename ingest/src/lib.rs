@@ -11,7 +11,7 @@ mod publisher;
 mod request_span;
 mod routes;
 mod tls;
-pub mod upload;
+mod upload;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -27,6 +27,8 @@ use vmpipe_common::{FsStore, Settings, StorageError};
 
 pub use crate::journal::JournalError;
 pub use crate::tls::TlsError;
+#[doc(hidden)]
+pub use crate::upload::fuzz_multipart;
 
 use crate::journal::Journal;
 use crate::publisher::Publisher;

@@ -28,7 +28,7 @@ use crate::journal::{Journal, JournalError};
 
 /// Where a job went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Enqueued {
+pub(crate) enum Enqueued {
     /// Confirmed by RabbitMQ.
     Published,
     /// Written to the local journal, to be published later.
@@ -49,7 +49,7 @@ const JOURNAL_GROUP: usize = 256;
 
 /// Cheap to clone; shared by all request handlers.
 #[derive(Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     inner: Arc<Inner>,
 }
 
@@ -69,7 +69,7 @@ struct Inner {
 
 impl Publisher {
     /// Starts the background task that keeps a connection and drains the journal.
-    pub fn start(
+    pub(crate) fn start(
         amqp_url: String,
         queue: String,
         publish_timeout: Duration,
@@ -94,13 +94,13 @@ impl Publisher {
     /// Waits (at most `limit`) for the first connection attempt to succeed or fail, so that
     /// uploads right after startup are not journaled just because the connection was not up
     /// yet.
-    pub async fn first_attempt(&self, limit: Duration) {
+    pub(crate) async fn first_attempt(&self, limit: Duration) {
         let mut attempts = self.inner.attempts.subscribe();
         let _ = tokio::time::timeout(limit, attempts.wait_for(|n| *n > 0)).await;
     }
 
     /// Makes `job` durable: confirmed by RabbitMQ, or else written to the journal.
-    pub async fn enqueue(&self, job: &VoicemailJob) -> Result<Enqueued, JournalError> {
+    pub(crate) async fn enqueue(&self, job: &VoicemailJob) -> Result<Enqueued, JournalError> {
         let payload = job.to_json();
         let channel = self.inner.channel.borrow().clone();
         if let Some(channel) = channel {
@@ -130,7 +130,7 @@ impl Publisher {
     }
 
     /// Whether a confirmed publish is currently possible.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.inner
             .channel
             .borrow()
@@ -139,7 +139,7 @@ impl Publisher {
     }
 
     /// Stops the background task (journaled jobs stay on disk for the next start).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.inner.stop.notify_one();
     }
 

@@ -16,7 +16,7 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     let pem_error = |path: &Path| {
         let path = path.to_path_buf();
         move |e: rustls::pki_types::pem::Error| TlsError::Pem {

@@ -88,5 +88,5 @@ pub async fn migrated(pool: &sqlx::PgPool) -> bool {
         sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(pool)
             .await;
-    applied.is_ok_and(|n| n as usize == vmpipe_worker::index::db::MIGRATOR.iter().count())
+    applied.is_ok_and(|n| n as usize == vmpipe_worker::MIGRATOR.iter().count())
 }

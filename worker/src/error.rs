@@ -44,7 +44,7 @@ impl JobError {
 
 /// Adds what was being done to an error, keeping it as the cause: `.retry_with("reading the
 /// audio")` on an `io::Error` reads "reading the audio: No such file or directory".
-pub trait Context<T> {
+pub(crate) trait Context<T> {
     fn abort_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError>;
     fn retry_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError>;
 }

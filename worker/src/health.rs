@@ -14,30 +14,34 @@ use tracing::debug;
 
 /// What readiness reports: set by the consumer and by every database write.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     pub consuming: std::sync::atomic::AtomicBool,
     pub database_ok: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
-    pub fn set_consuming(&self, on: bool) {
+    pub(crate) fn set_consuming(&self, on: bool) {
         self.consuming
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn set_database_ok(&self, ok: bool) {
+    pub(crate) fn set_database_ok(&self, ok: bool) {
         self.database_ok
             .store(ok, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-pub struct HealthServer {
+pub(crate) struct HealthServer {
     pub health: Arc<Health>,
     pub pool: PgPool,
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
-pub async fn serve(listener: TcpListener, server: Arc<HealthServer>, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    server: Arc<HealthServer>,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

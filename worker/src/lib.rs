@@ -14,7 +14,7 @@ mod consumer;
 mod error;
 mod health;
 pub mod hooks;
-pub mod index;
+mod index;
 mod pipeline;
 
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use vmpipe_common::{FsStore, Settings};
 
 pub use admin::transcribe;
 pub use error::{JobError, WorkerError};
+pub use index::db::MIGRATOR;
 
 /// Connects to PostgreSQL (creating the database if needed) and applies pending migrations.
 pub async fn migrate(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
@@ -96,7 +97,7 @@ impl Worker {
                 activity
                     .wait_quiet(Duration::from_secs(1), Duration::from_secs(60))
                     .await;
-                if let Err(problem) = hooks::command::pocketsphinx_available().await {
+                if let Err(problem) = hooks::pocketsphinx_available().await {
                     error!(%problem, "VMPIPE_TRANSCRIBER=pocketsphinx, but PocketSphinx cannot \
                         run: voicemails are indexed, their transcriptions fail until it is installed");
                 }

@@ -21,7 +21,7 @@ use crate::index::db::{self, DbError};
 use crate::index::{IndexWriter, VoicemailRow};
 
 /// What every job needs.
-pub struct Context {
+pub(crate) struct Context {
     pub settings: Settings,
     pub pool: PgPool,
     pub store: FsStore,
@@ -37,7 +37,7 @@ pub struct Context {
 }
 
 /// Indexes one job. Passing failures are retried here, with backoff, until shutdown.
-pub async fn process(
+pub(crate) async fn process(
     context: &Context,
     data: &[u8],
     shutdown: &CancellationToken,
@@ -151,7 +151,7 @@ where
 }
 
 /// SHA-256 of a stored file, lower-case hex (read in 256 KiB pieces).
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::Digest as _;
     use std::io::Read as _;
     let mut file = std::fs::File::open(path)?;

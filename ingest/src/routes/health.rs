@@ -6,20 +6,20 @@ use actix_web::{HttpResponse, web};
 use super::AppState;
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics_endpoint() -> HttpResponse {
+pub(crate) async fn metrics_endpoint() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(vmpipe_common::metrics::handle().render())
 }
 
 /// `GET /healthz`: the process is alive.
-pub async fn healthz() -> HttpResponse {
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
 }
 
 /// `GET /readyz`: uploads can be accepted: storage is writable, and jobs are either confirmed
 /// by RabbitMQ or journaled on local disk until it is back.
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let storage = state.store.check_writable().await;
     let journaled = state.journal.pending().await.map(|p| p.len()).ok();
     let connected = state.jobs.is_connected();

@@ -7,7 +7,7 @@
 //! This module checks access and finds the key the request names; the handlers do the rest.
 
 mod fetch;
-pub mod health;
+pub(crate) mod health;
 mod store;
 
 use actix_web::http::Method;
@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::publisher::Publisher;
 use crate::upload::Limits;
 
-pub struct AppState {
+pub(crate) struct AppState {
     pub store: std::sync::Arc<dyn Storage>,
     pub jobs: Publisher,
     pub journal: crate::journal::Journal,
@@ -36,7 +36,7 @@ pub struct AppState {
 /// KAZOO sends five short headers; anything near this is not KAZOO.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-pub async fn dispatch(
+pub(crate) async fn dispatch(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,

@@ -28,7 +28,7 @@ use multipart::receive_multipart;
 
 /// What was received.
 #[derive(Debug)]
-pub struct Received {
+pub(crate) struct Received {
     /// Size of the stored (decoded) file.
     pub size: u64,
     /// SHA-256 of the stored file, lower-case hex.
@@ -37,7 +37,7 @@ pub struct Received {
 
 /// What the body said about the file.
 #[derive(Debug)]
-pub struct BodyInfo {
+pub(crate) struct BodyInfo {
     pub mode: UploadMode,
     pub content_type: Option<String>,
     /// The `name=` of the file part (KAZOO: the attachment name).
@@ -47,7 +47,7 @@ pub struct BodyInfo {
     pub kazoo_document: Option<serde_json::Value>,
 }
 
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_body: u64,
     pub base64: Base64Mode,
     /// Longest silence between two pieces of a body.
@@ -72,7 +72,7 @@ impl FileSink {
 }
 
 /// Reads the whole body into `writer` (not yet committed) and describes it.
-pub async fn receive(
+pub(crate) async fn receive(
     req: &HttpRequest,
     payload: actix_web::web::Payload,
     writer: Box<dyn ObjectWriter>,

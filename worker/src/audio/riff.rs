@@ -2,29 +2,29 @@
 //! decoder (which repairs a WAV header a recorder never finalised).
 
 /// WAV format tags vmpipe knows by name.
-pub const PCM: u16 = 0x0001;
-pub const MS_ADPCM: u16 = 0x0002;
-pub const FLOAT: u16 = 0x0003;
-pub const ALAW: u16 = 0x0006;
-pub const MULAW: u16 = 0x0007;
-pub const IMA_ADPCM: u16 = 0x0011;
-pub const GSM610: u16 = 0x0031;
-pub const MPEG: u16 = 0x0050;
-pub const MPEG_LAYER3: u16 = 0x0055;
-pub const EXTENSIBLE: u16 = 0xFFFE;
+pub(super) const PCM: u16 = 0x0001;
+pub(super) const MS_ADPCM: u16 = 0x0002;
+pub(super) const FLOAT: u16 = 0x0003;
+pub(super) const ALAW: u16 = 0x0006;
+pub(super) const MULAW: u16 = 0x0007;
+pub(super) const IMA_ADPCM: u16 = 0x0011;
+pub(super) const GSM610: u16 = 0x0031;
+pub(super) const MPEG: u16 = 0x0050;
+pub(super) const MPEG_LAYER3: u16 = 0x0055;
+pub(super) const EXTENSIBLE: u16 = 0xFFFE;
 
 /// Chunks start after `RIFF`, the RIFF size and `WAVE`.
-pub const FIRST_CHUNK: u64 = 12;
+pub(super) const FIRST_CHUNK: u64 = 12;
 /// A chunk header: a 4-byte id and a little-endian 32-bit size.
-pub const CHUNK_HEADER_LEN: u64 = 8;
+pub(super) const CHUNK_HEADER_LEN: u64 = 8;
 
 /// Whether the bytes start a RIFF WAVE file.
-pub fn is_wave(head: &[u8]) -> bool {
+pub(super) fn is_wave(head: &[u8]) -> bool {
     head.get(0..4) == Some(b"RIFF") && head.get(8..12) == Some(b"WAVE")
 }
 
 /// The id and declared size of the chunk whose header starts `bytes`.
-pub fn chunk_header(bytes: &[u8]) -> Option<([u8; 4], u32)> {
+pub(super) fn chunk_header(bytes: &[u8]) -> Option<([u8; 4], u32)> {
     let id = bytes.get(0..4)?.try_into().ok()?;
     let size = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     Some((id, size))
@@ -32,14 +32,14 @@ pub fn chunk_header(bytes: &[u8]) -> Option<([u8; 4], u32)> {
 
 /// Where the next chunk starts, after one whose body starts at `body` and declares `size`
 /// bytes: chunks are padded to an even size.
-pub fn next_chunk(body: u64, size: u32) -> u64 {
+pub(super) fn next_chunk(body: u64, size: u32) -> u64 {
     body + u64::from(size) + u64::from(size & 1)
 }
 
 /// The bytes of audio a `data` chunk really holds, `available` being what the file has after
 /// its header. Its declared size, unless the recorder never finalised it (0 or 0xFFFFFFFF) or
 /// it runs past the end of the file: then all that is there.
-pub fn data_len(declared: u32, available: u64) -> u64 {
+pub(super) fn data_len(declared: u32, available: u64) -> u64 {
     let declared = u64::from(declared);
     if declared == 0 || declared == u64::from(u32::MAX) || declared > available {
         available
@@ -50,7 +50,7 @@ pub fn data_len(declared: u32, available: u64) -> u64 {
 
 /// The chunks whose headers lie within `head` (the first bytes of a RIFF WAVE file): each
 /// one's offset, id and declared size.
-pub fn chunks(head: &[u8]) -> impl Iterator<Item = (usize, [u8; 4], u32)> + '_ {
+pub(super) fn chunks(head: &[u8]) -> impl Iterator<Item = (usize, [u8; 4], u32)> + '_ {
     let mut at = Some(FIRST_CHUNK);
     std::iter::from_fn(move || {
         let offset = usize::try_from(at?).ok()?;
@@ -61,7 +61,7 @@ pub fn chunks(head: &[u8]) -> impl Iterator<Item = (usize, [u8; 4], u32)> + '_ {
 }
 
 /// A name for a format tag, for messages.
-pub fn format_name(tag: u16) -> &'static str {
+pub(super) fn format_name(tag: u16) -> &'static str {
     match tag {
         PCM => "PCM",
         MS_ADPCM => "Microsoft ADPCM",

@@ -28,7 +28,7 @@ use crate::pipeline::{Context, process};
 use settle::{Outcome, Settlement, settle, should_process};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
+pub(crate) enum ConsumeError {
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ ended the consumer")]
@@ -36,7 +36,7 @@ pub enum ConsumeError {
 }
 
 /// Consumes until `shutdown`, reconnecting to RabbitMQ with backoff when the connection drops.
-pub async fn consume(context: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn consume(context: Arc<Context>, shutdown: CancellationToken) {
     let mut delay = Backoff::default();
     loop {
         let result = consume_once(&context, &shutdown).await;

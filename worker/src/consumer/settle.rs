@@ -9,7 +9,7 @@ use crate::error::JobError;
 
 /// What became of a delivery.
 #[derive(Debug)]
-pub enum Outcome {
+pub(super) enum Outcome {
     /// The row is committed.
     Indexed,
     /// The job failed this time.
@@ -21,7 +21,7 @@ pub enum Outcome {
 
 /// How a delivery is settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settlement {
+pub(super) enum Settlement {
     /// Done: ack it.
     Ack,
     /// Hand it back now (shutdown): it does not count as a failure.
@@ -34,7 +34,7 @@ pub enum Settlement {
 
 impl Settlement {
     /// The `outcome` label of `vmpipe_jobs_total`.
-    pub fn metric_label(&self) -> &'static str {
+    pub(super) fn metric_label(&self) -> &'static str {
         match self {
             Settlement::Ack => "indexed",
             Settlement::Requeue => "requeued",
@@ -45,12 +45,12 @@ impl Settlement {
 }
 
 /// Whether a delivery (the `deliveries`-th, counting from 1) is processed at all.
-pub fn should_process(deliveries: u64, max: u64) -> bool {
+pub(super) fn should_process(deliveries: u64, max: u64) -> bool {
     deliveries <= max
 }
 
 /// Settles the `deliveries`-th delivery (counting from 1) of a job allowed `max` deliveries.
-pub fn settle(outcome: &Outcome, deliveries: u64, max: u64) -> Settlement {
+pub(super) fn settle(outcome: &Outcome, deliveries: u64, max: u64) -> Settlement {
     match outcome {
         Outcome::Indexed => Settlement::Ack,
         Outcome::Failed(JobError::Interrupted) => Settlement::Requeue,

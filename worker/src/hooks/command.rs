@@ -26,7 +26,7 @@ use crate::error::Context as _;
 
 /// The PocketSphinx transcriber, run with `python3 -c`; kept in the repository as
 /// `hooks/pocketsphinx.py`.
-pub const POCKETSPHINX_SCRIPT: &str = include_str!("../../../hooks/pocketsphinx.py");
+pub(super) const POCKETSPHINX_SCRIPT: &str = include_str!("../../../hooks/pocketsphinx.py");
 
 /// Most of a transcript fits in far less; more is a runaway program.
 const MAX_STDOUT: u64 = 1 << 20;
@@ -35,7 +35,7 @@ const STDERR_TAIL: usize = 2000;
 /// Hooks yield the CPU to indexing.
 const HOOK_NICENESS: i32 = 10;
 
-pub struct CommandHook {
+pub(super) struct CommandHook {
     name: String,
     argv: Vec<String>,
     policy: HookPolicy,
@@ -43,7 +43,7 @@ pub struct CommandHook {
 
 impl CommandHook {
     /// `argv[0]` is the program, looked up in `PATH`.
-    pub fn new(name: &str, argv: Vec<String>, policy: HookPolicy) -> Self {
+    pub(super) fn new(name: &str, argv: Vec<String>, policy: HookPolicy) -> Self {
         assert!(!argv.is_empty(), "a command hook needs a program");
         Self {
             name: name.to_owned(),
@@ -53,7 +53,7 @@ impl CommandHook {
     }
 
     /// The built-in transcriber (`VMPIPE_TRANSCRIBER=pocketsphinx`).
-    pub fn pocketsphinx() -> Self {
+    pub(super) fn pocketsphinx() -> Self {
         Self::new(
             POCKETSPHINX_HOOK,
             vec![
@@ -198,7 +198,7 @@ fn idle_launcher() -> Option<&'static std::path::Path> {
 }
 
 /// Whether `python3` can import PocketSphinx (checked once at start-up, to warn early).
-pub async fn pocketsphinx_available() -> Result<(), String> {
+pub(crate) async fn pocketsphinx_available() -> Result<(), String> {
     // At hook priority: it would otherwise compete with a backlog being indexed at start-up.
     let mut check = low_priority("python3");
     check

@@ -9,9 +9,11 @@
 //! URL, and anything implementing [`Hook`] can be compiled into a worker of one's own
 //! (`worker/examples/custom_hook.rs`).
 
-pub mod command;
+mod command;
 pub mod runner;
-pub mod webhook;
+mod webhook;
+
+pub(crate) use command::pocketsphinx_available;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use crate::error::Context as _;
 /// An answer is a transcript, not a file.
 const MAX_ANSWER: usize = 1 << 20;
 
-pub struct WebhookHook {
+pub(super) struct WebhookHook {
     name: String,
     url: String,
     client: reqwest::Client,
@@ -27,7 +27,7 @@ pub struct WebhookHook {
 }
 
 impl WebhookHook {
-    pub fn new(settings: &HookSettings, policy: HookPolicy) -> Result<Self, HookError> {
+    pub(super) fn new(settings: &HookSettings, policy: HookPolicy) -> Result<Self, HookError> {
         let url = settings
             .url
             .as_ref()

@@ -13,7 +13,7 @@ use super::VoicemailRow;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Connects, creating the database first if it does not exist (a fresh install).
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     if !Postgres::database_exists(url).await? {
         // Several workers may race here; whoever loses sees "already exists", which is fine.
         if let Err(e) = Postgres::create_database(url).await
@@ -30,13 +30,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 }
 
 /// Applies pending migrations (under PostgreSQL's advisory lock: safe with several workers).
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+pub(crate) async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
 /// Whether retrying later can help: the database is away, overloaded or restarting, as
 /// opposed to refusing this data.
-pub fn is_transient(error: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08 connection, 40 serialization/deadlock, 53 resources, 57 operator action
@@ -58,7 +58,7 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 /// A database failure, as jobs see it: cloneable (a batch's failure is every one of its jobs'),
 /// with its cause kept.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum DbError {
+pub(crate) enum DbError {
     #[error(transparent)]
     Sql(Arc<sqlx::Error>),
     /// The worker is stopping: the row was not written.
@@ -68,7 +68,7 @@ pub enum DbError {
 
 impl DbError {
     /// Retrying later can help (see [`is_transient`]).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             DbError::Sql(error) => is_transient(error),
             DbError::WriterStopped => true,
@@ -90,7 +90,7 @@ impl From<sqlx::Error> for DbError {
 /// In the same statement, queues a `transcriptions` row for each of `hooks`: a new one for a
 /// new voicemail, a reset one when the audio is newer than the one transcribed, nothing when a
 /// job is merely delivered again. Returns the storage keys whose row was written.
-pub async fn upsert_voicemails(
+pub(crate) async fn upsert_voicemails(
     pool: &PgPool,
     rows: &[&VoicemailRow],
     hooks: &[String],
@@ -166,7 +166,7 @@ pub async fn upsert_voicemails(
 }
 
 /// Records one of KAZOO's credentials-probe files (not a voicemail).
-pub async fn record_credential_probe(
+pub(crate) async fn record_credential_probe(
     pool: &PgPool,
     storage_key: &str,
     account_id: Option<&str>,

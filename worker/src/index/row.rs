@@ -8,9 +8,9 @@ use vmpipe_common::VoicemailJob;
 use crate::audio::probe::Probed;
 
 /// KAZOO timestamps are Gregorian seconds (since year 0); this many separate them from Unix time.
-pub const GREGORIAN_UNIX_OFFSET: i64 = 62_167_219_200;
+pub(crate) const GREGORIAN_UNIX_OFFSET: i64 = 62_167_219_200;
 
-pub fn gregorian_to_utc(seconds: i64) -> Option<DateTime<Utc>> {
+pub(crate) fn gregorian_to_utc(seconds: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(seconds.checked_sub(GREGORIAN_UNIX_OFFSET)?, 0)
         // Anything before 2000 is not a real recording time (0, or a Unix time by mistake).
         .filter(|t| t.timestamp() >= 946_684_800)
@@ -18,7 +18,7 @@ pub fn gregorian_to_utc(seconds: i64) -> Option<DateTime<Utc>> {
 
 /// A `voicemails` row; serialised with the table's column names (see `db::upsert_voicemails`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct VoicemailRow {
+pub(crate) struct VoicemailRow {
     pub id: Uuid,
     pub storage_key: String,
     pub account_id: Option<String>,
@@ -53,7 +53,7 @@ pub struct VoicemailRow {
 
 /// The columns the probe fills: what it measured, or why it could not.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProbeColumns {
+pub(crate) struct ProbeColumns {
     pub duration_ms: Option<i32>,
     pub codec: Option<String>,
     pub sample_rate: Option<i32>,
@@ -63,7 +63,7 @@ pub struct ProbeColumns {
 }
 
 impl ProbeColumns {
-    pub fn from_probe(probed: &Result<Probed, String>) -> Self {
+    pub(crate) fn from_probe(probed: &Result<Probed, String>) -> Self {
         match probed {
             Ok(p) => Self {
                 duration_ms: Some(clamp_i32(p.duration_ms)),
@@ -83,7 +83,7 @@ impl ProbeColumns {
 
 impl VoicemailRow {
     /// `id` is used only when the row is new; an existing row keeps its id.
-    pub fn build(job: &VoicemailJob, probed: &Result<Probed, String>) -> Self {
+    pub(crate) fn build(job: &VoicemailJob, probed: &Result<Probed, String>) -> Self {
         let doc = job.kazoo_document.as_ref();
         // KAZOO's voicemail fields sit in the document's `metadata` object; fall back to the
         // top level for documents shaped differently.
@@ -211,7 +211,7 @@ fn clamp_i32(value: u64) -> i32 {
 }
 
 /// Crossbar uploads are named `uploaded_file_{Gregorian seconds}[.ext]`.
-pub fn uploaded_file_time(attachment_name: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn uploaded_file_time(attachment_name: &str) -> Option<DateTime<Utc>> {
     let rest = attachment_name.strip_prefix("uploaded_file_")?;
     let digits = rest.split('.').next()?;
     gregorian_to_utc(digits.parse().ok()?)

@@ -12,7 +12,7 @@ use super::VoicemailRow;
 use super::db::{self, DbError};
 
 /// Rows written per statement at most.
-pub const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 struct Pending {
     row: VoicemailRow,
@@ -21,20 +21,20 @@ struct Pending {
 
 /// The handle jobs write through; the writer task ends when every handle is dropped.
 #[derive(Clone)]
-pub struct IndexWriter {
+pub(crate) struct IndexWriter {
     rows: mpsc::Sender<Pending>,
 }
 
 impl IndexWriter {
     /// Starts the writer; `hooks` are queued with every new voicemail.
-    pub fn start(pool: PgPool, hooks: Vec<String>) -> Self {
+    pub(crate) fn start(pool: PgPool, hooks: Vec<String>) -> Self {
         let (rows, incoming) = mpsc::channel(MAX_BATCH * 4);
         tokio::spawn(write_batches(pool, hooks, incoming));
         Self { rows }
     }
 
     /// Upserts `row` (with the other rows waiting); whether it was written.
-    pub async fn upsert(&self, row: VoicemailRow) -> Result<bool, DbError> {
+    pub(crate) async fn upsert(&self, row: VoicemailRow) -> Result<bool, DbError> {
         let (written, answer) = oneshot::channel();
         let gone = || DbError::WriterStopped;
         self.rows

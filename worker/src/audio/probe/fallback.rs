@@ -16,7 +16,7 @@ use super::{Measured, ProbeError};
 /// Packets read at most: a bound on time for hostile input (hours of 20 ms packets).
 const MAX_PACKETS: u64 = 2_000_000;
 
-pub fn measure(path: &Path, unsupported: ProbeError) -> Result<Measured, ProbeError> {
+pub(super) fn measure(path: &Path, unsupported: ProbeError) -> Result<Measured, ProbeError> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     let mss = MediaSourceStream::new(Box::new(file), Default::default());

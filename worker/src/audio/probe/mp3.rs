@@ -233,7 +233,7 @@ fn audio_end(src: &mut Source) -> std::io::Result<u64> {
 }
 
 /// Measures the whole file.
-pub fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
+pub(super) fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
     let end = audio_end(src)?;
     measure_range(src, 0, end)
 }
@@ -245,7 +245,11 @@ struct Segment {
 }
 
 /// Measures the MPEG audio in bytes `start..end` (a whole file, or a WAV data chunk).
-pub fn measure_range(src: &mut Source, start: u64, end: u64) -> Result<Measured, ProbeError> {
+pub(super) fn measure_range(
+    src: &mut Source,
+    start: u64,
+    end: u64,
+) -> Result<Measured, ProbeError> {
     let mut pos = start;
     // Where the last frame ended: junk runs are bounded so that garbage costs bounded time.
     let mut last_good = start;

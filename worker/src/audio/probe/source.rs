@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 /// How much of the file is held at once (plus what one request asks for).
 const WINDOW: usize = 1 << 20;
 
-pub struct Source {
+pub(super) struct Source {
     file: File,
     /// File offset of `buf[0]`.
     start: u64,
@@ -16,7 +16,7 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(file: File) -> io::Result<Self> {
+    pub(super) fn new(file: File) -> io::Result<Self> {
         let len = file.metadata()?.len();
         Ok(Self {
             file,
@@ -26,13 +26,13 @@ impl Source {
         })
     }
 
-    pub fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         self.len
     }
 
     /// Up to `n` bytes at `pos` (fewer at the end of the file). Positions only move forward:
     /// bytes before the last `pos` asked for may be forgotten.
-    pub fn bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
+    pub(super) fn bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
         let end = pos.saturating_add(n as u64).min(self.len);
         if pos >= end {
             return Ok(&[]);
@@ -75,7 +75,7 @@ impl Source {
     }
 
     /// Reads `n` bytes at `pos` without disturbing the window (tags at the end of the file).
-    pub fn read_at(&mut self, pos: u64, n: usize) -> io::Result<Vec<u8>> {
+    pub(super) fn read_at(&mut self, pos: u64, n: usize) -> io::Result<Vec<u8>> {
         let n = n.min(self.len.saturating_sub(pos) as usize);
         let mut out = vec![0; n];
         self.file.seek(SeekFrom::Start(pos))?;

@@ -52,7 +52,7 @@ fn parse_format(b: &[u8]) -> Result<Format, ProbeError> {
     })
 }
 
-pub fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
+pub(super) fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
     let file_len = src.len();
     let mut pos = riff::FIRST_CHUNK;
     let mut format: Option<Format> = None;

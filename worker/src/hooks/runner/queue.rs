@@ -18,7 +18,7 @@ use crate::hooks::{HookError, Transcript};
 
 /// A claimed attempt: the row is `running` and ours until settled.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Claim {
+pub(super) struct Claim {
     pub id: i64,
     pub voicemail_id: Uuid,
     pub hook: String,
