@@ -20,7 +20,9 @@ pub enum JournalError {
         source: io::Error,
     },
     #[error("journal task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Storage(#[from] vmpipe_common::StorageError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
@@ -67,7 +69,7 @@ impl Journal {
             file.write_all(&payload).map_err(io_err("write", &temp))?;
             file.sync_data().map_err(io_err("fsync", &temp))?;
             fs::rename(&temp, &path).map_err(io_err("rename", &path))?;
-            sync_dir(&dir).map_err(|e| JournalError::Task(e.to_string()))
+            Ok(sync_dir(&dir)?)
         })
         .await
     }
@@ -124,7 +126,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, JournalError> {
     vmpipe_common::store::spawn_file_io(f)
         .await
-        .map_err(|e| JournalError::Task(e.to_string()))?
+        .map_err(JournalError::Task)?
 }
 
 #[cfg(test)]

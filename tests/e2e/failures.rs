@@ -261,21 +261,21 @@ async fn ingest_killed_mid_upload_shows_no_partial_file_and_the_retry_succeeds()
     queue.delete().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_in_flight_uploads_and_jobs_finish() {
-    let mut stack = Stack::start(false).await;
-    let mut settings = stack.ingest.settings.clone();
-    settings.storage_dir = stack.ingest.storage_dir().to_path_buf();
-    let ingest = Service::spawn("ingest", &settings).await;
+/// Starts ingest, begins a 2 MB upload, sends `signal` (`TERM`, `INT`) halfway through the
+/// body and then sends the rest: the upload gets its 201, ingest exits cleanly, and the file is
+/// stored whole. Returns the upload's path.
+async fn upload_survives_signal(settings: &Settings, signal: &str, tag: &str) -> String {
+    let ingest = Service::spawn("ingest", settings).await;
     let data = nasty_audio(2_000_000);
-    let (path, _) = voicemail_path("t", 1);
+    let (path, _) = voicemail_path(tag, 1);
     let mut stream = start_partial_put(ingest.health_port, &path, &data, 1_000_000).await;
     let tmp = settings.storage_dir.join("tmp");
     eventually("upload in progress", WAIT, async || {
         !all_files(&tmp).is_empty()
     })
     .await;
-    let exit = tokio::spawn(ingest.sigterm(Duration::from_secs(40)));
+    let signal = signal.to_owned();
+    let exit = tokio::spawn(async move { ingest.signal(&signal, Duration::from_secs(40)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     stream.write_all(&data[1_000_000..]).await.unwrap();
     let response = read_response(&mut stream, false).await;
@@ -283,6 +283,15 @@ async fn sigterm_lets_in_flight_uploads_and_jobs_finish() {
     assert!(exit.await.unwrap().success(), "ingest exits cleanly");
     let stored = std::fs::read(settings.storage_dir.join("voicemails").join(&path[1..])).unwrap();
     assert!(stored == data);
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_uploads_and_jobs_finish() {
+    let mut stack = Stack::start(false).await;
+    let mut settings = stack.ingest.settings.clone();
+    settings.storage_dir = stack.ingest.storage_dir().to_path_buf();
+    upload_survives_signal(&settings, "TERM", "t").await;
 
     // The worker: SIGTERM with jobs in hand exits cleanly, and a new worker finds all the rest.
     upload(stack.ingest.client(), "t", 2..40, &wav_pcm16(8000, 300)).await;
@@ -320,24 +329,7 @@ async fn sigint_lets_an_in_flight_upload_finish() {
         amqp_url: SecretUrl(amqp_url()),
         ..Settings::default()
     };
-    let ingest = Service::spawn("ingest", &settings).await;
-    let data = nasty_audio(2_000_000);
-    let (path, _) = voicemail_path("int", 1);
-    let mut stream = start_partial_put(ingest.health_port, &path, &data, 1_000_000).await;
-    let tmp = settings.storage_dir.join("tmp");
-    eventually("upload in progress", WAIT, async || {
-        !all_files(&tmp).is_empty()
-    })
-    .await;
-    let exit = tokio::spawn(ingest.sigint(Duration::from_secs(40)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The rest of the body may meet a closed socket if ingest dropped the upload.
-    let _ = stream.write_all(&data[1_000_000..]).await;
-    let response = read_response(&mut stream, false).await;
-    assert_eq!(response.status, 201, "the in-flight upload completes");
-    assert!(exit.await.unwrap().success(), "ingest exits cleanly");
-    let stored = std::fs::read(settings.storage_dir.join("voicemails").join(&path[1..])).unwrap();
-    assert!(stored == data);
+    let path = upload_survives_signal(&settings, "INT", "int").await;
     let (job, _) = queue.next(WAIT).await.expect("its job was published");
     assert_eq!(job.storage_key, path[1..]);
     queue.delete().await;

@@ -119,11 +119,6 @@ impl Service {
         self.signal("TERM", timeout).await
     }
 
-    /// Sends SIGINT (what Ctrl-C and many supervisors send) and waits for the exit status.
-    pub async fn sigint(self, timeout: Duration) -> std::process::ExitStatus {
-        self.signal("INT", timeout).await
-    }
-
     /// Sends the signal `name` (`TERM`, `INT`...) and waits for the exit status.
     pub async fn signal(mut self, name: &str, timeout: Duration) -> std::process::ExitStatus {
         let status = std::process::Command::new("kill")

@@ -82,6 +82,8 @@ pub enum WorkerError {
     Publish(#[from] vmpipe_common::amqp::PublishError),
     #[error("{0}")]
     Refused(String),
+    #[error("a task stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
     #[error("hook: {0}")]

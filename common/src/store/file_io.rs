@@ -33,7 +33,5 @@ where
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
     T: Send + 'static,
 {
-    spawn_file_io(f)
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))?
+    spawn_file_io(f).await.map_err(StorageError::Task)?
 }

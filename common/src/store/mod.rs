@@ -44,7 +44,7 @@ pub enum StorageError {
     #[error("{0} is below a stored file, or is a directory of stored files")]
     Conflict(String),
     #[error("storage task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl StorageError {

@@ -9,15 +9,14 @@
 
 mod base64;
 mod multipart;
+mod stream;
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use actix_web::HttpRequest;
-use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::StreamExt;
 use vmpipe_common::settings::Base64Mode;
 use vmpipe_common::{ObjectWriter, UploadMode};
 
@@ -25,13 +24,14 @@ use crate::error::ApiError;
 
 pub use multipart::fuzz_multipart;
 use multipart::receive_multipart;
+use stream::{Body, FileSink, limit_stream, payload_error};
 
 /// What was received.
 #[derive(Debug)]
 pub(crate) struct Received {
     /// Size of the stored (decoded) file.
     pub size: u64,
-    /// SHA-256 of the stored file, lower-case hex.
+    /// What the body said about the file.
     pub info: BodyInfo,
 }
 
@@ -52,23 +52,6 @@ pub(crate) struct Limits {
     pub base64: Base64Mode,
     /// Longest silence between two pieces of a body.
     pub body_timeout: std::time::Duration,
-}
-
-/// Counts and forwards the file's bytes to storage.
-pub(super) struct FileSink {
-    pub(super) writer: Box<dyn ObjectWriter>,
-    pub(super) size: u64,
-}
-
-impl FileSink {
-    pub(super) async fn put(&mut self, bytes: Bytes) -> Result<(), ApiError> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.size += bytes.len() as u64;
-        self.writer.write(bytes).await?;
-        Ok(())
-    }
 }
 
 /// Reads the whole body into `writer` (not yet committed) and describes it.
@@ -141,60 +124,6 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-pub(super) type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
-
-/// Ends the stream with an error once more than `max_body` bytes arrived (chunked bodies have
-/// no Content-Length to check up front), or when the client stays silent for `body_timeout`
-/// (a slow or stuck client must not hold an upload slot forever).
-fn limit_stream(
-    payload: actix_web::web::Payload,
-    limits: &Limits,
-    overflowed: Rc<Cell<bool>>,
-    stalled: Rc<Cell<bool>>,
-) -> Body {
-    let (max, timeout) = (limits.max_body, limits.body_timeout);
-    Box::pin(
-        stream::unfold(
-            (payload, 0u64, false),
-            move |(mut payload, seen, failed)| {
-                let (overflowed, stalled) = (overflowed.clone(), stalled.clone());
-                async move {
-                    if failed {
-                        return None;
-                    }
-                    let chunk = match tokio::time::timeout(timeout, payload.next()).await {
-                        Err(_) => {
-                            stalled.set(true);
-                            return Some((
-                                Err(PayloadError::Incomplete(None)),
-                                (payload, seen, true),
-                            ));
-                        }
-                        Ok(None) => return None,
-                        Ok(Some(chunk)) => chunk,
-                    };
-                    let chunk = match chunk {
-                        Ok(chunk) => chunk,
-                        Err(e) => return Some((Err(e), (payload, seen, true))),
-                    };
-                    let seen = seen + chunk.len() as u64;
-                    if seen > max {
-                        overflowed.set(true);
-                        return Some((Err(PayloadError::Overflow), (payload, seen, true)));
-                    }
-                    Some((Ok(chunk), (payload, seen, false)))
-                }
-            },
-        )
-        // Multipart parsing polls again after the end: a fused stream keeps answering None.
-        .fuse(),
-    )
-}
-
-pub(super) fn payload_error(e: PayloadError) -> ApiError {
-    ApiError::Incomplete(e.to_string())
 }
 
 async fn receive_raw(mut body: Body, sink: &mut FileSink) -> Result<(), ApiError> {

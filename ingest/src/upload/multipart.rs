@@ -13,7 +13,8 @@ use vmpipe_common::settings::Base64Mode;
 use vmpipe_common::{ObjectWriter, UploadMode};
 
 use super::base64::Base64Stream;
-use super::{Body, BodyInfo, FileSink, Limits, payload_error};
+use super::stream::{Body, FileSink, payload_error};
+use super::{BodyInfo, Limits};
 use crate::error::ApiError;
 
 /// KAZOO's JSON document is a few KiB; anything far larger is not one.

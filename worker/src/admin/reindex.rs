@@ -42,8 +42,7 @@ pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
                 continue;
             };
             let probed = tokio::task::spawn_blocking(move || probe::probe_file(&path))
-                .await
-                .map_err(|e| WorkerError::Refused(format!("probe task: {e}")))?
+                .await?
                 .map_err(|e| e.to_string());
             let measured = ProbeColumns::from_probe(&probed);
             sqlx::query(

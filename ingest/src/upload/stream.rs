@@ -1,0 +1,83 @@
+//! The body as a bounded stream (size and silence limits), and the sink its file bytes go to.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use actix_web::error::PayloadError;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream};
+use vmpipe_common::ObjectWriter;
+
+use super::Limits;
+use crate::error::ApiError;
+
+/// Counts and forwards the file's bytes to storage.
+pub(super) struct FileSink {
+    pub(super) writer: Box<dyn ObjectWriter>,
+    pub(super) size: u64,
+}
+
+impl FileSink {
+    pub(super) async fn put(&mut self, bytes: Bytes) -> Result<(), ApiError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.size += bytes.len() as u64;
+        self.writer.write(bytes).await?;
+        Ok(())
+    }
+}
+
+pub(super) type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
+
+/// Ends the stream with an error once more than `max_body` bytes arrived (chunked bodies have
+/// no Content-Length to check up front), or when the client stays silent for `body_timeout`
+/// (a slow or stuck client must not hold an upload slot forever).
+pub(super) fn limit_stream(
+    payload: actix_web::web::Payload,
+    limits: &Limits,
+    overflowed: Rc<Cell<bool>>,
+    stalled: Rc<Cell<bool>>,
+) -> Body {
+    let (max, timeout) = (limits.max_body, limits.body_timeout);
+    Box::pin(
+        stream::unfold(
+            (payload, 0u64, false),
+            move |(mut payload, seen, failed)| {
+                let (overflowed, stalled) = (overflowed.clone(), stalled.clone());
+                async move {
+                    if failed {
+                        return None;
+                    }
+                    let chunk = match tokio::time::timeout(timeout, payload.next()).await {
+                        Err(_) => {
+                            stalled.set(true);
+                            return Some((
+                                Err(PayloadError::Incomplete(None)),
+                                (payload, seen, true),
+                            ));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(chunk)) => chunk,
+                    };
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(e) => return Some((Err(e), (payload, seen, true))),
+                    };
+                    let seen = seen + chunk.len() as u64;
+                    if seen > max {
+                        overflowed.set(true);
+                        return Some((Err(PayloadError::Overflow), (payload, seen, true)));
+                    }
+                    Some((Ok(chunk), (payload, seen, false)))
+                }
+            },
+        )
+        // Multipart parsing polls again after the end: a fused stream keeps answering None.
+        .fuse(),
+    )
+}
+
+pub(super) fn payload_error(e: PayloadError) -> ApiError {
+    ApiError::Incomplete(e.to_string())
+}
