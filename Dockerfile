@@ -12,8 +12,8 @@ COPY common/Cargo.toml common/
 COPY ingest/Cargo.toml ingest/
 COPY worker/Cargo.toml worker/build.rs worker/
 COPY tests/Cargo.toml tests/
-RUN mkdir -p common/src ingest/src worker/src worker/benches tests/e2e tests/benches migrations \
- && touch common/src/lib.rs ingest/src/lib.rs worker/src/lib.rs tests/lib.rs \
+RUN mkdir -p common/src ingest/src worker/src worker/benches tests/harness tests/e2e tests/benches migrations \
+ && touch common/src/lib.rs ingest/src/lib.rs worker/src/lib.rs tests/harness/lib.rs \
  && for f in ingest/src/main.rs worker/src/main.rs worker/benches/probe.rs tests/e2e/main.rs \
              tests/benches/pipeline.rs tests/benches/soak.rs tests/benches/upload.rs; do echo 'fn main() {}' > $f; done \
  && cargo build --release --locked --bin ingest --bin worker \

@@ -28,6 +28,8 @@ rows=$(awk -v heading="$heading" '
 # Top-level directories of the repository: a token is a path when it starts with one.
 top_dirs=()
 for dir in */; do
+  # Build output is not part of the repository.
+  [ "$dir" = target/ ] && continue
   top_dirs+=("${dir%/}")
 done
 is_top_dir() {
@@ -131,7 +133,27 @@ if [ "$failures" -gt 0 ]; then
   echo "codemap: $failures of $entries entries failed; fix the table in $readme ('$heading')" >&2
   exit 1
 fi
+
+# Every other repository path the documentation names (`tests/e2e/hostile.rs`, say) must
+# exist too.
+paths=0
+while IFS= read -r token; do
+  token=${token#\`}
+  token=${token%\`}
+  [[ "$token" =~ ^[A-Za-z0-9_.-]+/[^[:space:]{}*]*$ ]] || continue
+  is_top_dir "${token%%/*}" || continue
+  paths=$((paths + 1))
+  path=${token%%::*}
+  if [ ! -e "$path" ]; then
+    echo "codemap: the documentation names $path, which does not exist" >&2
+    failures=$((failures + 1))
+  fi
+done < <(grep -oh '`[^`]*`' "$readme" BENCHMARKS.md || true)
+if [ "$failures" -gt 0 ]; then
+  echo "codemap: $failures paths named in the documentation do not exist" >&2
+  exit 1
+fi
 if [ "$entries" -lt "$min_entries" ]; then
   fail "only $entries entries in '$heading' (at least $min_entries expected)"
 fi
-echo "codemap: $entries entries checked"
+echo "codemap: $entries entries checked, and $paths paths named elsewhere in the documentation"

@@ -20,9 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
     logging::init(settings.log_format);
-    let app = Application::build(settings).await?;
+    // Listening for signals from the start: one during start-up stops ingest once it is up.
     let shutdown = CancellationToken::new();
     tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
+    let app = Application::build(settings).await?;
     app.run(shutdown).await?;
     Ok(())
 }

@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection};
+use lapin::Connection;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use vmpipe_common::VoicemailJob;
-use vmpipe_common::amqp::{self, job_properties, publish_confirmed};
+use vmpipe_common::amqp::{self, ConfirmChannel, job_properties, publish_confirmed};
 use vmpipe_common::backoff::Backoff;
 
 use crate::journal::{Journal, JournalError};
@@ -59,7 +58,7 @@ struct Inner {
     publish_timeout: Duration,
     journal: Journal,
     /// The publishing channel while connected.
-    channel: watch::Sender<Option<Channel>>,
+    channel: watch::Sender<Option<ConfirmChannel>>,
     /// Connection attempts made so far (startup waits for the first).
     attempts: watch::Sender<u64>,
     /// Wakes the background task: a job was journaled, or a publish failed.
@@ -178,18 +177,15 @@ impl Publisher {
         }
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
+    async fn connect(&self) -> Result<(Connection, ConfirmChannel), lapin::Error> {
         let connection = amqp::connect(&self.inner.amqp_url, "vmpipe-ingest").await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel = ConfirmChannel::open(&connection).await?;
         amqp::declare_queues(&channel, &self.inner.queue).await?;
         Ok((connection, channel))
     }
 
     /// Drains the journal while the connection lives. Returns true when asked to stop.
-    async fn serve(&self, connection: &Connection, channel: &Channel) -> bool {
+    async fn serve(&self, connection: &Connection, channel: &ConfirmChannel) -> bool {
         loop {
             if !connection.status().connected() || !channel.status().connected() {
                 warn!("lost the RabbitMQ connection");
@@ -208,7 +204,7 @@ impl Publisher {
         }
     }
 
-    async fn drain_journal(&self, channel: &Channel) -> Result<(), DrainError> {
+    async fn drain_journal(&self, channel: &ConfirmChannel) -> Result<(), DrainError> {
         let journal = &self.inner.journal;
         let entries = journal.pending().await?;
         metrics::gauge!("vmpipe_journal_jobs").set(entries.len() as f64);

@@ -9,11 +9,11 @@ use std::fmt::Display;
 pub enum JobError {
     /// Retrying cannot help (not a job, the file is gone, undecodable audio, a 4xx answer):
     /// give up, with this reason (a job is dead-lettered, a transcription marked failed).
-    #[error("{0:#}")]
+    #[error("{}", reason(.0))]
     Abort(anyhow::Error),
     /// May work next time (the file could not be read, a crash, a timeout, a 5xx): try again
     /// later, up to the limit of attempts.
-    #[error("{0:#}")]
+    #[error("{}", reason(.0))]
     Retry(anyhow::Error),
     /// Shutdown came first: hand the work back; the attempt does not count.
     #[error("interrupted by shutdown")]
@@ -42,14 +42,32 @@ impl JobError {
     }
 }
 
+/// An error and its causes as one line, `what was done: why: why`. Many errors already print
+/// their cause in their own message (sqlx's, thiserror's `{source}` fields): a cause whose text
+/// ends the line so far is not repeated.
+fn reason(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Adds what was being done to an error, keeping it as the cause: `.retry_with("reading the
 /// audio")` on an `io::Error` reads "reading the audio: No such file or directory".
-pub(crate) trait Context<T> {
+pub(crate) trait ResultExt<T> {
     fn abort_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError>;
     fn retry_with(self, doing: impl Display + Send + Sync + 'static) -> Result<T, JobError>;
 }
 
-impl<T, E> Context<T> for Result<T, E>
+impl<T, E> ResultExt<T> for Result<T, E>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -86,8 +104,8 @@ pub enum WorkerError {
     Task(#[from] tokio::task::JoinError),
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
-    #[error("hook: {0}")]
-    Hook(#[source] JobError),
+    #[error("hook: {0:#}")]
+    Hook(#[source] anyhow::Error),
     #[error(transparent)]
     Runner(#[from] crate::hooks::runner::RunnerError),
 }
@@ -104,6 +122,27 @@ pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that prints its cause itself, as sqlx's and thiserror's `{source}` do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read /x: {source}")]
+    struct Read {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_its_error_already_shows_is_not_repeated() {
+        let read = Read {
+            source: std::io::Error::other("EIO"),
+        };
+        let error = Err::<(), _>(read)
+            .abort_with("cannot decode the audio")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cannot decode the audio: cannot read /x: EIO"
+        );
+    }
 
     #[test]
     fn the_cause_is_kept_and_shown() {

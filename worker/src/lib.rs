@@ -2,10 +2,10 @@
 //! PostgreSQL (the `voicemails` table), with its duration measured from the audio, then runs
 //! the hooks (transcription).
 //!
-//! Along the data flow: [`consumer`] (RabbitMQ deliveries and how each is settled) →
-//! [`pipeline`] (one job: probe, hash, row) → [`index`] (batched upserts) → [`hooks`] (the
+//! Along the data flow: `consumer` (RabbitMQ deliveries and how each is settled) →
+//! `pipeline` (one job: probe, hash, row) → `index` (batched upserts) → [`hooks`] (the
 //! runner works through the `transcriptions` queue). [`audio`] measures and decodes, [`admin`]
-//! holds the operator commands, [`health`] and [`activity`] the state others watch.
+//! holds the operator commands, `health` and `activity` the state others watch.
 
 mod activity;
 pub mod admin;

@@ -15,7 +15,7 @@ use vmpipe_common::{FsStore, Settings, StorageKey, VoicemailJob};
 
 use crate::activity::Activity;
 use crate::audio::probe;
-use crate::error::{Context as _, JobError, panic_text};
+use crate::error::{JobError, ResultExt as _};
 use crate::health::Health;
 use crate::index::db::{self, DbError};
 use crate::index::{IndexWriter, VoicemailRow};
@@ -80,11 +80,7 @@ pub(crate) async fn process(
     let file = path.clone();
     let (probed, sha256) = tokio::task::spawn_blocking(move || {
         let sha256 = hash.then(|| sha256_file(&file));
-        // A panic while probing hostile audio is a probe error, not a dead worker.
-        let probed = std::panic::catch_unwind(|| probe::probe_file(&file))
-            .map_err(|panic| format!("probe crashed: {}", panic_text(&panic)))
-            .and_then(|probed| probed.map_err(|e| e.to_string()));
-        (probed, sha256)
+        (probe::probe_for_index(&file), sha256)
     })
     .await
     .retry_with("probing stopped")?;

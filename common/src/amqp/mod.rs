@@ -9,8 +9,8 @@ mod topology;
 use lapin::{Connection, ConnectionProperties};
 
 pub use publish::{
-    ERROR_HEADER, FAILED_AT_HEADER, PublishError, header_text, job_properties, message_properties,
-    publish_confirmed,
+    ConfirmChannel, ERROR_HEADER, FAILED_AT_HEADER, PublishError, header_text, job_properties,
+    message_properties, publish_confirmed,
 };
 pub use topology::{dead_letter_queue, declare_queues};
 

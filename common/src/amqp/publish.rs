@@ -4,9 +4,11 @@
 //! default exchange, so a message that no queue takes comes back instead of vanishing, and
 //! that is an error here too.
 
-use lapin::options::BasicPublishOptions;
+use std::ops::Deref;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::VoicemailJob;
 
@@ -27,6 +29,30 @@ pub enum PublishError {
     NotConfirmed,
 }
 
+/// A channel in confirm mode: the only kind [`publish_confirmed`] takes, so no message can be
+/// published without RabbitMQ's word that it is safe.
+#[derive(Clone)]
+pub struct ConfirmChannel(Channel);
+
+impl ConfirmChannel {
+    /// Opens a channel on `connection` and puts it in confirm mode.
+    pub async fn open(connection: &Connection) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self(channel))
+    }
+}
+
+impl Deref for ConfirmChannel {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        &self.0
+    }
+}
+
 /// Persistent JSON: the properties every vmpipe message has.
 pub fn message_properties() -> BasicProperties {
     BasicProperties::default()
@@ -43,10 +69,9 @@ pub fn job_properties(job: &VoicemailJob) -> BasicProperties {
         .with_timestamp(job.received_at.timestamp().max(0) as u64)
 }
 
-/// Publishes `payload` to `queue` on `channel` (which must be in confirm mode) and waits for
-/// RabbitMQ's confirm.
+/// Publishes `payload` to `queue` on `channel` and waits for RabbitMQ's confirm.
 pub async fn publish_confirmed(
-    channel: &Channel,
+    channel: &ConfirmChannel,
     queue: &str,
     payload: &[u8],
     properties: BasicProperties,
@@ -69,6 +94,7 @@ pub async fn publish_confirmed(
         // A mandatory message that no queue took comes back with the ack.
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
+        // Cannot happen on a ConfirmChannel; never taken for a confirm.
         Confirmation::NotRequested => Err(PublishError::NotConfirmed),
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use hooks::{HookAudio, HookKind, HookSettings, POCKETSPHINX_HOOK, Transcriber};
-pub use network::{Network, Networks};
+pub use network::Networks;
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use values::{Base64Mode, ByteSize, LogFormat};
 

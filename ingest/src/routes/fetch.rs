@@ -11,18 +11,10 @@ use actix_web::body::SizedStream;
 use vmpipe_common::KeyError;
 use vmpipe_common::key::{decode_path, validate_segments};
 
-use super::{AppState, RequestedKey};
+use super::AppState;
 use crate::error::ApiError;
 
-pub(super) async fn fetch(
-    requested: &RequestedKey,
-    state: &AppState,
-) -> Result<HttpResponse, ApiError> {
-    let raw_key = if requested.from_query {
-        undouble(&requested.raw)
-    } else {
-        &requested.raw
-    };
+pub(super) async fn fetch(raw_key: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
     let segments = match decode_path(raw_key) {
         Err(KeyError::Empty) => return Err(ApiError::NotFound),
         other => other?,
@@ -43,8 +35,9 @@ pub(super) async fn fetch(
 
 /// A fetch from KAZOO >= 4.3.106 through `.../?key=` glues its segment on twice with nothing
 /// between the copies (`key=A/D/NA/D/N`), so the path resolution above cannot split it: the
-/// key is its first half.
-fn undouble(from_query: &str) -> &str {
+/// key is its first half. (Applied to every `key=`, stores too, so that a key stored through a
+/// doubled `key=` is the one fetched through it.)
+pub(super) fn undouble(from_query: &str) -> &str {
     let half = from_query.len() / 2;
     if from_query.len().is_multiple_of(2)
         && half > 0

@@ -58,7 +58,7 @@ pub(crate) async fn dispatch(
                 return Err(ApiError::Busy);
             };
             let started = std::time::Instant::now();
-            let result = store::store(&req, &requested.raw, payload, &state, request_id).await;
+            let result = store::store(&req, requested.raw(), payload, &state, request_id).await;
             match &result {
                 Ok((_, mode)) => {
                     count_upload("stored", mode.as_str());
@@ -76,7 +76,7 @@ pub(crate) async fn dispatch(
             }
             result.map(|(response, _)| response)
         }
-        Method::GET | Method::HEAD => fetch::fetch(&requested, &state).await,
+        Method::GET | Method::HEAD => fetch::fetch(requested.raw(), &state).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
@@ -89,9 +89,21 @@ fn count_upload(outcome: &'static str, mode: &'static str) {
 /// below the token segment), or, with KAZOO's base URL `.../?token=SECRET&key=`, the `key`
 /// query parameter.
 pub(crate) struct RequestedKey {
-    pub(crate) raw: String,
+    raw: String,
     /// Taken from `key=` (where a fetch's doubled key has no `/` between its copies).
-    pub(crate) from_query: bool,
+    from_query: bool,
+}
+
+impl RequestedKey {
+    /// The key, still percent-encoded; one given twice through `key=` is given once (see
+    /// [`fetch::undouble`]).
+    fn raw(&self) -> &str {
+        if self.from_query {
+            fetch::undouble(&self.raw)
+        } else {
+            &self.raw
+        }
+    }
 }
 
 /// Checks access, and returns the storage key the request names.

@@ -18,7 +18,7 @@ pub struct DeadLetter {
 
 /// Lists the jobs in `{queue}.dead` without taking them off it.
 pub async fn dead_letters(settings: &Settings) -> Result<Vec<DeadLetter>, WorkerError> {
-    let (connection, channel) = open_channel(settings, false).await?;
+    let (connection, channel) = open_channel(settings).await?;
     let dead = amqp::dead_letter_queue(&settings.queue);
     let mut held = Vec::new();
     while let Some(message) = channel

@@ -10,10 +10,10 @@ mod reindex;
 mod replay_dead;
 mod transcribe;
 
-use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection};
+use lapin::Connection;
 use sqlx::PgPool;
-use vmpipe_common::{FsStore, Settings, amqp};
+use vmpipe_common::amqp::{self, ConfirmChannel};
+use vmpipe_common::{FsStore, Settings};
 
 use crate::WorkerError;
 use crate::index::db;
@@ -41,18 +41,10 @@ impl Admin {
     }
 }
 
-/// A channel for an admin command, with the queues declared (and confirms, to publish).
-async fn open_channel(
-    settings: &Settings,
-    confirms: bool,
-) -> Result<(Connection, Channel), WorkerError> {
+/// A channel for an admin command, in confirm mode (to publish), with the queues declared.
+async fn open_channel(settings: &Settings) -> Result<(Connection, ConfirmChannel), WorkerError> {
     let connection = amqp::connect(settings.amqp_url.expose(), "vmpipe-worker-admin").await?;
-    let channel = connection.create_channel().await?;
-    if confirms {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-    }
+    let channel = ConfirmChannel::open(&connection).await?;
     amqp::declare_queues(&channel, &settings.queue).await?;
     Ok((connection, channel))
 }

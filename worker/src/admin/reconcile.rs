@@ -66,7 +66,7 @@ pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Reconciliat
     let channel = if dry_run || missing.is_empty() {
         None
     } else {
-        Some(open_channel(settings, true).await?)
+        Some(open_channel(settings).await?)
     };
     for key in missing {
         if let Some((_, channel)) = &channel {

@@ -41,9 +41,7 @@ pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
                 report.files_missing.push(key);
                 continue;
             };
-            let probed = tokio::task::spawn_blocking(move || probe::probe_file(&path))
-                .await?
-                .map_err(|e| e.to_string());
+            let probed = tokio::task::spawn_blocking(move || probe::probe_for_index(&path)).await?;
             let measured = ProbeColumns::from_probe(&probed);
             sqlx::query(
                 "UPDATE voicemails SET duration_ms = $2, codec = $3, sample_rate = $4, channels = $5,

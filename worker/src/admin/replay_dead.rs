@@ -10,7 +10,7 @@ use crate::WorkerError;
 
 /// Moves the jobs now in `{queue}.dead` back to the queue (after a fix), once each.
 pub async fn replay_dead(settings: &Settings) -> Result<u64, WorkerError> {
-    let (connection, channel) = open_channel(settings, true).await?;
+    let (connection, channel) = open_channel(settings).await?;
     let dead = amqp::dead_letter_queue(&settings.queue);
     // Only what is there now: a job that fails again must not loop through here forever.
     let waiting = channel

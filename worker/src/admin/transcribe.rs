@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use vmpipe_common::{FsStore, Settings};
+use vmpipe_common::Settings;
 
-use crate::hooks::{self, runner::HookRunner, runner::TranscriptionReport};
-use crate::{WorkerError, migrate};
+use super::Admin;
+use crate::WorkerError;
+use crate::hooks::{self, TranscriptionReport, runner::HookRunner};
 
 /// Runs the configured hooks for one voicemail (its id or storage key) now, in this process,
 /// and returns their rows.
@@ -15,8 +16,7 @@ pub async fn transcribe(
     only: Option<&str>,
 ) -> Result<Vec<TranscriptionReport>, WorkerError> {
     let hooks = hooks::from_settings(settings).map_err(WorkerError::Hook)?;
-    let pool = migrate(settings).await?;
-    let store = FsStore::open(&settings.storage_dir)?;
+    let Admin { pool, store } = Admin::open(settings).await?;
     let runner = HookRunner::new(pool.clone(), store, hooks, 1, Arc::default());
     let reports = runner.transcribe_now(voicemail, only).await;
     pool.close().await;

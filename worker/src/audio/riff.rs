@@ -60,6 +60,30 @@ pub(super) fn chunks(head: &[u8]) -> impl Iterator<Item = (usize, [u8; 4], u32)>
     })
 }
 
+/// What the first 16 bytes of a `fmt ` chunk's body say (every WAV format has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fmt {
+    /// The format tag (for `EXTENSIBLE`, the real one is in the extension).
+    pub tag: u16,
+    pub channels: u16,
+    pub sample_rate: u32,
+    /// Bytes per block of samples (all channels).
+    pub block_align: u16,
+    pub bits_per_sample: u16,
+}
+
+/// Reads a `fmt ` chunk's body; `None` when it is shorter than 16 bytes.
+pub fn parse_fmt(body: &[u8]) -> Option<Fmt> {
+    let u16_at = |at: usize| u16::from_le_bytes([body[at], body[at + 1]]);
+    (body.len() >= 16).then(|| Fmt {
+        tag: u16_at(0),
+        channels: u16_at(2),
+        sample_rate: u32::from_le_bytes([body[4], body[5], body[6], body[7]]),
+        block_align: u16_at(12),
+        bits_per_sample: u16_at(14),
+    })
+}
+
 /// A name for a format tag, for messages.
 pub(super) fn format_name(tag: u16) -> &'static str {
     match tag {
@@ -96,6 +120,15 @@ mod tests {
         assert_eq!(found, [(12, *b"LIST", 3), (24, *b"data", 4)]);
         assert!(is_wave(&wav));
         assert!(!is_wave(b"RIFX\0\0\0\0WAVE"));
+    }
+
+    #[test]
+    fn the_fmt_chunk_is_read() {
+        let body = [1, 0, 2, 0, 0x40, 0x1F, 0, 0, 0, 0, 0, 0, 4, 0, 16, 0];
+        let fmt = parse_fmt(&body).unwrap();
+        assert_eq!((fmt.tag, fmt.channels, fmt.sample_rate), (PCM, 2, 8000));
+        assert_eq!((fmt.block_align, fmt.bits_per_sample), (4, 16));
+        assert_eq!(parse_fmt(&body[..15]), None);
     }
 
     #[test]

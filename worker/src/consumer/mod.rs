@@ -11,17 +11,16 @@
 mod settle;
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, message::Delivery};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
-use vmpipe_common::amqp::{self, ERROR_HEADER, FAILED_AT_HEADER, PublishError};
+use vmpipe_common::amqp::{self, ConfirmChannel, ERROR_HEADER, FAILED_AT_HEADER, PublishError};
 use vmpipe_common::backoff::Backoff;
 
 use crate::pipeline::{Context, process};
@@ -65,10 +64,7 @@ async fn consume_once(
         .basic_qos(settings.worker_concurrency, BasicQosOptions::default())
         .await?;
     // Dead letters are published with confirms: a job is acked only once its dead letter is safe.
-    let dead_letters = connection.create_channel().await?;
-    dead_letters
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let dead_letters = ConfirmChannel::open(&connection).await?;
     let mut consumer = channel
         .basic_consume(
             settings.queue.as_str().into(),
@@ -110,7 +106,7 @@ async fn consume_once(
 
 async fn handle_delivery(
     context: &Context,
-    dead_letters: &Channel,
+    dead_letters: &ConfirmChannel,
     delivery: Delivery,
     shutdown: &CancellationToken,
 ) {
@@ -199,7 +195,7 @@ async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
 /// Publishes the delivery to the dead-letter queue with the reason and the time in its
 /// headers, and waits for the confirm.
 async fn dead_letter(
-    channel: &Channel,
+    channel: &ConfirmChannel,
     queue: &str,
     delivery: &Delivery,
     reason: &str,

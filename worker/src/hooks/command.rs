@@ -22,7 +22,7 @@ use tokio::process::Command;
 use vmpipe_common::settings::POCKETSPHINX_HOOK;
 
 use super::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
-use crate::error::Context as _;
+use crate::error::ResultExt as _;
 
 /// The PocketSphinx transcriber, run with `python3 -c`; kept in the repository as
 /// `hooks/pocketsphinx.py`.

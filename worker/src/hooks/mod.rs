@@ -1,19 +1,20 @@
 //! Hooks: what runs after a voicemail is indexed, transcription first of all.
 //!
 //! Indexing only queues a `transcriptions` row per hook, in the same statement that writes the
-//! voicemail; the [`runner`] works through those rows on its own, bounded, at low CPU priority.
+//! voicemail; the `runner` works through those rows on its own, bounded, at low CPU priority.
 //! A slow, failing or crashing hook therefore never delays or breaks indexing: it times out,
 //! is retried with backoff, and its outcome is recorded in its row.
 //!
-//! Three kinds: [`command::CommandHook`] runs a program, [`webhook::WebhookHook`] POSTs to a
+//! Three kinds: `command::CommandHook` runs a program, `webhook::WebhookHook` POSTs to a
 //! URL, and anything implementing [`Hook`] can be compiled into a worker of one's own
 //! (`worker/examples/custom_hook.rs`).
 
 mod command;
-pub mod runner;
+pub(crate) mod runner;
 mod webhook;
 
 pub(crate) use command::pocketsphinx_available;
+pub use runner::{RunnerError, TranscriptionReport};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,7 +121,8 @@ pub struct Transcript {
 pub type HookError = crate::error::JobError;
 
 /// The hooks a worker runs, in settings order: the built-in transcriber, then `[[hooks]]`.
-pub fn from_settings(settings: &Settings) -> Result<Vec<Arc<dyn Hook>>, HookError> {
+/// An error is a setting that cannot work (it stops the worker at start-up).
+pub(crate) fn from_settings(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn Hook>>> {
     let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
     if settings.transcriber == Transcriber::Pocketsphinx {
         hooks.push(Arc::new(command::CommandHook::pocketsphinx()));

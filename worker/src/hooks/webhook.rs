@@ -13,7 +13,7 @@ use tokio_util::io::ReaderStream;
 use vmpipe_common::settings::HookSettings;
 
 use super::{Hook, HookError, HookInput, HookPolicy, Transcript};
-use crate::error::Context as _;
+use crate::error::ResultExt as _;
 
 /// An answer is a transcript, not a file.
 const MAX_ANSWER: usize = 1 << 20;
@@ -27,17 +27,16 @@ pub(super) struct WebhookHook {
 }
 
 impl WebhookHook {
-    pub(super) fn new(settings: &HookSettings, policy: HookPolicy) -> Result<Self, HookError> {
-        let url = settings
-            .url
-            .as_ref()
-            .ok_or_else(|| HookError::abort_because("a webhook needs a url"))?;
+    /// Checks the `[[hooks]]` table: an error here stops the worker at start-up.
+    pub(super) fn new(settings: &HookSettings, policy: HookPolicy) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let url = settings.url.as_ref().context("a webhook needs a url")?;
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .abort_with(format!("header name {name:?}"))?;
+                .with_context(|| format!("header name {name:?}"))?;
             let mut value = reqwest::header::HeaderValue::from_str(value.expose())
-                .abort_with(format!("header {name}"))?;
+                .with_context(|| format!("header {name}"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
@@ -45,7 +44,7 @@ impl WebhookHook {
             .user_agent(concat!("vmpipe-worker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
-            .abort_with("HTTP client")?;
+            .context("HTTP client")?;
         Ok(Self {
             name: settings.name.clone(),
             url: url.expose().to_owned(),

@@ -11,7 +11,7 @@ use crate::audio::riff;
 /// The format tag of a RIFF WAVE file from its `fmt ` chunk, and a name for error messages.
 pub(super) fn wav_format(head: &[u8]) -> Option<(u16, String)> {
     let (at, _, _) = riff::chunks(head).find(|(_, id, _)| id == b"fmt ")?;
-    let tag = u16::from_le_bytes(head.get(at + 8..at + 10)?.try_into().ok()?);
+    let tag = riff::parse_fmt(head.get(at + 8..)?)?.tag;
     let name = riff::format_name(tag);
     Some((tag, format!("WAV format 0x{tag:04X} ({name})")))
 }
@@ -25,8 +25,7 @@ pub(super) fn repair_wav_header(head: &[u8], file_len: u64) -> Option<Vec<u8>> {
     let mut repaired = head.to_vec();
     let (at, len) = riff::chunks(head).find_map(|(at, id, len)| {
         if &id == b"fmt " {
-            let align = head.get(at + 20..at + 22)?;
-            block_align = u16::from_le_bytes([align[0], align[1]]).max(1);
+            block_align = riff::parse_fmt(head.get(at + 8..)?)?.block_align.max(1);
         }
         (&id == b"data").then_some((at, len))
     })?;

@@ -53,6 +53,14 @@ pub(crate) struct Measured {
     audio_bytes: u64,
 }
 
+/// [`probe_file`] for the index: never panics (a panic while probing hostile audio is a probe
+/// error, not a dead worker), and the error is the text of the `probe_error` column.
+pub(crate) fn probe_for_index(path: &Path) -> Result<Probed, String> {
+    std::panic::catch_unwind(|| probe_file(path))
+        .map_err(|panic| format!("probe crashed: {}", crate::error::panic_text(&panic)))?
+        .map_err(|e| e.to_string())
+}
+
 pub fn probe_file(path: &Path) -> Result<Probed, ProbeError> {
     let mut src = Source::new(File::open(path)?)?;
     if src.len() == 0 {

@@ -24,15 +24,10 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 fn parse_format(b: &[u8]) -> Result<Format, ProbeError> {
-    if b.len() < 16 {
-        return Err(ProbeError::Corrupt("fmt chunk too short".into()));
-    }
-    let mut tag = u16_at(b, 0);
+    let fmt =
+        riff::parse_fmt(b).ok_or_else(|| ProbeError::Corrupt("fmt chunk too short".into()))?;
+    let mut tag = fmt.tag;
     let extra = if b.len() >= 18 { &b[18..] } else { &[][..] };
     if tag == EXTENSIBLE && extra.len() >= 10 {
         // The real format is the first two bytes of the sub-format GUID.
@@ -44,10 +39,10 @@ fn parse_format(b: &[u8]) -> Result<Format, ProbeError> {
     };
     Ok(Format {
         tag,
-        channels: u16_at(b, 2),
-        sample_rate: u32_at(b, 4),
-        block_align: u16_at(b, 12),
-        bits: u16_at(b, 14),
+        channels: fmt.channels,
+        sample_rate: fmt.sample_rate,
+        block_align: fmt.block_align,
+        bits: fmt.bits_per_sample,
         samples_per_block,
     })
 }

@@ -1,27 +1,24 @@
 //! What a hook run gets: the voicemail's row (without KAZOO's document, which comes apart),
 //! and its audio, as stored or decoded to a temporary 16 kHz WAV.
 
-use sqlx::PgPool;
 use vmpipe_common::{FsStore, StorageKey};
 
-use super::queue::Claim;
+use super::queue::{Claim, TranscriptionQueue};
 use crate::audio::decode;
-use crate::error::Context as _;
+use crate::error::ResultExt as _;
 use crate::hooks::{HookAudio, HookError, HookInput};
 
 /// The voicemail's row and audio. Returns the temporary 16 kHz file too, deleted when dropped.
 pub(super) async fn input_for(
-    pool: &PgPool,
+    queue: &TranscriptionQueue,
     store: &FsStore,
     claim: &Claim,
     audio: HookAudio,
 ) -> Result<(HookInput, Option<tempfile::TempPath>), HookError> {
-    let row: Option<serde_json::Value> =
-        sqlx::query_scalar("SELECT to_jsonb(v) FROM voicemails v WHERE id = $1")
-            .bind(claim.voicemail_id)
-            .fetch_optional(pool)
-            .await
-            .retry_with("reading the voicemail")?;
+    let row = queue
+        .voicemail(claim.voicemail_id)
+        .await
+        .retry_with("reading the voicemail")?;
     let Some(serde_json::Value::Object(mut voicemail)) = row else {
         return Err(HookError::abort_because("the voicemail is gone"));
     };

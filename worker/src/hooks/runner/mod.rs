@@ -24,7 +24,7 @@ use vmpipe_common::backoff::Backoff;
 
 use super::{Hook, HookError, Transcript};
 use crate::activity::Activity;
-use crate::error::{JobError, panic_text};
+use crate::error::{JobError, ResultExt as _, panic_text};
 
 pub use queue::TranscriptionReport;
 use queue::{Claim, TranscriptionQueue};
@@ -71,7 +71,7 @@ impl HookRunner {
     ) -> Self {
         let names = hooks.iter().map(|hook| hook.name().to_owned()).collect();
         Self {
-            queue: TranscriptionQueue { pool },
+            queue: TranscriptionQueue::new(pool),
             store,
             hooks,
             names,
@@ -173,18 +173,26 @@ impl HookRunner {
             } else {
                 tokio::select! {
                     result = tokio::time::timeout(policy.timeout, self.execute(hook, &claim)) => {
-                        result.unwrap_or_else(|_| Err(HookError::retry_because(format!(
-                            "timed out after {} s", policy.timeout.as_secs_f64()))))
+                        match result {
+                            Ok(Err(JobError::Interrupted)) => Err(HookError::retry_because(
+                                "the hook ended its run without a result (interrupted)",
+                            )),
+                            Ok(result) => result,
+                            Err(_) => Err(HookError::retry_because(format!(
+                                "timed out after {} s",
+                                policy.timeout.as_secs_f64()
+                            ))),
+                        }
                     }
-                    _ = shutdown.cancelled() => Err(JobError::Interrupted),
+                    _ = shutdown.cancelled() => {
+                        // Handed back: the attempt does not count.
+                        self.queue.release(&claim).await;
+                        return;
+                    }
                 }
             };
             let next = match &result {
                 Ok(_) => Next::Done,
-                Err(JobError::Interrupted) => {
-                    self.queue.release(&claim).await;
-                    return;
-                }
                 Err(JobError::Retry(_)) if attempt < policy.max_attempts => {
                     Next::RetryAfter(policy.retry_after(attempt))
                 }
@@ -217,7 +225,7 @@ impl HookRunner {
     /// attempt rather than a lost runner.
     async fn execute(&self, hook: Arc<dyn Hook>, claim: &Claim) -> Result<Transcript, HookError> {
         let (input, _scratch) =
-            input::input_for(&self.queue.pool, &self.store, claim, hook.policy().audio).await?;
+            input::input_for(&self.queue, &self.store, claim, hook.policy().audio).await?;
         let task = tokio::spawn(async move { hook.run(&input).await });
         let abort = task.abort_handle();
         // Dropped at the timeout: the hook's future (and any program it runs) goes too.
@@ -228,9 +236,7 @@ impl HookRunner {
                 "the hook panicked: {}",
                 panic_text(&e.into_panic())
             ))),
-            Err(e) => Err(HookError::retry_because(format!(
-                "the hook was stopped: {e}"
-            ))),
+            Err(e) => Err(e).retry_with("the hook was stopped"),
         }
     }
 

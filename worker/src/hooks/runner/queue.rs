@@ -43,10 +43,25 @@ pub struct TranscriptionReport {
 
 /// The transcriptions queue in PostgreSQL.
 pub(super) struct TranscriptionQueue {
-    pub(super) pool: PgPool,
+    pool: PgPool,
 }
 
 impl TranscriptionQueue {
+    pub(super) fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The `voicemails` row of `voicemail_id`, column by column, for a hook's input.
+    pub(super) async fn voicemail(
+        &self,
+        voicemail_id: Uuid,
+    ) -> Result<Option<serde_json::Value>, sqlx::Error> {
+        sqlx::query_scalar("SELECT to_jsonb(v) FROM voicemails v WHERE id = $1")
+            .bind(voicemail_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
     /// Claims the due row that waited longest, for one of `hooks`, leased for `lease`.
     pub(super) async fn claim_next(
         &self,
