@@ -420,5 +420,10 @@ async fn a_row_the_database_refuses_fails_alone_in_its_batch() {
     assert_eq!(job.attachment_name, "refused.wav");
     let reason = reason.unwrap_or_default();
     assert!(reason.contains("test_refuse"), "{reason}");
+    assert_eq!(
+        reason.matches("test_refuse").count(),
+        1,
+        "the database's message is given once: {reason}"
+    );
     stack.finish().await;
 }
