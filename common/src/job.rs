@@ -11,8 +11,12 @@ use uuid::Uuid;
 pub const JOB_SCHEMA_VERSION: u32 = 1;
 
 /// What was stored, and what KAZOO told us about it.
+///
+/// `D` is how KAZOO's document is held: parsed (`serde_json::Value`, the default) or, for a
+/// reader that must check it before parsing it (the worker: its size and depth are the
+/// sender's choice), as raw JSON text ([`RawJob`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VoicemailJob {
+pub struct VoicemailJob<D = serde_json::Value> {
     pub schema_version: u32,
     /// Unique per upload (UUIDv7, time-ordered); a re-PUT of the same key gets a new one.
     pub job_id: Uuid,
@@ -35,7 +39,7 @@ pub struct VoicemailJob {
     pub received_at: DateTime<Utc>,
     pub upload_mode: UploadMode,
     /// The JSON document of a multipart upload (KAZOO's whole public document), as sent.
-    pub kazoo_document: Option<serde_json::Value>,
+    pub kazoo_document: Option<D>,
     /// The HTTP request id of the upload, to follow one voicemail through the logs.
     pub request_id: String,
 }
@@ -75,6 +79,37 @@ impl VoicemailJob {
     }
 }
 
+/// A job with KAZOO's document still as JSON text: reading it costs the bytes of the message,
+/// whatever its document expands to, and has no nesting limit to trip on.
+pub type RawJob = VoicemailJob<Box<serde_json::value::RawValue>>;
+
+impl RawJob {
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl<D> VoicemailJob<D> {
+    /// The same job with its document turned into another form (parsed, or dropped).
+    pub fn map_document<E>(self, f: impl FnOnce(Option<D>) -> Option<E>) -> VoicemailJob<E> {
+        VoicemailJob {
+            schema_version: self.schema_version,
+            job_id: self.job_id,
+            storage_key: self.storage_key,
+            account_id: self.account_id,
+            document_id: self.document_id,
+            attachment_name: self.attachment_name,
+            content_type: self.content_type,
+            size_bytes: self.size_bytes,
+            sha256: self.sha256,
+            received_at: self.received_at,
+            upload_mode: self.upload_mode,
+            kazoo_document: f(self.kazoo_document),
+            request_id: self.request_id,
+        }
+    }
+}
+
 /// What the path of a storage key says about the voicemail (KAZOO's default URL layout is
 /// `{account_id}/[{owner_id}/]{document_id}/{attachment_name}`, possibly below folders).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -110,11 +145,31 @@ pub fn is_account_id(segment: &str) -> bool {
                 .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
-/// KAZOO's credentials probe writes `{32 hex}_test_credentials_file.txt`; it is not a voicemail.
+/// KAZOO's credentials probe writes `{32 hex}_test_credentials_file.txt`: a name that may be
+/// a probe file. Whether it is one, only its content tells ([`is_credentials_probe_file`]).
 pub fn is_credentials_probe(attachment_name: &str) -> bool {
+    probe_random(attachment_name).is_some()
+}
+
+/// The 32 hex characters of a probe file's name.
+fn probe_random(attachment_name: &str) -> Option<&str> {
     attachment_name
         .strip_suffix("_test_credentials_file.txt")
-        .is_some_and(|random| random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|random| random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// What KAZOO's credentials probe stores: `some random content: {R}` (53 bytes), as
+/// `{R}_test_credentials_file.txt`, the same 32 hex characters `R` in both.
+pub const CREDENTIALS_PROBE_LEN: u64 = 53;
+
+/// Whether a stored file is KAZOO's credentials probe, not a voicemail: its name and its
+/// content both are what KAZOO's probe writes (a voicemail merely named like one is not).
+pub fn is_credentials_probe_file(attachment_name: &str, content: &[u8]) -> bool {
+    probe_random(attachment_name).is_some_and(|random| {
+        content
+            .strip_prefix(b"some random content: ")
+            .is_some_and(|rest| rest == random.as_bytes())
+    })
 }
 
 #[cfg(test)]
@@ -167,6 +222,43 @@ mod tests {
             "0123456789abcdef0123456789abcdef_test_credentials_file.txt"
         ));
         assert!(!is_credentials_probe("x_test_credentials_file.txt"));
+    }
+
+    #[test]
+    fn a_probe_file_is_known_by_its_content_too() {
+        let random = "0123456789abcdef0123456789abcdef";
+        let name = format!("{random}_test_credentials_file.txt");
+        let content = format!("some random content: {random}");
+        assert_eq!(content.len() as u64, CREDENTIALS_PROBE_LEN);
+        assert!(is_credentials_probe_file(&name, content.as_bytes()));
+        assert!(!is_credentials_probe_file(&name, b"ID3\x04 a voicemail"));
+        let other = "fedcba9876543210fedcba9876543210";
+        let mismatched = format!("some random content: {other}");
+        assert!(!is_credentials_probe_file(&name, mismatched.as_bytes()));
+    }
+
+    #[test]
+    fn a_raw_job_reads_any_document_and_maps_to_a_parsed_one() {
+        let mut deep = String::from("1");
+        for _ in 0..1000 {
+            deep = format!("[{deep}]");
+        }
+        let job = format!(
+            r#"{{"schema_version":1,"job_id":"{}","storage_key":"a/b/c.mp3","account_id":null,
+            "document_id":null,"attachment_name":"c.mp3","content_type":null,"size_bytes":1,
+            "received_at":"2026-12-01T00:00:00Z","upload_mode":"raw","kazoo_document":{deep},
+            "request_id":"r"}}"#,
+            Uuid::now_v7()
+        );
+        assert!(
+            VoicemailJob::from_json(job.as_bytes()).is_err(),
+            "too deep to parse"
+        );
+        let raw = RawJob::parse(job.as_bytes()).unwrap();
+        assert!(raw.kazoo_document.as_ref().unwrap().get().len() > 2000);
+        let parsed: VoicemailJob = raw.map_document(|_| None);
+        assert_eq!(parsed.storage_key, "a/b/c.mp3");
+        assert_eq!(parsed.kazoo_document, None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 mod failures;
 mod hooks;
 mod hostile;
+mod hostile_worker;
 mod ingest;
 mod ops;
 mod tls;

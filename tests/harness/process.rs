@@ -109,6 +109,15 @@ impl Service {
         self.child.id().expect("running")
     }
 
+    /// Lowers the process's limit of open files to `n` (with util-linux's `prlimit`).
+    pub fn limit_open_files(&self, n: u32) {
+        let status = std::process::Command::new("prlimit")
+            .args([format!("--pid={}", self.pid()), format!("--nofile={n}:{n}")])
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(status.success(), "prlimit");
+    }
+
     pub async fn sigkill(mut self) {
         self.child.start_kill().expect("SIGKILL");
         let _ = self.child.wait().await;

@@ -110,6 +110,14 @@ pub enum WorkerError {
     Runner(#[from] crate::hooks::runner::RunnerError),
 }
 
+/// Whether an I/O error is a shortage of this process's own resources (too many open files in
+/// the process or the system, no memory, no buffer space): passing, and no fault of the input.
+pub(crate) fn is_local_shortage(error: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS.
+    matches!(error.raw_os_error(), Some(24 | 23 | 12 | 105))
+        || error.kind() == std::io::ErrorKind::OutOfMemory
+}
+
 /// The message of a caught panic (a probe on hostile audio, a compiled-in hook).
 pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
     panic

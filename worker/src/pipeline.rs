@@ -3,6 +3,7 @@
 //! database failures are waited out here, with backoff, until shutdown; every other failure is
 //! a [`JobError`] saying whether a redelivery can help.
 
+use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,15 +11,18 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use vmpipe_common::backoff::Backoff;
-use vmpipe_common::job::{JOB_SCHEMA_VERSION, is_credentials_probe};
-use vmpipe_common::{FsStore, Settings, StorageKey, VoicemailJob};
+use vmpipe_common::job::{
+    CREDENTIALS_PROBE_LEN, JOB_SCHEMA_VERSION, RawJob, is_credentials_probe,
+    is_credentials_probe_file,
+};
+use vmpipe_common::{FsStore, Settings, StorageKey};
 
 use crate::activity::Activity;
 use crate::audio::probe;
-use crate::error::{JobError, ResultExt as _};
+use crate::error::{JobError, ResultExt as _, is_local_shortage};
 use crate::health::Health;
 use crate::index::db::{self, DbError};
-use crate::index::{IndexWriter, VoicemailRow};
+use crate::index::{IndexWriter, VoicemailRow, clamp};
 
 /// What every job needs.
 pub(crate) struct Context {
@@ -42,7 +46,14 @@ pub(crate) async fn process(
     data: &[u8],
     shutdown: &CancellationToken,
 ) -> Result<(), JobError> {
-    let job = VoicemailJob::from_json(data).abort_with("not a vmpipe job")?;
+    let mut document_dropped = None;
+    let job = RawJob::parse(data)
+        .abort_with("not a vmpipe job")?
+        .map_document(|raw| {
+            let (document, dropped) = clamp::admit_document(raw);
+            document_dropped = dropped;
+            document
+        });
     let span = tracing::Span::current();
     span.record("storage_key", job.storage_key.as_str());
     span.record("request_id", job.request_id.as_str());
@@ -54,14 +65,25 @@ pub(crate) async fn process(
     }
     let key = StorageKey::parse(&job.storage_key).abort_with("invalid storage key")?;
     let path = context.store.path_of(&key);
-    if !path.is_file() {
-        return Err(JobError::abort_because(format!(
-            "file missing: {}",
-            path.display()
-        )));
-    }
+    let reading = || format!("reading {}", path.display());
+    let size = match waiting_out_shortages(shutdown, || tokio::fs::metadata(&path)).await? {
+        Ok(meta) if meta.is_file() => meta.len(),
+        Ok(_) => return Err(file_missing(&path)),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Err(file_missing(&path));
+        }
+        Err(e) => return Err(e).retry_with(reading()),
+    };
 
-    if is_credentials_probe(&job.attachment_name) {
+    if is_credentials_probe(&job.attachment_name)
+        && size == CREDENTIALS_PROBE_LEN
+        && is_credentials_probe_file(
+            &job.attachment_name,
+            &waiting_out_shortages(shutdown, || tokio::fs::read(&path))
+                .await?
+                .retry_with(reading())?,
+        )
+    {
         return retry_transient(&context.health, shutdown, || async {
             db::record_credential_probe(
                 &context.pool,
@@ -77,19 +99,26 @@ pub(crate) async fn process(
 
     let started = std::time::Instant::now();
     let hash = job.sha256.is_none();
-    let file = path.clone();
-    let (probed, sha256) = tokio::task::spawn_blocking(move || {
-        let sha256 = hash.then(|| sha256_file(&file));
-        (probe::probe_for_index(&file), sha256)
+    let (probed, sha256) = waiting_out_shortages(shutdown, || {
+        let file = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let sha256 = hash.then(|| sha256_file(&file)).transpose()?;
+                Ok((probe::probe_for_index(&file)?, sha256))
+            })
+            .await
+            .map_err(std::io::Error::other)?
+        }
     })
-    .await
-    .retry_with("probing stopped")?;
+    .await?
+    .retry_with(reading())?;
     let probe_time = started.elapsed();
     metrics::histogram!("vmpipe_probe_duration_seconds").record(probe_time.as_secs_f64());
     let mut row = VoicemailRow::build(&job, &probed);
     if let Some(sha256) = sha256 {
-        row.sha256 = sha256.retry_with(format!("reading {}", path.display()))?;
+        row.sha256 = sha256;
     }
+    row.dropped_metadata.extend(document_dropped);
     let written = retry_transient(&context.health, shutdown, || {
         context.index.upsert(row.clone())
     })
@@ -142,6 +171,38 @@ where
                 }
             }
             Err(e) => return Err(e).abort_with("database refused the row"),
+        }
+    }
+}
+
+fn file_missing(path: &Path) -> JobError {
+    JobError::abort_because(format!("file missing: {}", path.display()))
+}
+
+/// Runs `operation` (file work) until it gets past a shortage of this process's own resources
+/// (file descriptors, memory): the file is there, this worker cannot open it just now. Such a
+/// job waits, unacked, rather than failing (and, failing again, being dead-lettered); other
+/// results are the caller's. Only shutdown ends the wait (the job is then handed back).
+async fn waiting_out_shortages<T, F, Fut>(
+    shutdown: &CancellationToken,
+    mut operation: F,
+) -> Result<std::io::Result<T>, JobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let mut delay = Backoff::default();
+    loop {
+        match operation().await {
+            Err(e) if is_local_shortage(&e) => {
+                let wait = delay.next_delay();
+                warn!(error = %e, retry_in = ?wait, "out of a local resource; will retry");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return Err(JobError::Interrupted),
+                }
+            }
+            other => return Ok(other),
         }
     }
 }

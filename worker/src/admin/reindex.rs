@@ -41,7 +41,9 @@ pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
                 report.files_missing.push(key);
                 continue;
             };
-            let probed = tokio::task::spawn_blocking(move || probe::probe_for_index(&path)).await?;
+            let probed = tokio::task::spawn_blocking(move || probe::probe_for_index(&path))
+                .await?
+                .map_err(|e| WorkerError::Io(key.clone(), e))?;
             let measured = ProbeColumns::from_probe(&probed);
             sqlx::query(
                 "UPDATE voicemails SET duration_ms = $2, codec = $3, sample_rate = $4, channels = $5,

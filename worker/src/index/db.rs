@@ -108,13 +108,13 @@ pub(crate) async fn upsert_voicemails(
             caller_id_number, caller_id_name, call_id, from_user, from_realm, to_user, to_realm,
             folder, kazoo_length_ms, recorded_at, duration_ms, codec, sample_rate, channels,
             bitrate_bps, probe_error, content_type, size_bytes, sha256, upload_mode,
-            received_at, indexed_at, request_id, job_id, metadata
+            received_at, indexed_at, request_id, job_id, metadata, dropped_metadata
             )
             SELECT id, storage_key, account_id, document_id, attachment_name, mailbox_id,
             caller_id_number, caller_id_name, call_id, from_user, from_realm, to_user, to_realm,
             folder, kazoo_length_ms, recorded_at, duration_ms, codec, sample_rate, channels,
             bitrate_bps, probe_error, content_type, size_bytes, sha256, upload_mode,
-            received_at, now(), request_id, job_id, metadata
+            received_at, now(), request_id, job_id, metadata, dropped_metadata
             FROM incoming
             ON CONFLICT (storage_key) DO UPDATE SET
                 account_id = EXCLUDED.account_id,
@@ -145,7 +145,8 @@ pub(crate) async fn upsert_voicemails(
                 indexed_at = now(),
                 request_id = EXCLUDED.request_id,
                 job_id = EXCLUDED.job_id,
-                metadata = EXCLUDED.metadata
+                metadata = EXCLUDED.metadata,
+                dropped_metadata = EXCLUDED.dropped_metadata
             WHERE voicemails.received_at <= EXCLUDED.received_at
             RETURNING id, storage_key, received_at
         ), queued AS (

@@ -1,6 +1,7 @@
 //! The voicemail index in PostgreSQL: what a row holds ([`row`]), the batched writer that jobs
 //! hand their rows to ([`writer`]), and the SQL that connects, migrates and upserts ([`db`]).
 
+pub(crate) mod clamp;
 pub(crate) mod db;
 pub(crate) mod row;
 pub(crate) mod writer;

@@ -5,12 +5,19 @@ use serde_json::Value;
 use uuid::Uuid;
 use vmpipe_common::VoicemailJob;
 
+use super::clamp;
 use crate::audio::probe::Probed;
 
 /// KAZOO timestamps are Gregorian seconds (since year 0); this many separate them from Unix time.
 pub(crate) const GREGORIAN_UNIX_OFFSET: i64 = 62_167_219_200;
 
+/// 10000-01-01 in Gregorian seconds: PostgreSQL reads no later timestamp from JSON.
+const YEAR_10000: i64 = 315_569_520_000;
+
 pub(crate) fn gregorian_to_utc(seconds: i64) -> Option<DateTime<Utc>> {
+    if seconds >= YEAR_10000 {
+        return None;
+    }
     DateTime::from_timestamp(seconds.checked_sub(GREGORIAN_UNIX_OFFSET)?, 0)
         // Anything before 2000 is not a real recording time (0, or a Unix time by mistake).
         .filter(|t| t.timestamp() >= 946_684_800)
@@ -49,6 +56,8 @@ pub(crate) struct VoicemailRow {
     pub request_id: Option<String>,
     pub job_id: Uuid,
     pub metadata: Option<Value>,
+    /// What of KAZOO's document could not be indexed as sent (cut or dropped), and why.
+    pub dropped_metadata: Vec<String>,
 }
 
 /// The columns the probe fills: what it measured, or why it could not.
@@ -93,12 +102,16 @@ impl VoicemailRow {
                 .or_else(|| doc.and_then(|d| d.get(name)))
         };
         let text = |name: &str| field(name).and_then(non_empty_str);
-        let recorded_at = field("timestamp")
-            .and_then(Value::as_i64)
-            .or_else(|| {
-                doc.and_then(|d| d.get("utc_seconds"))
-                    .and_then(Value::as_i64)
-            })
+        let timestamp = field("timestamp").and_then(Value::as_i64).or_else(|| {
+            doc.and_then(|d| d.get("utc_seconds"))
+                .and_then(Value::as_i64)
+        });
+        let mut dropped_metadata = Vec::new();
+        if timestamp.is_some_and(|t| t >= YEAR_10000) {
+            dropped_metadata
+                .push("recorded_at: KAZOO's timestamp is past the year 9999".to_owned());
+        }
+        let recorded_at = timestamp
             .and_then(gregorian_to_utc)
             .or_else(|| uploaded_file_time(&job.attachment_name));
         let measured = ProbeColumns::from_probe(probed);
@@ -136,9 +149,35 @@ impl VoicemailRow {
             request_id: Some(job.request_id.clone()).filter(|r| !r.is_empty()),
             job_id: job.job_id,
             metadata: job.kazoo_document.clone(),
+            dropped_metadata,
         };
         row.strip_nul_characters();
+        row.cut_long_text();
         row
+    }
+
+    /// Text PostgreSQL cannot index (over about 2.7 KB) is cut, and noted.
+    fn cut_long_text(&mut self) {
+        let dropped = &mut self.dropped_metadata;
+        for (column, field) in [
+            ("account_id", &mut self.account_id),
+            ("document_id", &mut self.document_id),
+            ("mailbox_id", &mut self.mailbox_id),
+            ("caller_id_number", &mut self.caller_id_number),
+            ("caller_id_name", &mut self.caller_id_name),
+            ("call_id", &mut self.call_id),
+            ("from_user", &mut self.from_user),
+            ("from_realm", &mut self.from_realm),
+            ("to_user", &mut self.to_user),
+            ("to_realm", &mut self.to_realm),
+            ("folder", &mut self.folder),
+            ("content_type", &mut self.content_type),
+            ("request_id", &mut self.request_id),
+        ] {
+            if let Some(text) = field {
+                clamp::cut(column, text, dropped);
+            }
+        }
     }
 
     /// PostgreSQL text and jsonb cannot hold U+0000; a caller name with one must not make the

@@ -55,10 +55,18 @@ pub(crate) struct Measured {
 
 /// [`probe_file`] for the index: never panics (a panic while probing hostile audio is a probe
 /// error, not a dead worker), and the error is the text of the `probe_error` column.
-pub(crate) fn probe_for_index(path: &Path) -> Result<Probed, String> {
-    std::panic::catch_unwind(|| probe_file(path))
-        .map_err(|panic| format!("probe crashed: {}", crate::error::panic_text(&panic)))?
-        .map_err(|e| e.to_string())
+/// An error that says nothing of the file (this process is out of file descriptors or memory)
+/// is returned as such, for the caller to try again, rather than recorded as the file's.
+pub(crate) fn probe_for_index(path: &Path) -> std::io::Result<Result<Probed, String>> {
+    match std::panic::catch_unwind(|| probe_file(path)) {
+        Ok(Ok(probed)) => Ok(Ok(probed)),
+        Ok(Err(ProbeError::Io(e))) if crate::error::is_local_shortage(&e) => Err(e),
+        Ok(Err(e)) => Ok(Err(e.to_string())),
+        Err(panic) => Ok(Err(format!(
+            "probe crashed: {}",
+            crate::error::panic_text(&panic)
+        ))),
+    }
 }
 
 pub fn probe_file(path: &Path) -> Result<Probed, ProbeError> {
