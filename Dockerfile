@@ -41,7 +41,10 @@ RUN apt-get update \
 COPY --from=build /src/target/release/ingest /src/target/release/worker /usr/local/bin/
 USER vmpipe
 WORKDIR /var/lib/vmpipe
+# In a container the health port must be reachable from outside it (the orchestrator's probes);
+# outside containers the worker's default is 127.0.0.1.
 ENV VMPIPE_STORAGE_DIR=/var/lib/vmpipe/data \
+    VMPIPE_WORKER_LISTEN=0.0.0.0:9091 \
     PATH=/opt/vmpipe/python/bin:$PATH
 EXPOSE 8080 9091
 CMD ["ingest"]

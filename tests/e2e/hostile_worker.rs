@@ -2,6 +2,8 @@
 //! port. A voicemail that was stored always gets its row. KAZOO tenants upload arbitrary files and documents through KAZOO's API, so every field of
 //! the document is attacker-controlled.
 
+use std::time::Duration;
+
 use sqlx::Row;
 use vmpipe_tests::*;
 
@@ -140,5 +142,83 @@ async fn a_voicemail_named_like_a_credentials_probe_is_indexed_as_a_voicemail() 
         .await
         .unwrap();
     assert_eq!(indexed, key);
+    stack.finish().await;
+}
+
+/// Idle connections to the worker's health port (open to its network, unauthenticated) cannot
+/// take the file descriptors jobs need: they are bounded and time out, and a job that meets a
+/// shortage of descriptors waits for them instead of being dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_health_connections_cannot_starve_the_worker_of_file_descriptors() {
+    let mut stack = Stack::start(false).await;
+    let worker = Service::spawn("worker", &stack.worker_settings()).await;
+    stack.wait_for_schema().await;
+    worker.limit_open_files(96);
+    // A slow client: connections that send a byte of a request every second, reconnecting
+    // whenever they are closed, as many as it can.
+    let port = worker.health_port;
+    let stop = tokio_util::sync::CancellationToken::new();
+    for _ in 0..300 {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                while !stop.is_cancelled() {
+                    use tokio::io::AsyncWriteExt;
+                    if stream.write_all(b"G").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kazoo = stack.ingest.client();
+    for i in 0..20 {
+        let r = kazoo
+            .store_voicemail(
+                ACCOUNT,
+                &format!("fd{i}.wav"),
+                &wav_pcm16(8000, 300),
+                "audio/wav",
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let pool = stack.pool().clone();
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM voicemails",
+        20,
+        Duration::from_secs(40),
+    )
+    .await;
+    assert!(
+        stack.queue.dead_reasons().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    stop.cancel();
+    let mut answered = false;
+    for _ in 0..100 {
+        if worker
+            .get("/healthz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        answered,
+        "the health port answers once the slow client is gone"
+    );
+    worker.sigkill().await;
     stack.finish().await;
 }

@@ -37,24 +37,45 @@ pub(crate) struct HealthServer {
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
+/// Health requests answered at once; a connection beyond them is closed straight away. Probes
+/// from an orchestrator need one or two: the rest could only hold file descriptors that jobs
+/// need.
+const MAX_CONNECTIONS: usize = 16;
+/// The whole request must arrive within this, however slowly its bytes trickle in.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
 pub(crate) async fn serve(
     listener: TcpListener,
     server: Arc<HealthServer>,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => return,
         };
-        if let Ok((stream, _)) = accepted {
-            let server = server.clone();
-            tokio::spawn(async move {
-                if let Err(e) = answer(stream, &server).await {
-                    debug!(error = %e, "health request failed");
-                }
-            });
-        }
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: accepting again at once would spin.
+                debug!(error = %e, "cannot accept a health connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // dropped: closed
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &server)).await {
+                Ok(Err(e)) => debug!(error = %e, "health request failed"),
+                Err(_) => debug!("health request too slow; closed"),
+                Ok(Ok(())) => {}
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -62,9 +83,7 @@ async fn answer(mut stream: TcpStream, server: &HealthServer) -> std::io::Result
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+        let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }

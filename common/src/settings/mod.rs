@@ -93,7 +93,7 @@ impl Default for Settings {
             publish_timeout_ms: 2000,
             log_format: LogFormat::Text,
             worker_concurrency: 64,
-            worker_listen: "0.0.0.0:9091".into(),
+            worker_listen: "127.0.0.1:9091".into(),
             max_deliveries: 5,
             allow_networks: Networks::default(),
             access_token: None,
