@@ -3,7 +3,6 @@
 //! must always get its row: a field PostgreSQL cannot hold or index is cut or dropped, and what
 //! was done is recorded in the row's `dropped_metadata`.
 
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// Longest text column kept whole, in bytes. KAZOO's caller ids, names and SIP users are far
@@ -14,8 +13,11 @@ pub(crate) const MAX_DOCUMENT_DEPTH: usize = 32;
 /// Largest KAZOO document kept, in bytes (KAZOO's are a few KiB).
 pub(crate) const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
-/// Parses KAZOO's document if it is one an index can hold; otherwise drops it and says why.
-pub(crate) fn admit_document(raw: Option<Box<RawValue>>) -> (Option<Value>, Option<String>) {
+/// Keeps KAZOO's document if it is one an index can hold; otherwise drops it and says why.
+/// It stays JSON text: it is never built in memory.
+pub(crate) fn admit_document(
+    raw: Option<Box<RawValue>>,
+) -> (Option<Box<RawValue>>, Option<String>) {
     let Some(raw) = raw else {
         return (None, None);
     };
@@ -37,11 +39,10 @@ pub(crate) fn admit_document(raw: Option<Box<RawValue>>) -> (Option<Value>, Opti
             )),
         );
     }
-    match serde_json::from_str(text) {
-        Ok(Value::Null) => (None, None),
-        Ok(value) => (Some(value), None),
-        Err(e) => (None, Some(format!("metadata: unreadable ({e}): not kept"))),
+    if text == "null" {
+        return (None, None);
     }
+    (Some(raw), None)
 }
 
 /// How deeply arrays and objects nest in valid JSON text.
@@ -95,8 +96,9 @@ mod tests {
 
     #[test]
     fn documents_kazoo_sends_are_kept_and_hostile_ones_dropped_with_a_reason() {
-        let (kept, note) = admit_document(raw(r#"{"metadata":{"caller_id_number":"1"}}"#));
-        assert_eq!(kept.unwrap()["metadata"]["caller_id_number"], "1");
+        let kazoo = r#"{"metadata":{"caller_id_number":"1"}}"#;
+        let (kept, note) = admit_document(raw(kazoo));
+        assert_eq!(kept.unwrap().get(), kazoo);
         assert_eq!(note, None);
         let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
         let (kept, note) = admit_document(raw(&deep));
@@ -106,7 +108,8 @@ mod tests {
         let (kept, note) = admit_document(raw(&big));
         assert!(kept.is_none());
         assert!(note.unwrap().contains("bytes"));
-        assert_eq!(admit_document(None), (None, None));
+        let (kept, note) = admit_document(None);
+        assert!(kept.is_none() && note.is_none());
     }
 
     #[test]

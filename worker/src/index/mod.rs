@@ -3,6 +3,7 @@
 
 pub(crate) mod clamp;
 pub(crate) mod db;
+mod document;
 pub(crate) mod row;
 pub(crate) mod writer;
 

@@ -6,7 +6,9 @@ use uuid::Uuid;
 use vmpipe_common::VoicemailJob;
 
 use super::clamp;
+use super::document::KazooDocument;
 use crate::audio::probe::Probed;
+use serde_json::value::RawValue;
 
 /// KAZOO timestamps are Gregorian seconds (since year 0); this many separate them from Unix time.
 pub(crate) const GREGORIAN_UNIX_OFFSET: i64 = 62_167_219_200;
@@ -24,7 +26,7 @@ pub(crate) fn gregorian_to_utc(seconds: i64) -> Option<DateTime<Utc>> {
 }
 
 /// A `voicemails` row; serialised with the table's column names (see `db::upsert_voicemails`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct VoicemailRow {
     pub id: Uuid,
     pub storage_key: String,
@@ -55,7 +57,8 @@ pub(crate) struct VoicemailRow {
     pub received_at: DateTime<Utc>,
     pub request_id: Option<String>,
     pub job_id: Uuid,
-    pub metadata: Option<Value>,
+    /// KAZOO's document as JSON text, never built in memory.
+    pub metadata: Option<Box<RawValue>>,
     /// What of KAZOO's document could not be indexed as sent (cut or dropped), and why.
     pub dropped_metadata: Vec<String>,
 }
@@ -92,20 +95,16 @@ impl ProbeColumns {
 
 impl VoicemailRow {
     /// `id` is used only when the row is new; an existing row keeps its id.
-    pub(crate) fn build(job: &VoicemailJob, probed: &Result<Probed, String>) -> Self {
-        let doc = job.kazoo_document.as_ref();
-        // KAZOO's voicemail fields sit in the document's `metadata` object; fall back to the
-        // top level for documents shaped differently.
-        let field = |name: &str| -> Option<&Value> {
-            doc.and_then(|d| d.get("metadata"))
-                .and_then(|m| m.get(name))
-                .or_else(|| doc.and_then(|d| d.get(name)))
-        };
-        let text = |name: &str| field(name).and_then(non_empty_str);
-        let timestamp = field("timestamp").and_then(Value::as_i64).or_else(|| {
-            doc.and_then(|d| d.get("utc_seconds"))
-                .and_then(Value::as_i64)
-        });
+    pub(crate) fn build<D: KazooDocument>(
+        job: &VoicemailJob<D>,
+        probed: &Result<Probed, String>,
+    ) -> Self {
+        let doc = job
+            .kazoo_document
+            .as_ref()
+            .map(|d| d.fields())
+            .unwrap_or_default();
+        let timestamp = doc.integer(|f| &f.timestamp).or(doc.utc_seconds.0);
         let mut dropped_metadata = Vec::new();
         if timestamp.is_some_and(|t| t >= YEAR_10000) {
             dropped_metadata
@@ -121,17 +120,17 @@ impl VoicemailRow {
             account_id: job.account_id.clone(),
             document_id: job.document_id.clone(),
             attachment_name: job.attachment_name.clone(),
-            mailbox_id: doc.and_then(|d| d.get("source_id")).and_then(non_empty_str),
-            caller_id_number: text("caller_id_number"),
-            caller_id_name: text("caller_id_name"),
-            call_id: text("call_id"),
-            from_user: text("from_user"),
-            from_realm: text("from_realm"),
-            to_user: text("to_user"),
-            to_realm: text("to_realm"),
-            folder: text("folder"),
-            kazoo_length_ms: field("length")
-                .and_then(Value::as_i64)
+            mailbox_id: doc.source_id.0.clone(),
+            caller_id_number: doc.text(|f| &f.caller_id_number),
+            caller_id_name: doc.text(|f| &f.caller_id_name),
+            call_id: doc.text(|f| &f.call_id),
+            from_user: doc.text(|f| &f.from_user),
+            from_realm: doc.text(|f| &f.from_realm),
+            to_user: doc.text(|f| &f.to_user),
+            to_realm: doc.text(|f| &f.to_realm),
+            folder: doc.text(|f| &f.folder),
+            kazoo_length_ms: doc
+                .integer(|f| &f.length)
                 .and_then(|l| i32::try_from(l).ok()),
             recorded_at,
             duration_ms: measured.duration_ms,
@@ -148,7 +147,7 @@ impl VoicemailRow {
             received_at: job.received_at,
             request_id: Some(job.request_id.clone()).filter(|r| !r.is_empty()),
             job_id: job.job_id,
-            metadata: job.kazoo_document.clone(),
+            metadata: job.kazoo_document.as_ref().map(KazooDocument::to_raw),
             dropped_metadata,
         };
         row.strip_nul_characters();
@@ -205,8 +204,13 @@ impl VoicemailRow {
             strip_nul(field);
         }
         strip_nul(&mut self.attachment_name);
-        if let Some(metadata) = &mut self.metadata {
-            strip_nul_json(metadata);
+        if let Some(metadata) = &mut self.metadata
+            && metadata.get().contains("\\u0000")
+            && let Ok(mut value) = serde_json::from_str::<Value>(metadata.get())
+        {
+            // Rare: only then is the document built, to take the characters out.
+            strip_nul_json(&mut value);
+            *metadata = value.to_raw();
         }
     }
 }
@@ -234,14 +238,6 @@ fn strip_nul_json(value: &mut Value) {
             map.values_mut().for_each(strip_nul_json);
         }
         _ => {}
-    }
-}
-
-fn non_empty_str(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
@@ -277,6 +273,11 @@ mod tests {
             kazoo_document: document,
             request_id: "req".into(),
         }
+    }
+
+    /// The document as the row holds it (JSON text), parsed back.
+    fn parsed(metadata: Option<Box<RawValue>>) -> Option<Value> {
+        metadata.map(|raw| serde_json::from_str(raw.get()).unwrap())
     }
 
     #[test]
@@ -321,7 +322,7 @@ mod tests {
         );
         assert_eq!(row.probe_error.as_deref(), Some("no audio"));
         assert_eq!(row.duration_ms, None);
-        assert_eq!(row.metadata, Some(doc));
+        assert_eq!(parsed(row.metadata), Some(doc));
     }
 
     #[test]
@@ -329,7 +330,7 @@ mod tests {
         let doc = serde_json::json!({"metadata": {"caller_id_name": "A\0B"}, "k\0": ["x\0"]});
         let row = VoicemailRow::build(&job(Some(doc), "a.mp3"), &Err("e".into()));
         assert_eq!(row.caller_id_name.as_deref(), Some("AB"));
-        assert_eq!(row.metadata.unwrap()["k"][0], "x");
+        assert_eq!(parsed(row.metadata).unwrap()["k"][0], "x");
     }
 
     #[test]
