@@ -9,6 +9,7 @@
 //! decoder trims them, so the result matches a full decode.
 
 use super::source::Source;
+use super::tags::{audio_end, id3v2_len};
 use super::{Measured, ProbeError};
 
 /// Samples a decoder adds in front of the stream (FFmpeg and mpg123 trim it with the delay).
@@ -181,55 +182,6 @@ fn encoder_info(frame: &[u8], header: &Header) -> Option<EncoderInfo> {
         }
     }
     Some(info)
-}
-
-/// ID3v2 tag size at `b` (header and footer included), if `b` starts one.
-fn id3v2_len(b: &[u8]) -> Option<u64> {
-    if b.len() < 10 || &b[..3] != b"ID3" || b[3] == 0xFF || b[4] == 0xFF {
-        return None;
-    }
-    let size = b[6..10].iter().try_fold(0u64, |acc, &x| {
-        (x < 0x80).then_some((acc << 7) | u64::from(x))
-    })?;
-    let footer = if b[5] & 0x10 != 0 { 10 } else { 0 };
-    Some(10 + size + footer)
-}
-
-/// Where the audio ends: before ID3v1, APEv2 and Lyrics3v2 tags at the end of the file.
-fn audio_end(src: &mut Source) -> std::io::Result<u64> {
-    let mut end = src.len();
-    loop {
-        let tail = src.read_at(end.saturating_sub(32 + 128), (32 + 128).min(end as usize))?;
-        if end >= 128 && tail.len() >= 128 && &tail[tail.len() - 128..tail.len() - 125] == b"TAG" {
-            end -= 128;
-            continue;
-        }
-        if end >= 32 && tail.len() >= 32 && &tail[tail.len() - 32..tail.len() - 24] == b"APETAGEX" {
-            let footer = &tail[tail.len() - 32..];
-            let size = u64::from(u32::from_le_bytes(
-                footer[12..16].try_into().expect("4 bytes"),
-            ));
-            let has_header = footer[23] & 0x80 != 0;
-            let total = size + if has_header { 32 } else { 0 };
-            if total <= end {
-                end -= total;
-                continue;
-            }
-        }
-        if end >= 15 {
-            let lyrics = src.read_at(end - 15, 15)?;
-            if &lyrics[6..] == b"LYRICS200" {
-                let size: Option<u64> = std::str::from_utf8(&lyrics[..6])
-                    .ok()
-                    .and_then(|s| s.parse().ok());
-                if let Some(size) = size.filter(|s| s + 15 <= end) {
-                    end -= size + 15;
-                    continue;
-                }
-            }
-        }
-        return Ok(end);
-    }
 }
 
 /// Measures the whole file.
