@@ -50,6 +50,7 @@ pub struct Worker {
 impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
         vmpipe_common::metrics::handle();
+        audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
         let pool = migrate(&settings).await?;
         let store = FsStore::open(&settings.storage_dir)?;

@@ -9,7 +9,14 @@
 //! a file cut short ends where its audio ends, a WAV header whose sizes were never filled in
 //! is repaired on the fly, and recordings glued together (even at different sample rates) come
 //! out whole.
+//!
+//! Every byte is the sender's, so the work is bounded ([`Limits`]): the output by a duration
+//! and by a multiple of the input's size, the reads and packets by a budget for the input's
+//! size, sample rates below 4 kHz are refused, and the caller can cancel the decode.
 
+mod limits;
+#[cfg(test)]
+mod limits_tests;
 mod repair;
 mod sink;
 mod tail;
@@ -28,7 +35,9 @@ use symphonia::core::formats::{FormatOptions, TrackType};
 use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 
-use super::riff;
+use super::budget::{Budget, BudgetedReader, Exhausted, exhausted_cause};
+use super::{MIN_SAMPLE_RATE, riff};
+pub use limits::{Limits, OUTPUT_PER_INPUT_BYTE};
 use repair::{Repaired, repair_wav_header, wav_format};
 use sink::Sink;
 use tail::Tail;
@@ -81,6 +90,29 @@ pub enum DecodeError {
     Write { path: PathBuf, source: io::Error },
     #[error("the audio is too long for a WAV file (4 GiB)")]
     TooLong,
+    #[error("the audio is longer than {max_secs} s (VMPIPE_MAX_AUDIO_SECS)")]
+    LongerThan { max_secs: u64 },
+    #[error(
+        "the audio decodes to more than {factor} times the file's {input_len} bytes: its header lies"
+    )]
+    Inflated { input_len: u64, factor: u64 },
+    #[error("sample rate {0} Hz: below {MIN_SAMPLE_RATE} Hz, no voicemail is recorded so")]
+    SampleRate(u32),
+    /// Out of work for the file's size: a bug met, or hostile input.
+    #[error("gave up: {0}")]
+    GaveUp(Exhausted),
+    /// The caller set the cancel flag.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<Exhausted> for DecodeError {
+    fn from(why: Exhausted) -> Self {
+        match why {
+            Exhausted::Cancelled => DecodeError::Cancelled,
+            why => DecodeError::GaveUp(why),
+        }
+    }
 }
 
 /// Decodes `input` and writes a 16 kHz mono 16-bit PCM WAV to `output` (created/truncated).
@@ -88,7 +120,18 @@ pub enum DecodeError {
 ///
 /// `output` is only created once the first audio has been decoded, so a file that is not
 /// audio leaves it untouched; after a later error it may be incomplete.
+///
+/// With the default [`Limits`]: see [`write_wav16k_within`].
 pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> {
+    write_wav16k_within(input, output, &Limits::default())
+}
+
+/// [`write_wav16k`] within `limits`: past them, an error (and an output cut at the bound).
+pub fn write_wav16k_within(
+    input: &Path,
+    output: &Path,
+    limits: &Limits,
+) -> Result<Wav16k, DecodeError> {
     let read_err = |source| DecodeError::Read {
         path: input.to_owned(),
         source,
@@ -113,9 +156,13 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
     let is_riff = riff::is_wave(&head);
     let mut hint = Hint::new();
     hint.with_extension(if is_riff { "wav" } else { "mp3" });
+    let budget = limits.budget(file_len);
     let source: Box<dyn MediaSource> = match is_riff.then(|| repair_wav_header(&head, file_len)) {
-        Some(Some(head)) => Box::new(Repaired { file, head, pos: 0 }),
-        _ => Box::new(file),
+        Some(Some(head)) => Box::new(BudgetedReader::new(
+            Repaired { file, head, pos: 0 },
+            budget.clone(),
+        )),
+        _ => Box::new(BudgetedReader::new(file, budget.clone())),
     };
     let mss = MediaSourceStream::new(source, Default::default());
     let mut format = match symphonia::default::get_probe().probe(
@@ -125,6 +172,9 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
         MetadataOptions::default(),
     ) {
         Ok(format) => format,
+        Err(SymphoniaError::IoError(e)) if exhausted_cause(&e).is_some() => {
+            return Err(stopped(&budget));
+        }
         Err(SymphoniaError::IoError(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
             return Err(read_err(e));
         }
@@ -152,6 +202,9 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
     let Some(CodecParameters::Audio(params)) = track.codec_params.clone() else {
         return Err(DecodeError::NoAudioTrack);
     };
+    if let Some(rate) = params.sample_rate.filter(|&rate| rate < MIN_SAMPLE_RATE) {
+        return Err(DecodeError::SampleRate(rate));
+    }
     // Encoder delay and padding are trimmed here, not by the decoder: see `Tail`.
     let mut options = AudioDecoderOptions::default();
     options.gapless = false;
@@ -170,15 +223,19 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
     // Whether the decoder in use has decoded a packet.
     let mut proven = false;
 
-    let mut sink = Sink::new(output);
+    let mut sink = Sink::new(output, limits.output_bound(file_len));
     let mut tail = Tail::default();
     let mut planes: Vec<Vec<f32>> = Vec::new();
     let mut mono: Vec<f32> = Vec::new();
     let mut last_error = String::from("no audio packets");
     'packets: loop {
+        budget.spend(1)?;
         let packet = match format.next_packet() {
             Ok(Some(packet)) => packet,
             Ok(None) => break,
+            Err(SymphoniaError::IoError(e)) if exhausted_cause(&e).is_some() => {
+                return Err(stopped(&budget));
+            }
             Err(SymphoniaError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(SymphoniaError::IoError(e)) => return Err(read_err(e)),
             // The demuxer lost its footing (a damaged tail after real audio): keep what came
@@ -224,6 +281,9 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
         if frames == 0 || channels == 0 || spec.rate() == 0 {
             continue;
         }
+        if spec.rate() < MIN_SAMPLE_RATE {
+            return Err(DecodeError::SampleRate(spec.rate()));
+        }
         buf.copy_to_vecs_planar::<f32>(&mut planes);
         let trim_start = usize::try_from(packet.trim_start.get()).map_or(frames, |t| t.min(frames));
         let trim_end = usize::try_from(packet.trim_end.get()).unwrap_or(usize::MAX);
@@ -243,8 +303,19 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
         }
         tail.push(&mut sink, spec.rate(), channels as u16, &mono, past_end)?;
     }
+    // A budget that ran out inside symphonia may look like the end of the stream to it.
+    if budget.exhausted().is_some() {
+        return Err(stopped(&budget));
+    }
     sink.finish().map_err(|e| match e {
         DecodeError::NoAudio(_) => DecodeError::NoAudio(last_error),
         e => e,
     })
+}
+
+/// The error for a decode whose budget ran out (or was cancelled).
+fn stopped(budget: &Budget) -> DecodeError {
+    budget
+        .exhausted()
+        .map_or(DecodeError::Cancelled, DecodeError::from)
 }

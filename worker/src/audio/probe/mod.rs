@@ -13,10 +13,38 @@ mod wav;
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use source::Source;
 
+use super::budget::{Budget, Exhausted};
 use super::riff;
+
+/// The longest one probe may take unless [`set_timeout`] says otherwise: a normal probe reads
+/// about 1.8 GB/s, so even a 256 MiB file read from a slow disk, with a busy CPU, fits.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Units of work (about a byte examined each) a probe may spend per byte of the file, and on
+/// top of that. A frame scan spends about 10 per byte of junk and less than 1 per byte of
+/// frames; a file needing more is hostile, or has met a bug.
+const WORK_PER_BYTE: u64 = 64;
+const WORK_BASE: u64 = 64 << 20;
+
+/// Milliseconds of [`timeout`]: set once when the worker starts, read by every probe.
+static TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64);
+
+/// Sets the time every later probe may take (`VMPIPE_PROBE_TIMEOUT_MS`). Process-wide: the
+/// index's caller hands the probe a path only.
+pub(crate) fn set_timeout(timeout: Duration) {
+    TIMEOUT_MS.store(
+        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+fn timeout() -> Duration {
+    Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed))
+}
 
 /// What the probe measured.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -43,6 +71,9 @@ pub enum ProbeError {
     NoAudio,
     #[error("corrupt audio: {0}")]
     Corrupt(String),
+    /// Out of time or work: the file is not measured, and the job goes on.
+    #[error("gave up: {0}")]
+    GaveUp(#[from] Exhausted),
 }
 
 /// A format module's raw result.
@@ -62,18 +93,42 @@ pub(crate) fn probe_for_index(path: &Path) -> Result<Probed, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Measures `path` within the configured time ([`set_timeout`], 10 s by default).
 pub fn probe_file(path: &Path) -> Result<Probed, ProbeError> {
-    let mut src = Source::new(File::open(path)?)?;
+    probe_file_within(path, timeout())
+}
+
+/// Measures `path`, giving up ([`ProbeError::GaveUp`]) after `timeout` or after more work
+/// than a file of its size needs.
+pub fn probe_file_within(path: &Path, timeout: Duration) -> Result<Probed, ProbeError> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let budget = Budget::new(
+        len.saturating_mul(WORK_PER_BYTE).saturating_add(WORK_BASE),
+        Some(timeout),
+        None,
+    );
+    let result = measure(path, Source::new(file, len, budget.clone()), &budget);
+    // Whatever a format module made of an error from its reads, the budget decides.
+    match budget.exhausted() {
+        Some(why) => Err(ProbeError::GaveUp(why)),
+        None => result,
+    }
+}
+
+fn measure(path: &Path, mut src: Source, budget: &Budget) -> Result<Probed, ProbeError> {
     if src.len() == 0 {
         return Err(ProbeError::Empty);
     }
     let head = src.bytes(0, 16)?.to_vec();
     let measured = match sniff(&head) {
         Sniffed::Wav => match wav::measure(&mut src) {
-            Err(unsupported @ ProbeError::Unsupported(_)) => fallback::measure(path, unsupported)?,
+            Err(unsupported @ ProbeError::Unsupported(_)) => {
+                fallback::measure(path, unsupported, budget)?
+            }
             other => other?,
         },
-        Sniffed::Other(unsupported) => fallback::measure(path, unsupported)?,
+        Sniffed::Other(unsupported) => fallback::measure(path, unsupported, budget)?,
         // MPEG audio may follow an ID3 tag or junk: the frame scan decides.
         Sniffed::MaybeMpeg => mp3::measure(&mut src).map_err(|e| match e {
             ProbeError::NoAudio if looks_like_text(&head) => ProbeError::NotAudio("text"),

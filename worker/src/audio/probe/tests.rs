@@ -116,3 +116,35 @@ fn an_ape_footer_of_size_zero_ends_the_probe() {
     let probed = probe_bytes(&mp3).unwrap();
     assert!(probed.duration_ms.abs_diff(12312) <= 50, "{probed:?}");
 }
+
+/// A probe that runs out of time gives up with an error saying so, whatever the file: here a
+/// long run of real frames (the MP3 fixture 400 times over, 20 MB), given 1 ms.
+#[test]
+fn a_probe_gives_up_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.mp3");
+    std::fs::write(&path, fixture_bytes("mp3_cbr32_16k.mp3").repeat(400)).unwrap();
+    let started = Instant::now();
+    let error = probe_file_within(&path, Duration::from_millis(1)).unwrap_err();
+    assert!(matches!(error, ProbeError::GaveUp(_)), "{error:?}");
+    assert_eq!(error.to_string(), "gave up: took longer than 1 ms");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Given the default, the same file is measured.
+    let probed = probe_file(&path).unwrap();
+    assert!(
+        probed.duration_ms.abs_diff(400 * 12312) <= 400 * 50,
+        "{probed:?}"
+    );
+}
+
+#[test]
+fn the_default_timeout_is_the_settings_default() {
+    assert_eq!(
+        DEFAULT_TIMEOUT,
+        vmpipe_common::Settings::default().probe_timeout()
+    );
+}
