@@ -110,6 +110,7 @@ impl Worker {
             self.hooks,
             usize::from(self.settings.hook_concurrency),
             activity.clone(),
+            self.settings.max_audio_secs,
         ));
         let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
         let context = Arc::new(pipeline::Context {

@@ -1,5 +1,12 @@
 //! What a hook run gets: the voicemail's row (without KAZOO's document, which comes apart),
 //! and its audio, as stored or decoded to a temporary 16 kHz WAV.
+//!
+//! The decode runs on a blocking thread, which a timeout cannot stop: it is told to by a flag,
+//! set when the run's future is dropped (at the timeout, or at shutdown), and stops at its next
+//! packet instead of writing on to a file that is already deleted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vmpipe_common::{FsStore, StorageKey};
 
@@ -9,11 +16,13 @@ use crate::error::ResultExt as _;
 use crate::hooks::{HookAudio, HookError, HookInput};
 
 /// The voicemail's row and audio. Returns the temporary 16 kHz file too, deleted when dropped.
+/// A decode is at most `max_audio_secs` long.
 pub(super) async fn input_for(
     queue: &TranscriptionQueue,
     store: &FsStore,
     claim: &Claim,
     audio: HookAudio,
+    max_audio_secs: u64,
 ) -> Result<(HookInput, Option<tempfile::TempPath>), HookError> {
     let row = queue
         .voicemail(claim.voicemail_id)
@@ -50,10 +59,14 @@ pub(super) async fn input_for(
                 .retry_with("temporary file")?
                 .into_temp_path();
             let output = scratch.to_path_buf();
-            let decoded =
-                tokio::task::spawn_blocking(move || decode::write_wav16k(&stored, &output))
-                    .await
-                    .retry_with("decoding crashed")?;
+            let cancel = CancelOnDrop::default();
+            let limits = decode::Limits::new(max_audio_secs, Some(cancel.0.clone()));
+            let decoded = tokio::task::spawn_blocking(move || {
+                decode::write_wav16k_within(&stored, &output, &limits)
+            })
+            .await
+            .retry_with("decoding crashed")?;
+            drop(cancel);
             decoded.abort_with("cannot decode the audio")?;
             (scratch.to_path_buf(), "audio/wav".to_owned(), Some(scratch))
         }
@@ -81,5 +94,15 @@ fn audio_content_type(declared: &str, codec: &str) -> String {
         "mp3" => "audio/mpeg".into(),
         "" => "application/octet-stream".into(),
         _ => "audio/wav".into(),
+    }
+}
+
+/// Cancels a decode when dropped: with the run's future, if it does not finish.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }

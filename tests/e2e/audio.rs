@@ -1,0 +1,253 @@
+//! Hostile audio end to end: voicemails crafted to hang the probe, to blow up a decode, or to
+//! inject shell into a hook, uploaded through ingest like KAZOO's. What an operator checks:
+//! the rows are there, the worker goes on and stops when told, disk and threads are bounded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use vmpipe_common::Settings;
+use vmpipe_common::settings::{HookAudio, HookKind, HookSettings};
+use vmpipe_tests::*;
+
+const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../worker/fixtures/audio");
+    std::fs::read(PathBuf::from(dir).join(name)).unwrap()
+}
+
+/// Uploads a KAZOO voicemail (multipart, with its document) named `name`.
+async fn upload(stack: &Stack, name: &str, audio: &[u8], content_type: &str) {
+    let r = stack
+        .ingest
+        .client()
+        .store_voicemail(ACCOUNT, name, audio, content_type)
+        .await;
+    assert_eq!(r.status, 201, "{name}");
+}
+
+/// The row of the voicemail `name`, once indexed.
+async fn row_of(stack: &Stack, name: &str) -> sqlx::postgres::PgRow {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = sqlx::query("SELECT * FROM voicemails WHERE attachment_name = $1")
+            .bind(name)
+            .fetch_optional(stack.pool())
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} not indexed after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
+    row.get::<Option<String>, _>(column).unwrap_or_default()
+}
+
+fn command_hook(name: &str, audio: HookAudio, script: &str) -> HookSettings {
+    HookSettings {
+        name: name.into(),
+        kind: HookKind::Command,
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            "{audio}".into(),
+        ],
+        url: None,
+        headers: BTreeMap::new(),
+        audio,
+        timeout_secs: 20,
+        max_attempts: 3,
+        retry_delay_ms: 100,
+    }
+}
+
+/// A WAV of 8-bit PCM mono at `rate`, `samples` long.
+fn wav_pcm8(rate: u32, samples: u32) -> Vec<u8> {
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(36 + samples).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes()); // bytes per second
+    out.extend_from_slice(&1u16.to_le_bytes()); // block align
+    out.extend_from_slice(&8u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&samples.to_le_bytes());
+    out.extend((0..samples).map(|i| 128 + (i % 32) as u8 * 2));
+    out
+}
+
+/// An MP3 ending in an APEv2 footer whose size is 0 once held its job forever (the probe
+/// looped), and with it a prefetch slot, a CPU and SIGTERM. Now its row is written, and so is
+/// the next voicemail's. A probe that runs out of time (here 1 ms, on a 20 MB MP3) gives up
+/// with a `probe_error`, the row written all the same; small files are measured as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_mp3s_cannot_hold_the_worker() {
+    let mut stack = Stack::start(false).await;
+    let settings = Settings {
+        probe_timeout_ms: 1,
+        ..stack.worker_settings()
+    };
+    // A process of its own: the probe's time limit is the whole worker's.
+    let worker = Service::spawn("worker", &settings).await;
+    stack.wait_for_schema().await;
+
+    let mut ape = fixture("mp3_cbr32_16k.mp3");
+    ape.extend_from_slice(b"APETAGEX");
+    ape.extend_from_slice(&2000u32.to_le_bytes());
+    ape.extend_from_slice(&[0; 20]); // size 0, no items, no flags, reserved
+    upload(&stack, "ape-size-0.mp3", &ape, "audio/mpeg").await;
+    let long = fixture("mp3_cbr32_16k.mp3").repeat(400);
+    upload(&stack, "long.mp3", &long, "audio/mpeg").await;
+    upload(&stack, "after.wav", &wav_pcm16(8000, 1500), "audio/wav").await;
+
+    let row = row_of(&stack, "ape-size-0.mp3").await;
+    assert_eq!(text(&row, "probe_error"), "");
+    assert_eq!(row.get::<Option<i32>, _>("duration_ms"), Some(12312));
+    let row = row_of(&stack, "long.mp3").await;
+    assert_eq!(text(&row, "probe_error"), "gave up: took longer than 1 ms");
+    assert_eq!(row.get::<Option<i32>, _>("duration_ms"), None);
+    assert_eq!(row.get::<i64, _>("size_bytes"), long.len() as i64);
+    let row = row_of(&stack, "after.wav").await;
+    assert_eq!(text(&row, "probe_error"), "");
+    assert_eq!(row.get::<Option<i32>, _>("duration_ms"), Some(1500));
+
+    assert!(
+        worker.sigterm(Duration::from_secs(10)).await.success(),
+        "the worker stops when told"
+    );
+    stack.finish().await;
+}
+
+/// Open files of this process (the in-process worker's) that are deleted `vmpipe-wav16k`
+/// temporary files: a decode still writing after its run gave the file up.
+fn orphaned_decodes() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.contains("vmpipe-wav16k-") && target.ends_with(" (deleted)"))
+        .collect()
+}
+
+/// A wav16k decode is part of its hook run: at the run's timeout it stops, instead of going on
+/// writing (at most a packet later) to a temporary file already deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_decode_stops_writing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let started = scratch.path().join("started");
+    let mut stack = Stack::start(false).await;
+    let slow = HookSettings {
+        timeout_secs: 1,
+        max_attempts: 1,
+        ..command_hook(
+            "slow",
+            HookAudio::Wav16k,
+            &format!("touch {}", started.display()),
+        )
+    };
+    let settings = Settings {
+        hooks: vec![slow],
+        ..stack.worker_settings()
+    };
+    stack.start_worker_with(settings).await;
+    // 30 minutes at 8 kHz (14 MB): many seconds of decoding, in any build.
+    upload(
+        &stack,
+        "long.wav",
+        &wav_pcm8(8000, 30 * 60 * 8000),
+        "audio/wav",
+    )
+    .await;
+
+    let row = stack
+        .finished_transcription("long.wav", "slow", Duration::from_secs(60))
+        .await;
+    assert_eq!(text(&row, "status"), "failed");
+    assert_eq!(text(&row, "error"), "timed out after 1 s");
+    assert!(!started.exists(), "the timeout came during the decode");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let orphans = orphaned_decodes();
+        if orphans.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a decode still writes after its run timed out: {orphans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.finish().await;
+}
+
+/// What no voicemail is fails the run at once, not retried, with the reason recorded: a WAV
+/// at 1 Hz (once a 64 MB temporary file from 2 KB), audio longer than `VMPIPE_MAX_AUDIO_SECS`.
+/// The voicemails are indexed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wav16k_refuses_what_no_voicemail_is() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut stack = Stack::start(false).await;
+    let sizes = scratch.path().join("sizes");
+    let wav16k = command_hook(
+        "wav16k",
+        HookAudio::Wav16k,
+        &format!("wc -c < \"$1\" >> {}", sizes.display()),
+    );
+    let settings = Settings {
+        hooks: vec![wav16k],
+        max_audio_secs: 2,
+        ..stack.worker_settings()
+    };
+    stack.start_worker_with(settings).await;
+    upload(&stack, "one-hz.wav", &wav_pcm8(1, 2000), "audio/wav").await;
+    upload(
+        &stack,
+        "three-s.wav",
+        &wav_pcm8(8000, 3 * 8000),
+        "audio/wav",
+    )
+    .await;
+    upload(&stack, "two-s.wav", &wav_pcm8(8000, 2 * 8000), "audio/wav").await;
+
+    for (name, error) in [
+        (
+            "one-hz.wav",
+            "cannot decode the audio: sample rate 1 Hz: below 4000 Hz, no voicemail is recorded so",
+        ),
+        (
+            "three-s.wav",
+            "cannot decode the audio: the audio is longer than 2 s (VMPIPE_MAX_AUDIO_SECS)",
+        ),
+    ] {
+        let row = stack
+            .finished_transcription(name, "wav16k", Duration::from_secs(60))
+            .await;
+        assert_eq!(text(&row, "status"), "failed", "{name}");
+        assert_eq!(text(&row, "error"), error, "{name}");
+        assert_eq!(row.get::<i32, _>("attempts"), 1, "{name}: not retried");
+        row_of(&stack, name).await;
+    }
+    let row = stack
+        .finished_transcription("two-s.wav", "wav16k", Duration::from_secs(60))
+        .await;
+    assert_eq!(text(&row, "status"), "done", "{}", text(&row, "error"));
+    // The only file a hook got: 2 s of 16 kHz 16-bit audio.
+    let sizes = std::fs::read_to_string(&sizes).unwrap();
+    assert_eq!(sizes.split_whitespace().collect::<Vec<_>>(), ["64044"]);
+    stack.finish().await;
+}
