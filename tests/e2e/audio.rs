@@ -251,3 +251,50 @@ async fn wav16k_refuses_what_no_voicemail_is() {
     assert_eq!(sizes.split_whitespace().collect::<Vec<_>>(), ["64044"]);
     stack.finish().await;
 }
+
+/// IMA ADPCM at 8 kHz whose header claims 65535 samples a block: `blocks` blocks of 256 bytes.
+fn ima_adpcm_lying(blocks: usize) -> Vec<u8> {
+    let data = vec![0x11; 256 * blocks];
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&((4 + 8 + 20 + 8 + data.len()) as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&20u32.to_le_bytes());
+    out.extend_from_slice(&0x11u16.to_le_bytes()); // IMA ADPCM
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&4055u32.to_le_bytes());
+    out.extend_from_slice(&256u16.to_le_bytes()); // block align
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes()); // extension size
+    out.extend_from_slice(&65535u16.to_le_bytes()); // samples per block: a lie
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// Headers that claim more audio than their bytes hold do not make long voicemails: an IMA
+/// ADPCM WAV claiming 65535 samples a block (once 45 hours from a few MB) is measured by what
+/// its blocks can encode; MP3 "frames" of 8 bytes (once 9.5 hours) are no audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_headers_do_not_inflate_durations() {
+    let stack = Stack::start(true).await;
+    // 10,000 blocks of 505 samples: 631 s at 8 kHz.
+    upload(&stack, "ima.wav", &ima_adpcm_lying(10_000), "audio/wav").await;
+    // MPEG-2 Layer III, free format, 22.05 kHz, mono: 8-byte frames, 100,000 of them.
+    let tiny: Vec<u8> = [&[0xFF, 0xF3, 0x00, 0xC0][..], &[0; 4]]
+        .concat()
+        .repeat(100_000);
+    upload(&stack, "tiny-frames.mp3", &tiny, "audio/mpeg").await;
+
+    let row = row_of(&stack, "ima.wav").await;
+    assert_eq!(text(&row, "probe_error"), "");
+    assert_eq!(row.get::<Option<i32>, _>("duration_ms"), Some(631_250));
+    let row = row_of(&stack, "tiny-frames.mp3").await;
+    assert_eq!(row.get::<Option<i32>, _>("duration_ms"), None);
+    assert_eq!(
+        text(&row, "probe_error"),
+        "not audio: no MP3 frames or WAV header found"
+    );
+    stack.finish().await;
+}

@@ -12,6 +12,7 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
 use super::{Measured, ProbeError};
+use crate::audio::MIN_SAMPLE_RATE;
 use crate::audio::budget::{Budget, BudgetedReader};
 
 /// Packets read at most: a bound on time for hostile input (hours of 20 ms packets).
@@ -44,6 +45,11 @@ pub(super) fn measure(
         return Err(unsupported);
     };
     let sample_rate = params.sample_rate.filter(|&r| r > 0).ok_or(unsupported)?;
+    if sample_rate < MIN_SAMPLE_RATE {
+        return Err(ProbeError::Corrupt(format!(
+            "sample rate {sample_rate} Hz (below {MIN_SAMPLE_RATE} Hz)"
+        )));
+    }
     let mut samples = 0u64;
     for _ in 0..MAX_PACKETS {
         budget.spend(1)?;

@@ -57,6 +57,14 @@ const BITRATES_V2: [[u32; 15]; 2] = [
     [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
 ];
 
+/// The bitrates of a version and layer, by bitrate index (0: free format).
+fn bitrates(version: Version, layer: u8) -> &'static [u32; 15] {
+    match version {
+        Version::Mpeg1 => &BITRATES_V1[layer as usize - 1],
+        _ => &BITRATES_V2[usize::from(layer != 1)],
+    }
+}
+
 impl Header {
     fn parse(b: &[u8]) -> Option<Self> {
         if b.len() < 4 || b[0] != 0xFF || b[1] & 0xE0 != 0xE0 {
@@ -80,10 +88,7 @@ impl Header {
         if bitrate_index == 15 || rate_index == 3 || b[3] & 3 == 2 {
             return None;
         }
-        let bitrate_kbps = match version {
-            Version::Mpeg1 => BITRATES_V1[layer as usize - 1][bitrate_index],
-            _ => BITRATES_V2[usize::from(layer != 1)][bitrate_index],
-        };
+        let bitrate_kbps = bitrates(version, layer)[bitrate_index];
         let base_rate = [44100, 48000, 32000][rate_index];
         let sample_rate = match version {
             Version::Mpeg1 => base_rate,
@@ -122,6 +127,19 @@ impl Header {
             _ => 144 * bitrate / rate,
         };
         Some(len + pad)
+    }
+
+    /// The shortest a free-format frame of this stream is believed: as long as the lowest
+    /// bitrate of its version and layer makes a frame (shorter ones would make a few bytes
+    /// last hours), and long enough for its header and side information.
+    fn min_free_len(&self) -> u64 {
+        let lowest = Header {
+            bitrate_kbps: bitrates(self.version, self.layer)[1],
+            padding: false,
+            ..*self
+        };
+        let len = lowest.len(None).unwrap_or(0);
+        len.max(4 + self.side_info_len())
     }
 
     fn same_stream(&self, other: &Header) -> bool {
@@ -354,7 +372,7 @@ fn followed_by_frames(
 }
 
 /// A free-format stream's frame length (without padding): the distance to the next header of
-/// the same stream.
+/// the same stream, if it is one a real stream can have.
 fn find_free_format_len(
     src: &mut Source,
     pos: u64,
@@ -362,15 +380,16 @@ fn find_free_format_len(
     end: u64,
 ) -> std::io::Result<Option<u64>> {
     let limit = (pos + FREE_FORMAT_SEARCH).min(end);
-    let window = src.bytes(pos, (limit - pos) as usize)?.to_vec();
-    for offset in 5..window.len().saturating_sub(3) {
-        if let Some(next) = Header::parse(&window[offset..])
-            && next.bitrate_kbps == 0
-            && next.same_stream(header)
-        {
-            let pad = u64::from(header.padding) * if header.layer == 1 { 4 } else { 1 };
-            return Ok((offset as u64).checked_sub(pad));
-        }
-    }
-    Ok(None)
+    let window = src.unspent_bytes(pos, (limit - pos) as usize)?;
+    let next = (5..window.len().saturating_sub(3)).find(|&offset| {
+        Header::parse(&window[offset..])
+            .is_some_and(|next| next.bitrate_kbps == 0 && next.same_stream(header))
+    });
+    // What was looked at: up to the next header, or the whole window.
+    let examined = next.unwrap_or(window.len()) as u64;
+    src.spend(examined)?;
+    let pad = u64::from(header.padding) * if header.layer == 1 { 4 } else { 1 };
+    Ok(next
+        .and_then(|offset| (offset as u64).checked_sub(pad))
+        .filter(|&len| len >= header.min_free_len()))
 }

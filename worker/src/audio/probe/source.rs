@@ -38,7 +38,17 @@ impl Source {
     /// Up to `n` bytes at `pos` (fewer at the end of the file). Positions only move forward:
     /// bytes before the last `pos` asked for may be forgotten.
     pub(super) fn bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
-        self.budget.spend(n as u64).map_err(exhausted_io)?;
+        self.spend(n as u64)?;
+        self.unspent_bytes(pos, n)
+    }
+
+    /// Spends `units` of work from the probe's budget.
+    pub(super) fn spend(&self, units: u64) -> io::Result<()> {
+        self.budget.spend(units).map_err(exhausted_io)
+    }
+
+    /// [`Source::bytes`] without spending: the caller spends for what it really looks at.
+    pub(super) fn unspent_bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
         let end = pos.saturating_add(n as u64).min(self.len);
         if pos >= end {
             return Ok(&[]);
@@ -82,7 +92,7 @@ impl Source {
 
     /// Reads `n` bytes at `pos` without disturbing the window (tags at the end of the file).
     pub(super) fn read_at(&mut self, pos: u64, n: usize) -> io::Result<Vec<u8>> {
-        self.budget.spend(n as u64).map_err(exhausted_io)?;
+        self.spend(n as u64)?;
         let n = n.min(self.len.saturating_sub(pos) as usize);
         let mut out = vec![0; n];
         self.file.seek(SeekFrom::Start(pos))?;

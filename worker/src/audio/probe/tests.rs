@@ -1,4 +1,5 @@
 use super::*;
+use crate::audio::riff;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -147,4 +148,98 @@ fn the_default_timeout_is_the_settings_default() {
         DEFAULT_TIMEOUT,
         vmpipe_common::Settings::default().probe_timeout()
     );
+}
+
+/// A WAV: a `fmt ` chunk of `tag`, `channels`, `rate`, `block_align`, `bits` and `ext` (its
+/// extension, after the cbSize field), then `data`.
+fn wav(
+    tag: u16,
+    channels: u16,
+    rate: u32,
+    block_align: u16,
+    bits: u16,
+    ext: &[u8],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut fmt = Vec::new();
+    fmt.extend_from_slice(&tag.to_le_bytes());
+    fmt.extend_from_slice(&channels.to_le_bytes());
+    fmt.extend_from_slice(&rate.to_le_bytes());
+    fmt.extend_from_slice(&(rate * u32::from(block_align)).to_le_bytes());
+    fmt.extend_from_slice(&block_align.to_le_bytes());
+    fmt.extend_from_slice(&bits.to_le_bytes());
+    if !ext.is_empty() {
+        fmt.extend_from_slice(&(ext.len() as u16).to_le_bytes());
+        fmt.extend_from_slice(ext);
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&((4 + 8 + fmt.len() + 8 + data.len()) as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
+    out.extend_from_slice(&fmt);
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// ADPCM headers claiming more samples a block than its bytes hold (65535, which once made
+/// a few MB of IMA ADPCM 45 hours) are held to what the block can encode: 100 blocks of 256
+/// bytes, mono, hold 100 × 505 IMA (100 × 500 Microsoft) samples, 6.3 s at 8 kHz.
+#[test]
+fn adpcm_blocks_hold_what_their_bytes_can_encode() {
+    let data = vec![0x11; 256 * 100];
+    for (tag, truth) in [(riff::IMA_ADPCM, 6312), (riff::MS_ADPCM, 6250)] {
+        for samples_per_block in [0u16, 65535] {
+            let file = wav(
+                tag,
+                1,
+                8000,
+                256,
+                4,
+                &samples_per_block.to_le_bytes(),
+                &data,
+            );
+            let probed = probe_bytes(&file).unwrap();
+            assert!(
+                probed.duration_ms.abs_diff(truth) <= 1,
+                "0x{tag:04X}, {samples_per_block} a block: {probed:?}"
+            );
+        }
+    }
+}
+
+/// PCM whose block size is smaller than one sample of every channel: the bytes hold one
+/// second of 16-bit stereo at 8 kHz, not four.
+#[test]
+fn pcm_frames_hold_a_sample_of_every_channel() {
+    let file = wav(riff::PCM, 2, 8000, 1, 16, &[], &[0; 32_000]);
+    assert_eq!(probe_bytes(&file).unwrap().duration_ms, 1000);
+}
+
+/// A sample rate below 4 kHz is no voicemail's: 2 KB at 1 Hz is not 33 minutes.
+#[test]
+fn sample_rates_below_4_khz_are_refused() {
+    let file = wav(riff::PCM, 1, 1, 1, 8, &[], &[0x80; 2000]);
+    let error = probe_bytes(&file).unwrap_err();
+    assert!(matches!(error, ProbeError::Corrupt(_)), "{error:?}");
+    assert!(error.to_string().contains("sample rate 1 Hz"), "{error}");
+    let file = wav(riff::PCM, 1, 4000, 1, 8, &[], &[0x80; 2000]);
+    assert_eq!(probe_bytes(&file).unwrap().duration_ms, 500);
+}
+
+/// Free-format MPEG frames shorter than the lowest bitrate of their layer makes them are not
+/// believed: 8-byte frames once made 800 KB 9.5 hours.
+#[test]
+fn free_format_frames_are_at_least_the_lowest_bitrate_long() {
+    // MPEG-2 Layer III, free format, 22.05 kHz, mono: the lowest bitrate (8 kbps) makes
+    // 26-byte frames.
+    let header = [0xFF, 0xF3, 0x00, 0xC0];
+    let tiny: Vec<u8> = [&header[..], &[0; 4]].concat().repeat(100_000);
+    let result = probe_bytes(&tiny);
+    assert!(result.is_err(), "{result:?}");
+    // 104-byte frames (32 kbps) are measured: 26.1 ms each.
+    let frames: Vec<u8> = [&header[..], &[0; 100]].concat().repeat(1000);
+    let probed = probe_bytes(&frames).unwrap();
+    assert_eq!(probed.duration_ms, 1000 * 576 * 1000 / 22050, "{probed:?}");
 }
