@@ -298,3 +298,37 @@ async fn crafted_headers_do_not_inflate_durations() {
     );
     stack.finish().await;
 }
+
+/// A caller who hangs up at once leaves an MP3 of one or two frames: a recording, indexed with
+/// its duration. The same frames in the middle of junk are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_and_two_frame_recordings_are_indexed() {
+    let stack = Stack::start(true).await;
+    upload(
+        &stack,
+        "one.mp3",
+        &fixture("mp3_one_frame.mp3"),
+        "audio/mpeg",
+    )
+    .await;
+    let two = fixture("mp3_two_frames_tagged.mp3");
+    upload(&stack, "two.mp3", &two, "audio/mpeg").await;
+    let frames = &fixture("mp3_cbr32_16k.mp3")[..2 * 144];
+    let stray = [&[0x20; 3000][..], frames, &[0x20; 3000]].concat();
+    upload(&stack, "stray.mp3", &stray, "audio/mpeg").await;
+
+    for (name, duration) in [
+        ("one.mp3", Some(36)),
+        ("two.mp3", Some(72)),
+        ("stray.mp3", None),
+    ] {
+        let row = row_of(&stack, name).await;
+        assert_eq!(row.get::<Option<i32>, _>("duration_ms"), duration, "{name}");
+        assert_eq!(
+            text(&row, "probe_error").is_empty(),
+            duration.is_some(),
+            "{name}"
+        );
+    }
+    stack.finish().await;
+}

@@ -1,6 +1,7 @@
 //! Hostile input against the decoder's bounds: output, sample rate, work, cancellation.
 
 use super::*;
+use crate::audio::riff;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -17,45 +17,31 @@
 mod limits;
 #[cfg(test)]
 mod limits_tests;
+mod open;
 mod repair;
 mod sink;
 mod tail;
 #[cfg(test)]
 mod tests;
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use symphonia::core::codecs::CodecParameters;
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, TrackType};
-use symphonia::core::io::{MediaSource, MediaSourceStream};
-use symphonia::core::meta::MetadataOptions;
+use symphonia::core::formats::TrackType;
 
-use super::budget::{Budget, BudgetedReader, Exhausted, exhausted_cause};
-use super::{MIN_SAMPLE_RATE, riff};
+use super::MIN_SAMPLE_RATE;
+use super::budget::{Budget, Exhausted, exhausted_cause};
 pub use limits::{Limits, OUTPUT_PER_INPUT_BYTE};
-use repair::{Repaired, repair_wav_header, wav_format};
+use open::Opened;
+use repair::wav_format;
 use sink::Sink;
 use tail::Tail;
 
 /// The output sample rate.
 const RATE: u32 = 16_000;
-/// Bytes read from the start of the input to recognise it.
-const HEAD_LEN: usize = 64 * 1024;
-/// WAV format tags symphonia decodes (with the pcm and adpcm features).
-const SUPPORTED_WAV_FORMATS: [u16; 7] = [
-    riff::PCM,
-    riff::MS_ADPCM,
-    riff::FLOAT,
-    riff::ALAW,
-    riff::MULAW,
-    riff::IMA_ADPCM,
-    riff::EXTENSIBLE,
-];
 
 /// What was decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,65 +122,13 @@ pub fn write_wav16k_within(
         path: input.to_owned(),
         source,
     };
-    let mut file = File::open(input).map_err(|source| DecodeError::Open {
-        path: input.to_owned(),
-        source,
-    })?;
-    let file_len = file.metadata().map_err(read_err)?.len();
-    let mut head = Vec::with_capacity(HEAD_LEN);
-    (&mut file)
-        .take(HEAD_LEN as u64)
-        .read_to_end(&mut head)
-        .map_err(read_err)?;
-    if head.is_empty() {
-        return Err(DecodeError::NotAudio("empty file".into()));
-    }
-    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-
-    // The hint comes from the bytes, not the name: KAZOO's names and content types can lie.
-    // Symphonia's probe sniffs the content anyway; the hint only orders its guesses.
-    let is_riff = riff::is_wave(&head);
-    let mut hint = Hint::new();
-    hint.with_extension(if is_riff { "wav" } else { "mp3" });
-    let budget = limits.budget(file_len);
-    let source: Box<dyn MediaSource> = match is_riff.then(|| repair_wav_header(&head, file_len)) {
-        Some(Some(head)) => Box::new(BudgetedReader::new(
-            Repaired { file, head, pos: 0 },
-            budget.clone(),
-        )),
-        _ => Box::new(BudgetedReader::new(file, budget.clone())),
-    };
-    let mss = MediaSourceStream::new(source, Default::default());
-    let mut format = match symphonia::default::get_probe().probe(
-        &hint,
-        mss,
-        FormatOptions::default(),
-        MetadataOptions::default(),
-    ) {
-        Ok(format) => format,
-        Err(SymphoniaError::IoError(e)) if exhausted_cause(&e).is_some() => {
-            return Err(stopped(&budget));
-        }
-        Err(SymphoniaError::IoError(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
-            return Err(read_err(e));
-        }
-        Err(e) if is_riff => {
-            return Err(match wav_format(&head) {
-                Some((tag, name)) if tag != 0 && !SUPPORTED_WAV_FORMATS.contains(&tag) => {
-                    DecodeError::UnsupportedCodec(name)
-                }
-                Some((_, name)) => DecodeError::Corrupt(format!("{name}: {e}")),
-                None => DecodeError::Corrupt(format!("WAV: {e}")),
-            });
-        }
-        Err(SymphoniaError::Unsupported(_)) => {
-            return Err(DecodeError::NotAudio(
-                "no MP3 frames or WAV header found".into(),
-            ));
-        }
-        Err(e) => return Err(DecodeError::NotAudio(e.to_string())),
-    };
-
+    let Opened {
+        mut format,
+        head,
+        is_riff,
+        file_len,
+        budget,
+    } = open::open(input, limits)?;
     let track = format
         .default_track(TrackType::Audio)
         .ok_or(DecodeError::NoAudioTrack)?;

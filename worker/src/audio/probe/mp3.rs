@@ -16,7 +16,8 @@ use super::{Measured, ProbeError};
 const DECODER_DELAY: u64 = 529;
 /// Bytes without a frame after which the rest is taken to be garbage, not audio.
 const MAX_JUNK: u64 = 1 << 20;
-/// Fewest frames that make a recording (a few tens of milliseconds).
+/// Fewest frames that make a recording (a few tens of milliseconds) amid anything else; fewer
+/// are one only when they are all the file holds besides its tags.
 const MIN_FRAMES: u64 = 3;
 /// How far to look for the second frame of a free-format stream.
 const FREE_FORMAT_SEARCH: u64 = 8192;
@@ -230,12 +231,15 @@ pub(super) fn measure_range(
     let mut first_frame_seen = false;
     let mut info = EncoderInfo::default();
     let mut audio_bytes = 0u64;
+    // Bytes of tags and frames: all of `start..end` when nothing else is there.
+    let mut accounted = 0u64;
 
     while pos + 4 <= end {
         let head = src.bytes(pos, 10)?;
         if let Some(tag) = id3v2_len(head) {
             // A tag before the audio, or between two recordings glued together.
             pos += tag;
+            accounted += tag;
             locked = false;
             continue;
         }
@@ -276,6 +280,7 @@ pub(super) fn measure_range(
         }
         let frame_start = pos;
         pos += len;
+        accounted += len;
         last_good = pos;
         if starts_run {
             let frame = src.bytes(frame_start, len as usize)?;
@@ -298,8 +303,10 @@ pub(super) fn measure_range(
 
     segments.retain(|s| s.frames > 0);
     let first = segments.first().ok_or(ProbeError::NoAudio)?;
-    // One or two stray frames are a fragment decoders make nothing of, not a recording.
-    if segments.iter().map(|s| s.frames).sum::<u64>() < MIN_FRAMES {
+    // One or two frames amid other bytes are stray sync words, not a recording; as the whole
+    // file (a caller who hung up at once), they are one.
+    let whole = pos == end && accounted == end - start;
+    if segments.iter().map(|s| s.frames).sum::<u64>() < MIN_FRAMES && !whole {
         return Err(ProbeError::NoAudio);
     }
     let mut duration_us = 0u64;

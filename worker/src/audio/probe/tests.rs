@@ -243,3 +243,42 @@ fn free_format_frames_are_at_least_the_lowest_bitrate_long() {
     let probed = probe_bytes(&frames).unwrap();
     assert_eq!(probed.duration_ms, 1000 * 576 * 1000 / 22050, "{probed:?}");
 }
+
+/// Bytes without 0xFF (so without a sync word), from a fixed seed.
+fn junk(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 255) as u8
+        })
+        .collect()
+}
+
+/// One or two frames are a recording when they are the whole file between its tags (a caller
+/// who hung up at once: 24 to 96 ms); the same frames amid junk are stray sync words, as is a
+/// stream with bytes left over.
+#[test]
+fn a_short_stream_is_a_recording_only_when_it_is_the_whole_file() {
+    let frames = &fixture_bytes("mp3_cbr32_16k.mp3")[..2 * 144];
+    assert_eq!(probe_bytes(&frames[..144]).unwrap().duration_ms, 36);
+    assert_eq!(probe_bytes(frames).unwrap().duration_ms, 72);
+    for (what, file) in [
+        (
+            "junk around",
+            [junk(4000, 1), frames.to_vec(), junk(4000, 2)].concat(),
+        ),
+        ("junk before", [junk(4000, 3), frames.to_vec()].concat()),
+        ("junk after", [frames.to_vec(), junk(4000, 4)].concat()),
+        ("3 bytes after", [frames, &[1, 2, 3]].concat()),
+        ("1 byte before", [&[1], frames].concat()),
+    ] {
+        let result = probe_bytes(&file);
+        assert!(
+            matches!(result, Err(ProbeError::NotAudio(_))),
+            "{what}: {result:?}"
+        );
+    }
+}
