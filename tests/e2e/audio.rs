@@ -332,3 +332,113 @@ async fn one_and_two_frame_recordings_are_indexed() {
     }
     stack.finish().await;
 }
+
+/// Percent-encodes every byte of `segment` but ASCII letters, digits and `-._~`.
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A storage key is the sender's: one with shell in it once reached `{audio}` verbatim, and a
+/// hook script that pasted `{audio}` into a shell line ran it. Hooks get a path of vmpipe's
+/// choosing (a temporary name, deleted after the run), the key only inside the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_get_a_safe_path_whatever_the_key() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().display().to_string();
+    let mut stack = Stack::start(false).await;
+    // What a careless script does: `{audio}` pasted into a shell command line.
+    let careless = HookSettings {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("cd {dir} && wc -c < {{audio}}"),
+        ],
+        ..command_hook("careless", HookAudio::Original, "")
+    };
+    // What a hook is given: its arguments, its environment, its standard input.
+    let inputs = command_hook(
+        "inputs",
+        HookAudio::Original,
+        &format!(
+            "printf '%s\\n' \"$@\" > {dir}/argv; printf '%s' \"$VMPIPE_AUDIO_PATH\" > {dir}/env; \
+             cat > {dir}/input.json; wc -c < \"$1\""
+        ),
+    );
+    let settings = Settings {
+        hooks: vec![careless, inputs],
+        ..stack.worker_settings()
+    };
+    stack.start_worker_with(settings).await;
+
+    let name = "$(touch pwned);`touch pwned2` >x.mp3";
+    let document_id = format!("202611-{}", hex32());
+    let audio = fixture("mp3_cbr32_16k.mp3");
+    let document = mailbox_message(&document_id, name);
+    let att = Attachment {
+        document_id: &document_id,
+        name,
+        content_type: "audio/mpeg",
+        data: &audio,
+        document: &document,
+    };
+    let path = format!("/{ACCOUNT}/{document_id}/{}", percent_encode(name));
+    stack.put(&path, Body::Raw, &att).await;
+
+    let mut rows = Vec::new();
+    for hook in ["careless", "inputs"] {
+        let row = stack
+            .finished_transcription(name, hook, Duration::from_secs(30))
+            .await;
+        rows.push((hook, row));
+    }
+    let made: Vec<String> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pwned"))
+        .collect();
+    assert!(made.is_empty(), "the key's shell ran: {made:?}");
+    for (hook, row) in rows {
+        let error = text(&row, "error");
+        assert_eq!(text(&row, "status"), "done", "{hook}: {error}");
+        assert_eq!(text(&row, "text"), audio.len().to_string(), "{hook}");
+    }
+
+    let argv = std::fs::read_to_string(scratch.path().join("argv")).unwrap();
+    let given = argv.trim_end_matches('\n');
+    let file_name = given
+        .strip_prefix(&format!("{}/", std::env::temp_dir().display()))
+        .unwrap_or_else(|| panic!("not in the temporary directory: {given:?}"));
+    let random = file_name
+        .strip_prefix("vmpipe-audio-")
+        .and_then(|rest| rest.strip_suffix(".mp3"))
+        .unwrap_or_else(|| panic!("not vmpipe's name: {file_name:?}"));
+    assert!(
+        !random.is_empty() && random.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{file_name:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("env")).unwrap(),
+        given
+    );
+    assert!(
+        !std::path::Path::new(given).exists(),
+        "deleted after the run"
+    );
+    let input: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(scratch.path().join("input.json")).unwrap()).unwrap();
+    assert_eq!(input["audio_path"], given);
+    assert_eq!(
+        input["voicemail"]["storage_key"],
+        format!("{ACCOUNT}/{document_id}/{name}")
+    );
+    assert_eq!(input["voicemail"]["attachment_name"], name);
+    stack.finish().await;
+}
