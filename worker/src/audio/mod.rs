@@ -4,6 +4,8 @@
 
 pub mod budget;
 pub mod decode;
+#[cfg(test)]
+mod mutation_tests;
 pub mod probe;
 mod riff;
 

@@ -158,3 +158,29 @@ fn a_cancelled_decode_stops() {
     assert_eq!(std::fs::metadata(&output).map_or(0, |m| m.len()), len);
     assert!(len < 44 + 2 * 16_000 * 1200, "stopped early: {len} bytes");
 }
+
+/// The largest temporary file a decode can leave with the default limits, measured:
+/// `cargo test -p vmpipe-worker --release --lib largest_temp_file -- --ignored --nocapture`.
+/// A voicemail a minute longer than 4 hours (8 kHz 8-bit PCM, 116 MB; any input of 256 MiB
+/// or less is bounded by the duration first, as 64 times it is far more).
+#[test]
+#[ignore = "writes 460 MB, run by hand in release mode"]
+fn largest_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("long.wav");
+    std::fs::write(&input, pcm8(8000, 4 * 3600 + 60)).unwrap();
+    let output = dir.path().join("out.wav");
+    let started = Instant::now();
+    let result = write_wav16k_within(&input, &output, &Limits::default());
+    let written = std::fs::metadata(&output).unwrap().len();
+    println!(
+        "input {} bytes -> {result:?}: temporary file {written} bytes, in {:.1} s",
+        std::fs::metadata(&input).unwrap().len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(matches!(
+        result,
+        Err(DecodeError::LongerThan { max_secs: 14_400 })
+    ));
+    assert!(written <= 44 + 2 * 16_000 * 14_400);
+}

@@ -13,13 +13,15 @@ use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::default::formats::MpaReader;
 
-use super::repair::{Repaired, repair_wav_header, wav_format};
+use super::repair::{Repaired, repair_wav_header, wav_fmt, wav_format};
 use super::{DecodeError, Limits, stopped};
 use crate::audio::budget::{Budget, BudgetedReader, exhausted_cause};
 use crate::audio::riff;
 
 /// Bytes read from the start of the input to recognise it.
 const HEAD_LEN: usize = 64 * 1024;
+/// The most channels symphonia reads from a WAV.
+const MAX_WAV_CHANNELS: u16 = 26;
 /// WAV format tags symphonia decodes (with the pcm and adpcm features).
 const SUPPORTED_WAV_FORMATS: [u16; 7] = [
     riff::PCM,
@@ -65,6 +67,16 @@ pub(super) fn open(input: &Path, limits: &Limits) -> Result<Opened, DecodeError>
     // The hint comes from the bytes, not the name: KAZOO's names and content types can lie.
     // Symphonia's probe sniffs the content anyway; the hint only orders its guesses.
     let is_riff = riff::is_wave(&head);
+    // Symphonia reads at most 26 channels, and multiplies a larger count before it refuses it
+    // (an overflow, a panic in a debug build).
+    if let Some(fmt) = is_riff.then(|| wav_fmt(&head)).flatten()
+        && !(1..=MAX_WAV_CHANNELS).contains(&fmt.channels)
+    {
+        return Err(DecodeError::Corrupt(format!(
+            "WAV with {} channels (1 to {MAX_WAV_CHANNELS} are read)",
+            fmt.channels
+        )));
+    }
     let mut hint = Hint::new();
     hint.with_extension(if is_riff { "wav" } else { "mp3" });
     let budget = limits.budget(file_len);
