@@ -442,3 +442,71 @@ async fn hooks_get_a_safe_path_whatever_the_key() {
     assert_eq!(input["voicemail"]["attachment_name"], name);
     stack.finish().await;
 }
+
+/// Microsoft ADPCM whose step size grows past what symphonia's decoder multiplies without
+/// overflow: blocks of nibbles 8 from the largest step (found by fuzzing the decoder).
+fn ms_adpcm_overflowing() -> Vec<u8> {
+    let mut fmt = Vec::new();
+    for field in [2u16, 1] {
+        fmt.extend_from_slice(&field.to_le_bytes()); // Microsoft ADPCM, mono
+    }
+    fmt.extend_from_slice(&8000u32.to_le_bytes());
+    fmt.extend_from_slice(&4096u32.to_le_bytes());
+    for field in [256u16, 4, 32, 500, 7] {
+        fmt.extend_from_slice(&field.to_le_bytes()); // block, bits, extension, samples, coefs
+    }
+    for (a, b) in [
+        (256i16, 0i16),
+        (512, -256),
+        (0, 0),
+        (192, 64),
+        (240, 0),
+        (460, -208),
+        (392, -232),
+    ] {
+        fmt.extend_from_slice(&a.to_le_bytes());
+        fmt.extend_from_slice(&b.to_le_bytes());
+    }
+    let mut block = vec![0u8];
+    block.extend_from_slice(&0x7FFFi16.to_le_bytes());
+    block.extend_from_slice(&[0; 4]);
+    block.resize(256, 0x88);
+    let data = block.repeat(4);
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&((4 + 8 + fmt.len() + 8 + data.len()) as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
+    out.extend_from_slice(&fmt);
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// A decoder that panics on a voicemail's bytes will again: the run fails at once, with the
+/// panic's message, instead of crashing again at every retry. (Symphonia's overflow only
+/// panics in a build with overflow checks, as the tests are.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the overflow panics only with overflow checks"
+)]
+async fn a_decoder_crash_is_not_retried() {
+    let mut stack = Stack::start(false).await;
+    let settings = Settings {
+        hooks: vec![command_hook("wav16k", HookAudio::Wav16k, "wc -c < \"$1\"")],
+        ..stack.worker_settings()
+    };
+    stack.start_worker_with(settings).await;
+    upload(&stack, "crash.wav", &ms_adpcm_overflowing(), "audio/wav").await;
+    let row = stack
+        .finished_transcription("crash.wav", "wav16k", Duration::from_secs(30))
+        .await;
+    assert_eq!(text(&row, "status"), "failed");
+    assert_eq!(row.get::<i32, _>("attempts"), 1, "not retried");
+    assert_eq!(
+        text(&row, "error"),
+        "decoding crashed: attempt to multiply with overflow"
+    );
+    stack.finish().await;
+}

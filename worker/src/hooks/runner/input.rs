@@ -17,7 +17,7 @@ use vmpipe_common::{FsStore, StorageKey};
 
 use super::queue::{Claim, TranscriptionQueue};
 use crate::audio::decode;
-use crate::error::ResultExt as _;
+use crate::error::{ResultExt as _, panic_text};
 use crate::hooks::{HookAudio, HookError, HookInput};
 
 /// The voicemail's row and audio. Returns the temporary audio file too, deleted when dropped.
@@ -71,11 +71,22 @@ pub(super) async fn input_for(
             let output = scratch.to_path_buf();
             let cancel = CancelOnDrop::default();
             let limits = decode::Limits::new(max_audio_secs, Some(cancel.0.clone()));
-            let decoded = tokio::task::spawn_blocking(move || {
+            let decoded = match tokio::task::spawn_blocking(move || {
                 decode::write_wav16k_within(&stored, &output, &limits)
             })
             .await
-            .retry_with("decoding crashed")?;
+            {
+                Ok(decoded) => decoded,
+                // A decoder that panics on these bytes will again (symphonia's Microsoft ADPCM
+                // overflows on some, in a build with overflow checks): no retries.
+                Err(e) if e.is_panic() => {
+                    return Err(HookError::abort_because(format!(
+                        "decoding crashed: {}",
+                        panic_text(&e.into_panic())
+                    )));
+                }
+                Err(e) => return Err(e).retry_with("decoding stopped"),
+            };
             drop(cancel);
             decoded.abort_with("cannot decode the audio")?;
             (scratch.to_path_buf(), "audio/wav".to_owned(), Some(scratch))
