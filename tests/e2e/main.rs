@@ -1,3 +1,4 @@
+mod audio;
 mod failures;
 mod hooks;
 mod hostile;

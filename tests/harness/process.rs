@@ -190,6 +190,8 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             format!("{:?}", s.transcriber).to_lowercase(),
         ),
         ("VMPIPE_HOOK_CONCURRENCY", s.hook_concurrency.to_string()),
+        ("VMPIPE_PROBE_TIMEOUT_MS", s.probe_timeout_ms.to_string()),
+        ("VMPIPE_MAX_AUDIO_SECS", s.max_audio_secs.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

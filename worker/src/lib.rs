@@ -50,6 +50,7 @@ pub struct Worker {
 impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
         vmpipe_common::metrics::handle();
+        audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
         let pool = migrate(&settings).await?;
         let store = FsStore::open(&settings.storage_dir)?;
@@ -109,6 +110,7 @@ impl Worker {
             self.hooks,
             usize::from(self.settings.hook_concurrency),
             activity.clone(),
+            self.settings.max_audio_secs,
         ));
         let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
         let context = Arc::new(pipeline::Context {

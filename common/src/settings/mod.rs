@@ -25,6 +25,8 @@ pub use values::{Base64Mode, ByteSize, LogFormat};
 /// The environment variable naming the settings file (not itself a setting).
 pub const CONFIG_FILE_ENV: &str = "VMPIPE_CONFIG";
 const ENV_PREFIX: &str = "VMPIPE_";
+/// The most `max_audio_secs` can be: the seconds of 16 kHz 16-bit mono a WAV file holds.
+pub const MAX_AUDIO_SECS: u64 = (u32::MAX as u64 - 44) / 32_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,6 +77,12 @@ pub struct Settings {
     pub transcriber: Transcriber,
     /// `VMPIPE_HOOK_CONCURRENCY`: hook runs a worker performs at once.
     pub hook_concurrency: u16,
+    /// `VMPIPE_PROBE_TIMEOUT_MS`: longest the measuring of one voicemail may take; a probe
+    /// that takes longer gives up, and the row is written with a `probe_error`.
+    pub probe_timeout_ms: u64,
+    /// `VMPIPE_MAX_AUDIO_SECS`: longest audio decoded for a `wav16k` hook; a voicemail that
+    /// decodes to more fails the run (without retries).
+    pub max_audio_secs: u64,
     /// Hooks run after a voicemail is indexed: `[[hooks]]` tables, in the settings file only.
     pub hooks: Vec<HookSettings>,
 }
@@ -104,6 +112,8 @@ impl Default for Settings {
             body_timeout_secs: 30,
             transcriber: Transcriber::None,
             hook_concurrency: 2,
+            probe_timeout_ms: 10_000,
+            max_audio_secs: 4 * 3600,
             hooks: Vec::new(),
         }
     }
@@ -198,6 +208,16 @@ impl Settings {
                 "hook_concurrency must be at least 1".into(),
             ));
         }
+        if self.probe_timeout_ms == 0 {
+            return Err(config::ConfigError::Message(
+                "probe_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_AUDIO_SECS).contains(&self.max_audio_secs) {
+            return Err(config::ConfigError::Message(format!(
+                "max_audio_secs must be 1 to {MAX_AUDIO_SECS} (a 16 kHz WAV holds at most 4 GiB)"
+            )));
+        }
         let mut names: Vec<&str> = Vec::new();
         if self.transcriber == Transcriber::Pocketsphinx {
             names.push(POCKETSPHINX_HOOK);
@@ -223,5 +243,9 @@ impl Settings {
 
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
     }
 }

@@ -166,3 +166,28 @@ fn allowed_networks_are_parsed_at_load_time() {
     let s = Settings::load_from(None, &env(&[])).unwrap();
     assert!(s.allow_networks.is_empty());
 }
+
+#[test]
+fn audio_limits_are_checked() {
+    let s = Settings::load_from(None, &env(&[])).unwrap();
+    assert_eq!(s.probe_timeout(), Duration::from_secs(10));
+    assert_eq!(s.max_audio_secs, 14_400);
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("VMPIPE_PROBE_TIMEOUT_MS", "500"),
+            ("VMPIPE_MAX_AUDIO_SECS", "600"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!((s.probe_timeout_ms, s.max_audio_secs), (500, 600));
+    for (name, value) in [
+        ("VMPIPE_PROBE_TIMEOUT_MS", "0"),
+        ("VMPIPE_MAX_AUDIO_SECS", "0"),
+        ("VMPIPE_MAX_AUDIO_SECS", "200000"),
+    ] {
+        let err = Settings::load_from(None, &env(&[(name, value)])).unwrap_err();
+        let key = name.trim_start_matches("VMPIPE_").to_lowercase();
+        assert!(err.to_string().contains(&key), "{name}={value}: {err}");
+    }
+}

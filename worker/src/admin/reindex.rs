@@ -20,6 +20,7 @@ pub struct Reindexed {
 /// upgrade of the probe, say). KAZOO's metadata in the rows is kept.
 pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
     let Admin { pool, store } = Admin::open(settings).await?;
+    probe::set_timeout(settings.probe_timeout());
     let mut report = Reindexed::default();
     let mut after = String::new();
     loop {

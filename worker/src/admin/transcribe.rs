@@ -17,7 +17,14 @@ pub async fn transcribe(
 ) -> Result<Vec<TranscriptionReport>, WorkerError> {
     let hooks = hooks::from_settings(settings).map_err(WorkerError::Hook)?;
     let Admin { pool, store } = Admin::open(settings).await?;
-    let runner = HookRunner::new(pool.clone(), store, hooks, 1, Arc::default());
+    let runner = HookRunner::new(
+        pool.clone(),
+        store,
+        hooks,
+        1,
+        Arc::default(),
+        settings.max_audio_secs,
+    );
     let reports = runner.transcribe_now(voicemail, only).await;
     pool.close().await;
     Ok(reports?)

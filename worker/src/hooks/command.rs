@@ -2,7 +2,8 @@
 //!
 //! The program gets:
 //! - its arguments as configured, with `{audio}` replaced by the audio file's path and `{id}`
-//!   by the voicemail's id;
+//!   by the voicemail's id: both of vmpipe's making (a temporary `vmpipe-audio-…` or
+//!   `vmpipe-wav16k-…` name, a UUID), never from the sender, so safe even in a shell line;
 //! - the [`HookInput`] as JSON on standard input (it may ignore it);
 //! - `VMPIPE_HOOK_NAME`, `VMPIPE_HOOK_ATTEMPT`, `VMPIPE_VOICEMAIL_ID`, `VMPIPE_AUDIO_PATH` and
 //!   `VMPIPE_AUDIO_FORMAT` in its environment, and none of the worker's own `VMPIPE_*` settings

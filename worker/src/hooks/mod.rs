@@ -93,7 +93,9 @@ pub struct HookInput {
     /// 1 for the first attempt.
     pub attempt: u32,
     pub voicemail_id: uuid::Uuid,
-    /// The audio file to read: the stored file, or a temporary 16 kHz WAV (deleted after the run).
+    /// The audio file to read, under a temporary name of vmpipe's choosing (never the storage
+    /// key, which is in `voicemail`): a hard link to the stored file (or a copy), or a 16 kHz
+    /// WAV decoded from it; deleted after the run.
     pub audio_path: PathBuf,
     pub audio_format: HookAudio,
     /// `audio/mpeg`, `audio/wav`, ...

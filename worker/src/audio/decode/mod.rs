@@ -9,44 +9,39 @@
 //! a file cut short ends where its audio ends, a WAV header whose sizes were never filled in
 //! is repaired on the fly, and recordings glued together (even at different sample rates) come
 //! out whole.
+//!
+//! Every byte is the sender's, so the work is bounded ([`Limits`]): the output by a duration
+//! and by a multiple of the input's size, the reads and packets by a budget for the input's
+//! size, sample rates below 4 kHz are refused, and the caller can cancel the decode.
 
+mod limits;
+#[cfg(test)]
+mod limits_tests;
+mod open;
 mod repair;
 mod sink;
 mod tail;
 #[cfg(test)]
 mod tests;
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use symphonia::core::codecs::CodecParameters;
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, TrackType};
-use symphonia::core::io::{MediaSource, MediaSourceStream};
-use symphonia::core::meta::MetadataOptions;
+use symphonia::core::formats::TrackType;
 
-use super::riff;
-use repair::{Repaired, repair_wav_header, wav_format};
+use super::MIN_SAMPLE_RATE;
+use super::budget::{Budget, Exhausted, exhausted_cause};
+pub use limits::{Limits, OUTPUT_PER_INPUT_BYTE};
+use open::Opened;
+use repair::wav_format;
 use sink::Sink;
 use tail::Tail;
 
 /// The output sample rate.
 const RATE: u32 = 16_000;
-/// Bytes read from the start of the input to recognise it.
-const HEAD_LEN: usize = 64 * 1024;
-/// WAV format tags symphonia decodes (with the pcm and adpcm features).
-const SUPPORTED_WAV_FORMATS: [u16; 7] = [
-    riff::PCM,
-    riff::MS_ADPCM,
-    riff::FLOAT,
-    riff::ALAW,
-    riff::MULAW,
-    riff::IMA_ADPCM,
-    riff::EXTENSIBLE,
-];
 
 /// What was decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +76,29 @@ pub enum DecodeError {
     Write { path: PathBuf, source: io::Error },
     #[error("the audio is too long for a WAV file (4 GiB)")]
     TooLong,
+    #[error("the audio is longer than {max_secs} s (VMPIPE_MAX_AUDIO_SECS)")]
+    LongerThan { max_secs: u64 },
+    #[error(
+        "the audio decodes to more than {factor} times the file's {input_len} bytes: its header lies"
+    )]
+    Inflated { input_len: u64, factor: u64 },
+    #[error("sample rate {0} Hz: below {MIN_SAMPLE_RATE} Hz, no voicemail is recorded so")]
+    SampleRate(u32),
+    /// Out of work for the file's size: a bug met, or hostile input.
+    #[error("gave up: {0}")]
+    GaveUp(Exhausted),
+    /// The caller set the cancel flag.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<Exhausted> for DecodeError {
+    fn from(why: Exhausted) -> Self {
+        match why {
+            Exhausted::Cancelled => DecodeError::Cancelled,
+            why => DecodeError::GaveUp(why),
+        }
+    }
 }
 
 /// Decodes `input` and writes a 16 kHz mono 16-bit PCM WAV to `output` (created/truncated).
@@ -88,63 +106,29 @@ pub enum DecodeError {
 ///
 /// `output` is only created once the first audio has been decoded, so a file that is not
 /// audio leaves it untouched; after a later error it may be incomplete.
+///
+/// With the default [`Limits`]: see [`write_wav16k_within`].
 pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> {
+    write_wav16k_within(input, output, &Limits::default())
+}
+
+/// [`write_wav16k`] within `limits`: past them, an error (and an output cut at the bound).
+pub fn write_wav16k_within(
+    input: &Path,
+    output: &Path,
+    limits: &Limits,
+) -> Result<Wav16k, DecodeError> {
     let read_err = |source| DecodeError::Read {
         path: input.to_owned(),
         source,
     };
-    let mut file = File::open(input).map_err(|source| DecodeError::Open {
-        path: input.to_owned(),
-        source,
-    })?;
-    let file_len = file.metadata().map_err(read_err)?.len();
-    let mut head = Vec::with_capacity(HEAD_LEN);
-    (&mut file)
-        .take(HEAD_LEN as u64)
-        .read_to_end(&mut head)
-        .map_err(read_err)?;
-    if head.is_empty() {
-        return Err(DecodeError::NotAudio("empty file".into()));
-    }
-    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-
-    // The hint comes from the bytes, not the name: KAZOO's names and content types can lie.
-    // Symphonia's probe sniffs the content anyway; the hint only orders its guesses.
-    let is_riff = riff::is_wave(&head);
-    let mut hint = Hint::new();
-    hint.with_extension(if is_riff { "wav" } else { "mp3" });
-    let source: Box<dyn MediaSource> = match is_riff.then(|| repair_wav_header(&head, file_len)) {
-        Some(Some(head)) => Box::new(Repaired { file, head, pos: 0 }),
-        _ => Box::new(file),
-    };
-    let mss = MediaSourceStream::new(source, Default::default());
-    let mut format = match symphonia::default::get_probe().probe(
-        &hint,
-        mss,
-        FormatOptions::default(),
-        MetadataOptions::default(),
-    ) {
-        Ok(format) => format,
-        Err(SymphoniaError::IoError(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
-            return Err(read_err(e));
-        }
-        Err(e) if is_riff => {
-            return Err(match wav_format(&head) {
-                Some((tag, name)) if tag != 0 && !SUPPORTED_WAV_FORMATS.contains(&tag) => {
-                    DecodeError::UnsupportedCodec(name)
-                }
-                Some((_, name)) => DecodeError::Corrupt(format!("{name}: {e}")),
-                None => DecodeError::Corrupt(format!("WAV: {e}")),
-            });
-        }
-        Err(SymphoniaError::Unsupported(_)) => {
-            return Err(DecodeError::NotAudio(
-                "no MP3 frames or WAV header found".into(),
-            ));
-        }
-        Err(e) => return Err(DecodeError::NotAudio(e.to_string())),
-    };
-
+    let Opened {
+        mut format,
+        head,
+        is_riff,
+        file_len,
+        budget,
+    } = open::open(input, limits)?;
     let track = format
         .default_track(TrackType::Audio)
         .ok_or(DecodeError::NoAudioTrack)?;
@@ -152,6 +136,9 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
     let Some(CodecParameters::Audio(params)) = track.codec_params.clone() else {
         return Err(DecodeError::NoAudioTrack);
     };
+    if let Some(rate) = params.sample_rate.filter(|&rate| rate < MIN_SAMPLE_RATE) {
+        return Err(DecodeError::SampleRate(rate));
+    }
     // Encoder delay and padding are trimmed here, not by the decoder: see `Tail`.
     let mut options = AudioDecoderOptions::default();
     options.gapless = false;
@@ -170,15 +157,19 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
     // Whether the decoder in use has decoded a packet.
     let mut proven = false;
 
-    let mut sink = Sink::new(output);
+    let mut sink = Sink::new(output, limits.output_bound(file_len));
     let mut tail = Tail::default();
     let mut planes: Vec<Vec<f32>> = Vec::new();
     let mut mono: Vec<f32> = Vec::new();
     let mut last_error = String::from("no audio packets");
     'packets: loop {
+        budget.spend(1)?;
         let packet = match format.next_packet() {
             Ok(Some(packet)) => packet,
             Ok(None) => break,
+            Err(SymphoniaError::IoError(e)) if exhausted_cause(&e).is_some() => {
+                return Err(stopped(&budget));
+            }
             Err(SymphoniaError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(SymphoniaError::IoError(e)) => return Err(read_err(e)),
             // The demuxer lost its footing (a damaged tail after real audio): keep what came
@@ -224,6 +215,9 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
         if frames == 0 || channels == 0 || spec.rate() == 0 {
             continue;
         }
+        if spec.rate() < MIN_SAMPLE_RATE {
+            return Err(DecodeError::SampleRate(spec.rate()));
+        }
         buf.copy_to_vecs_planar::<f32>(&mut planes);
         let trim_start = usize::try_from(packet.trim_start.get()).map_or(frames, |t| t.min(frames));
         let trim_end = usize::try_from(packet.trim_end.get()).unwrap_or(usize::MAX);
@@ -243,8 +237,19 @@ pub fn write_wav16k(input: &Path, output: &Path) -> Result<Wav16k, DecodeError> 
         }
         tail.push(&mut sink, spec.rate(), channels as u16, &mono, past_end)?;
     }
+    // A budget that ran out inside symphonia may look like the end of the stream to it.
+    if budget.exhausted().is_some() {
+        return Err(stopped(&budget));
+    }
     sink.finish().map_err(|e| match e {
         DecodeError::NoAudio(_) => DecodeError::NoAudio(last_error),
         e => e,
     })
+}
+
+/// The error for a decode whose budget ran out (or was cancelled).
+fn stopped(budget: &Budget) -> DecodeError {
+    budget
+        .exhausted()
+        .map_or(DecodeError::Cancelled, DecodeError::from)
 }

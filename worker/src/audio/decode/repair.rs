@@ -8,10 +8,15 @@ use symphonia::core::io::MediaSource;
 
 use crate::audio::riff;
 
+/// What the `fmt ` chunk of a RIFF WAVE file says, if `head` holds it.
+pub(super) fn wav_fmt(head: &[u8]) -> Option<riff::Fmt> {
+    let (at, _, _) = riff::chunks(head).find(|(_, id, _)| id == b"fmt ")?;
+    riff::parse_fmt(head.get(at + 8..)?)
+}
+
 /// The format tag of a RIFF WAVE file from its `fmt ` chunk, and a name for error messages.
 pub(super) fn wav_format(head: &[u8]) -> Option<(u16, String)> {
-    let (at, _, _) = riff::chunks(head).find(|(_, id, _)| id == b"fmt ")?;
-    let tag = riff::parse_fmt(head.get(at + 8..)?)?.tag;
+    let tag = wav_fmt(head)?.tag;
     let name = riff::format_name(tag);
     Some((tag, format!("WAV format 0x{tag:04X} ({name})")))
 }

@@ -11,6 +11,7 @@ use rubato::{
     WindowFunction,
 };
 
+use super::limits::OutputBound;
 use super::{DecodeError, RATE, Wav16k};
 
 /// Taps of the resampler's sinc filter.
@@ -29,6 +30,8 @@ pub(super) struct Sink<'a> {
     segment: Option<Segment>,
     /// 16 kHz frames written.
     frames: u64,
+    /// The most frames that may be written.
+    bound: OutputBound,
 }
 
 /// A stretch of audio at one sample rate.
@@ -49,13 +52,14 @@ struct Segment {
 }
 
 impl<'a> Sink<'a> {
-    pub(super) fn new(path: &'a Path) -> Self {
+    pub(super) fn new(path: &'a Path, bound: OutputBound) -> Self {
         Self {
             path,
             out: None,
             first: None,
             segment: None,
             frames: 0,
+            bound,
         }
     }
 
@@ -136,6 +140,7 @@ impl<'a> Sink<'a> {
                 keep = &keep[..keep.len().min(room)];
             }
             segment.frames_out += keep.len() as u64;
+            check_room(self.frames, keep.len(), &self.bound)?;
             write_samples(&mut self.out, &mut self.frames, keep).map_err(|e| self.write_err(e))?;
         }
         segment.pending.drain(..consumed);
@@ -150,6 +155,7 @@ impl<'a> Sink<'a> {
     }
 
     fn write(&mut self, samples: &[f32]) -> Result<(), DecodeError> {
+        check_room(self.frames, samples.len(), &self.bound)?;
         write_samples(&mut self.out, &mut self.frames, samples).map_err(|e| self.write_err(e))
     }
 
@@ -224,6 +230,14 @@ impl Segment {
             frames_out: 0,
         })
     }
+}
+
+/// Refuses to write past the bound: nothing beyond it reaches the disk.
+fn check_room(written: u64, more: usize, bound: &OutputBound) -> Result<(), DecodeError> {
+    if written.saturating_add(more as u64) > bound.frames {
+        return Err(bound.error());
+    }
+    Ok(())
 }
 
 fn write_samples(

@@ -12,14 +12,23 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
 use super::{Measured, ProbeError};
+use crate::audio::MIN_SAMPLE_RATE;
+use crate::audio::budget::{Budget, BudgetedReader};
 
 /// Packets read at most: a bound on time for hostile input (hours of 20 ms packets).
 const MAX_PACKETS: u64 = 2_000_000;
 
-pub(super) fn measure(path: &Path, unsupported: ProbeError) -> Result<Measured, ProbeError> {
+/// Symphonia reads through the probe's `budget` (a loop inside it is bounded too), and each
+/// packet spends from it.
+pub(super) fn measure(
+    path: &Path,
+    unsupported: ProbeError,
+    budget: &Budget,
+) -> Result<Measured, ProbeError> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let source = BudgetedReader::new(file, budget.clone());
+    let mss = MediaSourceStream::new(Box::new(source), Default::default());
     let Ok(mut format) = symphonia::default::get_probe().probe(
         &Hint::new(),
         mss,
@@ -36,8 +45,14 @@ pub(super) fn measure(path: &Path, unsupported: ProbeError) -> Result<Measured, 
         return Err(unsupported);
     };
     let sample_rate = params.sample_rate.filter(|&r| r > 0).ok_or(unsupported)?;
+    if sample_rate < MIN_SAMPLE_RATE {
+        return Err(ProbeError::Corrupt(format!(
+            "sample rate {sample_rate} Hz (below {MIN_SAMPLE_RATE} Hz)"
+        )));
+    }
     let mut samples = 0u64;
     for _ in 0..MAX_PACKETS {
+        budget.spend(1)?;
         match format.next_packet() {
             Ok(Some(packet)) if packet.track_id == track_id => {
                 let trims = packet.trim_start.get() + packet.trim_end.get();

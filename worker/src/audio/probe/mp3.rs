@@ -9,13 +9,15 @@
 //! decoder trims them, so the result matches a full decode.
 
 use super::source::Source;
+use super::tags::{audio_end, id3v2_len};
 use super::{Measured, ProbeError};
 
 /// Samples a decoder adds in front of the stream (FFmpeg and mpg123 trim it with the delay).
 const DECODER_DELAY: u64 = 529;
 /// Bytes without a frame after which the rest is taken to be garbage, not audio.
 const MAX_JUNK: u64 = 1 << 20;
-/// Fewest frames that make a recording (a few tens of milliseconds).
+/// Fewest frames that make a recording (a few tens of milliseconds) amid anything else; fewer
+/// are one only when they are all the file holds besides its tags.
 const MIN_FRAMES: u64 = 3;
 /// How far to look for the second frame of a free-format stream.
 const FREE_FORMAT_SEARCH: u64 = 8192;
@@ -56,6 +58,14 @@ const BITRATES_V2: [[u32; 15]; 2] = [
     [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
 ];
 
+/// The bitrates of a version and layer, by bitrate index (0: free format).
+fn bitrates(version: Version, layer: u8) -> &'static [u32; 15] {
+    match version {
+        Version::Mpeg1 => &BITRATES_V1[layer as usize - 1],
+        _ => &BITRATES_V2[usize::from(layer != 1)],
+    }
+}
+
 impl Header {
     fn parse(b: &[u8]) -> Option<Self> {
         if b.len() < 4 || b[0] != 0xFF || b[1] & 0xE0 != 0xE0 {
@@ -79,10 +89,7 @@ impl Header {
         if bitrate_index == 15 || rate_index == 3 || b[3] & 3 == 2 {
             return None;
         }
-        let bitrate_kbps = match version {
-            Version::Mpeg1 => BITRATES_V1[layer as usize - 1][bitrate_index],
-            _ => BITRATES_V2[usize::from(layer != 1)][bitrate_index],
-        };
+        let bitrate_kbps = bitrates(version, layer)[bitrate_index];
         let base_rate = [44100, 48000, 32000][rate_index];
         let sample_rate = match version {
             Version::Mpeg1 => base_rate,
@@ -121,6 +128,19 @@ impl Header {
             _ => 144 * bitrate / rate,
         };
         Some(len + pad)
+    }
+
+    /// The shortest a free-format frame of this stream is believed: as long as the lowest
+    /// bitrate of its version and layer makes a frame (shorter ones would make a few bytes
+    /// last hours), and long enough for its header and side information.
+    fn min_free_len(&self) -> u64 {
+        let lowest = Header {
+            bitrate_kbps: bitrates(self.version, self.layer)[1],
+            padding: false,
+            ..*self
+        };
+        let len = lowest.len(None).unwrap_or(0);
+        len.max(4 + self.side_info_len())
     }
 
     fn same_stream(&self, other: &Header) -> bool {
@@ -183,55 +203,6 @@ fn encoder_info(frame: &[u8], header: &Header) -> Option<EncoderInfo> {
     Some(info)
 }
 
-/// ID3v2 tag size at `b` (header and footer included), if `b` starts one.
-fn id3v2_len(b: &[u8]) -> Option<u64> {
-    if b.len() < 10 || &b[..3] != b"ID3" || b[3] == 0xFF || b[4] == 0xFF {
-        return None;
-    }
-    let size = b[6..10].iter().try_fold(0u64, |acc, &x| {
-        (x < 0x80).then_some((acc << 7) | u64::from(x))
-    })?;
-    let footer = if b[5] & 0x10 != 0 { 10 } else { 0 };
-    Some(10 + size + footer)
-}
-
-/// Where the audio ends: before ID3v1, APEv2 and Lyrics3v2 tags at the end of the file.
-fn audio_end(src: &mut Source) -> std::io::Result<u64> {
-    let mut end = src.len();
-    loop {
-        let tail = src.read_at(end.saturating_sub(32 + 128), (32 + 128).min(end as usize))?;
-        if end >= 128 && tail.len() >= 128 && &tail[tail.len() - 128..tail.len() - 125] == b"TAG" {
-            end -= 128;
-            continue;
-        }
-        if end >= 32 && tail.len() >= 32 && &tail[tail.len() - 32..tail.len() - 24] == b"APETAGEX" {
-            let footer = &tail[tail.len() - 32..];
-            let size = u64::from(u32::from_le_bytes(
-                footer[12..16].try_into().expect("4 bytes"),
-            ));
-            let has_header = footer[23] & 0x80 != 0;
-            let total = size + if has_header { 32 } else { 0 };
-            if total <= end {
-                end -= total;
-                continue;
-            }
-        }
-        if end >= 15 {
-            let lyrics = src.read_at(end - 15, 15)?;
-            if &lyrics[6..] == b"LYRICS200" {
-                let size: Option<u64> = std::str::from_utf8(&lyrics[..6])
-                    .ok()
-                    .and_then(|s| s.parse().ok());
-                if let Some(size) = size.filter(|s| s + 15 <= end) {
-                    end -= size + 15;
-                    continue;
-                }
-            }
-        }
-        return Ok(end);
-    }
-}
-
 /// Measures the whole file.
 pub(super) fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
     let end = audio_end(src)?;
@@ -260,12 +231,15 @@ pub(super) fn measure_range(
     let mut first_frame_seen = false;
     let mut info = EncoderInfo::default();
     let mut audio_bytes = 0u64;
+    // Bytes of tags and frames: all of `start..end` when nothing else is there.
+    let mut accounted = 0u64;
 
     while pos + 4 <= end {
         let head = src.bytes(pos, 10)?;
         if let Some(tag) = id3v2_len(head) {
             // A tag before the audio, or between two recordings glued together.
             pos += tag;
+            accounted += tag;
             locked = false;
             continue;
         }
@@ -306,6 +280,7 @@ pub(super) fn measure_range(
         }
         let frame_start = pos;
         pos += len;
+        accounted += len;
         last_good = pos;
         if starts_run {
             let frame = src.bytes(frame_start, len as usize)?;
@@ -328,8 +303,10 @@ pub(super) fn measure_range(
 
     segments.retain(|s| s.frames > 0);
     let first = segments.first().ok_or(ProbeError::NoAudio)?;
-    // One or two stray frames are a fragment decoders make nothing of, not a recording.
-    if segments.iter().map(|s| s.frames).sum::<u64>() < MIN_FRAMES {
+    // One or two frames amid other bytes are stray sync words, not a recording; as the whole
+    // file (a caller who hung up at once), they are one.
+    let whole = pos == end && accounted == end - start;
+    if segments.iter().map(|s| s.frames).sum::<u64>() < MIN_FRAMES && !whole {
         return Err(ProbeError::NoAudio);
     }
     let mut duration_us = 0u64;
@@ -402,7 +379,7 @@ fn followed_by_frames(
 }
 
 /// A free-format stream's frame length (without padding): the distance to the next header of
-/// the same stream.
+/// the same stream, if it is one a real stream can have.
 fn find_free_format_len(
     src: &mut Source,
     pos: u64,
@@ -410,15 +387,16 @@ fn find_free_format_len(
     end: u64,
 ) -> std::io::Result<Option<u64>> {
     let limit = (pos + FREE_FORMAT_SEARCH).min(end);
-    let window = src.bytes(pos, (limit - pos) as usize)?.to_vec();
-    for offset in 5..window.len().saturating_sub(3) {
-        if let Some(next) = Header::parse(&window[offset..])
-            && next.bitrate_kbps == 0
-            && next.same_stream(header)
-        {
-            let pad = u64::from(header.padding) * if header.layer == 1 { 4 } else { 1 };
-            return Ok((offset as u64).checked_sub(pad));
-        }
-    }
-    Ok(None)
+    let window = src.unspent_bytes(pos, (limit - pos) as usize)?;
+    let next = (5..window.len().saturating_sub(3)).find(|&offset| {
+        Header::parse(&window[offset..])
+            .is_some_and(|next| next.bitrate_kbps == 0 && next.same_stream(header))
+    });
+    // What was looked at: up to the next header, or the whole window.
+    let examined = next.unwrap_or(window.len()) as u64;
+    src.spend(examined)?;
+    let pad = u64::from(header.padding) * if header.layer == 1 { 4 } else { 1 };
+    Ok(next
+        .and_then(|offset| (offset as u64).checked_sub(pad))
+        .filter(|&len| len >= header.min_free_len()))
 }

@@ -1,8 +1,11 @@
 //! Reading a file forward through a bounded window, so that probing a 2 GiB file uses as much
-//! memory as probing a small one.
+//! memory as probing a small one. Every read spends from the probe's budget what it hands out:
+//! each loop of the probe reads, so each is bounded by it.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+
+use crate::audio::budget::{Budget, exhausted_io};
 
 /// How much of the file is held at once (plus what one request asks for).
 const WINDOW: usize = 1 << 20;
@@ -13,17 +16,19 @@ pub(super) struct Source {
     start: u64,
     buf: Vec<u8>,
     len: u64,
+    budget: Budget,
 }
 
 impl Source {
-    pub(super) fn new(file: File) -> io::Result<Self> {
-        let len = file.metadata()?.len();
-        Ok(Self {
+    /// `file`, `len` bytes long.
+    pub(super) fn new(file: File, len: u64, budget: Budget) -> Self {
+        Self {
             file,
             start: 0,
             buf: Vec::new(),
             len,
-        })
+            budget,
+        }
     }
 
     pub(super) fn len(&self) -> u64 {
@@ -33,6 +38,17 @@ impl Source {
     /// Up to `n` bytes at `pos` (fewer at the end of the file). Positions only move forward:
     /// bytes before the last `pos` asked for may be forgotten.
     pub(super) fn bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
+        self.spend(n as u64)?;
+        self.unspent_bytes(pos, n)
+    }
+
+    /// Spends `units` of work from the probe's budget.
+    pub(super) fn spend(&self, units: u64) -> io::Result<()> {
+        self.budget.spend(units).map_err(exhausted_io)
+    }
+
+    /// [`Source::bytes`] without spending: the caller spends for what it really looks at.
+    pub(super) fn unspent_bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
         let end = pos.saturating_add(n as u64).min(self.len);
         if pos >= end {
             return Ok(&[]);
@@ -76,6 +92,7 @@ impl Source {
 
     /// Reads `n` bytes at `pos` without disturbing the window (tags at the end of the file).
     pub(super) fn read_at(&mut self, pos: u64, n: usize) -> io::Result<Vec<u8>> {
+        self.spend(n as u64)?;
         let n = n.min(self.len.saturating_sub(pos) as usize);
         let mut out = vec![0; n];
         self.file.seek(SeekFrom::Start(pos))?;
@@ -97,7 +114,8 @@ mod tests {
         let data: Vec<u8> = (0..3 * WINDOW + 123).map(|i| (i % 253) as u8).collect();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&data).unwrap();
-        let mut s = Source::new(File::open(f.path()).unwrap()).unwrap();
+        let budget = Budget::new(u64::MAX, None, None);
+        let mut s = Source::new(File::open(f.path()).unwrap(), data.len() as u64, budget);
         let tail = s.read_at(data.len() as u64 - 10, 100).unwrap();
         assert_eq!(tail, &data[data.len() - 10..]);
         let mut pos = 0u64;

@@ -3,9 +3,14 @@
 //! Recorders that never finalised their header leave a `data` size of 0 or 0xFFFFFFFF (or
 //! one larger than the file): the audio then runs to the end of the file. LIST and other
 //! chunks before or after `data` are skipped. MPEG audio inside a WAV is measured by frames.
+//!
+//! The header is believed only as far as the bytes can hold what it says: a block holds at
+//! most the samples its bytes can encode (whatever `samples_per_block` claims), a PCM frame
+//! at least a sample of every channel, and rates below 4 kHz are no voicemail's.
 
 use super::source::Source;
 use super::{Measured, ProbeError, mp3};
+use crate::audio::MIN_SAMPLE_RATE;
 use crate::audio::riff::{
     self, ALAW, EXTENSIBLE, FLOAT, GSM610, IMA_ADPCM, MPEG, MPEG_LAYER3, MS_ADPCM, MULAW, PCM,
 };
@@ -77,9 +82,26 @@ pub(super) fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
             "fmt chunk with zero channels, rate or block size".into(),
         ));
     }
+    if format.sample_rate < MIN_SAMPLE_RATE {
+        return Err(ProbeError::Corrupt(format!(
+            "sample rate {} Hz (below {MIN_SAMPLE_RATE} Hz)",
+            format.sample_rate
+        )));
+    }
     let channels = u64::from(format.channels);
-    let block = u64::from(format.block_align);
+    let mut block = u64::from(format.block_align);
+    if matches!(format.tag, PCM | FLOAT | ALAW | MULAW) {
+        // A frame holds a sample of every channel, at least.
+        let sample_bytes = u64::from(format.bits.div_ceil(8)).max(1);
+        block = block.max(channels * sample_bytes);
+    }
     let (full, rest) = (len / block, len % block);
+    // A block's samples as its header says, but no more than its bytes can encode.
+    let per_block = |encodable: u64| {
+        format
+            .samples_per_block
+            .map_or(encodable, |declared| u64::from(declared).min(encodable))
+    };
     let (samples, codec) = match format.tag {
         PCM | FLOAT | ALAW | MULAW => (
             full,
@@ -97,10 +119,7 @@ pub(super) fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
         IMA_ADPCM => {
             // Each block: a 4-byte header per channel, then 4-bit samples.
             let header = 4 * channels;
-            let per_block = format.samples_per_block.map_or_else(
-                || (block.saturating_sub(header)) * 2 / channels + 1,
-                u64::from,
-            );
+            let per_block = per_block(block.saturating_sub(header) * 2 / channels + 1);
             let partial = if rest > header {
                 (rest - header) * 2 / channels + 1
             } else {
@@ -110,10 +129,7 @@ pub(super) fn measure(src: &mut Source) -> Result<Measured, ProbeError> {
         }
         MS_ADPCM => {
             let header = 7 * channels;
-            let per_block = format.samples_per_block.map_or_else(
-                || (block.saturating_sub(header)) * 2 / channels + 2,
-                u64::from,
-            );
+            let per_block = per_block(block.saturating_sub(header) * 2 / channels + 2);
             let partial = if rest >= header {
                 (rest - header) * 2 / channels + 2
             } else {

@@ -58,16 +58,20 @@ pub struct HookRunner {
     concurrency: usize,
     wake: Arc<Notify>,
     activity: Arc<Activity>,
+    /// The longest audio decoded for a `wav16k` hook (`VMPIPE_MAX_AUDIO_SECS`).
+    max_audio_secs: u64,
 }
 
 impl HookRunner {
-    /// `activity`: the indexing jobs in progress, which new hook runs wait for.
+    /// `activity`: the indexing jobs in progress, which new hook runs wait for;
+    /// `max_audio_secs`: the longest audio decoded for a `wav16k` hook.
     pub fn new(
         pool: PgPool,
         store: FsStore,
         hooks: Vec<Arc<dyn Hook>>,
         concurrency: usize,
         activity: Arc<Activity>,
+        max_audio_secs: u64,
     ) -> Self {
         let names = hooks.iter().map(|hook| hook.name().to_owned()).collect();
         Self {
@@ -78,6 +82,7 @@ impl HookRunner {
             concurrency: concurrency.max(1),
             wake: Arc::default(),
             activity,
+            max_audio_secs,
         }
     }
 
@@ -224,8 +229,9 @@ impl HookRunner {
     /// Prepares the input and runs the hook on its own task, so that a panic in it is a failed
     /// attempt rather than a lost runner.
     async fn execute(&self, hook: Arc<dyn Hook>, claim: &Claim) -> Result<Transcript, HookError> {
+        let audio = hook.policy().audio;
         let (input, _scratch) =
-            input::input_for(&self.queue, &self.store, claim, hook.policy().audio).await?;
+            input::input_for(&self.queue, &self.store, claim, audio, self.max_audio_secs).await?;
         let task = tokio::spawn(async move { hook.run(&input).await });
         let abort = task.abort_handle();
         // Dropped at the timeout: the hook's future (and any program it runs) goes too.
