@@ -17,6 +17,12 @@ pub(crate) enum ApiError {
     BadPath(#[from] KeyError),
     #[error("path is outside the storage prefix")]
     OutsidePrefix,
+    #[error(
+        "a file is stored under at least two path segments (KAZOO sends \
+         account/document/attachment), this path has {0}: check the storage URL (a query needs \
+         `key=` last) and VMPIPE_PATH_PREFIX"
+    )]
+    KeyTooShort(usize),
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("request body ended early: {0}")]
@@ -60,7 +66,7 @@ impl From<StorageError> for ApiError {
 impl ApiError {
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            ApiError::BadPath(_) | ApiError::OutsidePrefix => "bad_path",
+            ApiError::BadPath(_) | ApiError::OutsidePrefix | ApiError::KeyTooShort(_) => "bad_path",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::Incomplete(_) => "incomplete_body",
             ApiError::BadMultipart(_) => "bad_multipart",
@@ -84,6 +90,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadPath(_)
+            | ApiError::KeyTooShort(_)
             | ApiError::Incomplete(_)
             | ApiError::BadMultipart(_)
             | ApiError::BadBase64(_) => StatusCode::BAD_REQUEST,

@@ -85,9 +85,9 @@ fn count_upload(outcome: &'static str, mode: &'static str) {
     metrics::counter!("vmpipe_uploads_total", "outcome" => outcome, "mode" => mode).increment(1);
 }
 
-/// The storage key a request names, still percent-encoded: the path below the prefix (and
-/// below the token segment), or, with KAZOO's base URL `.../?token=SECRET&key=`, the `key`
-/// query parameter.
+/// The storage key a request names, still percent-encoded: the `key` query parameter when
+/// there is one (KAZOO's base URL `.../?token=SECRET&key=`, whatever its path), otherwise the
+/// path below the prefix (and below the token segment).
 pub(crate) struct RequestedKey {
     raw: String,
     /// Taken from `key=` (where a fetch's doubled key has no `/` between its copies).
@@ -108,12 +108,17 @@ impl RequestedKey {
 
 /// Checks access, and returns the storage key the request names.
 fn authorized_key(req: &HttpRequest, state: &AppState) -> Result<RequestedKey, ApiError> {
-    let rest = req
+    let below = req
         .uri()
         .path()
         .strip_prefix(state.prefix.as_str())
-        .and_then(|rest| rest.strip_prefix('/'))
         .ok_or(ApiError::OutsidePrefix)?;
+    // KAZOO puts no `/` between a base URL's path and its query (`.../some_prefix?key=`): the
+    // prefix alone is the prefix too.
+    let rest = match below {
+        "" => "",
+        below => below.strip_prefix('/').ok_or(ApiError::OutsidePrefix)?,
+    };
     let query = req.query_string();
     let token_at = if state.access.is_open() {
         TokenAt::None
@@ -133,22 +138,24 @@ fn authorized_key(req: &HttpRequest, state: &AppState) -> Result<RequestedKey, A
             warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
         })?
     };
+    // A base URL ending in `key=` (`http://host/vm?token=T&key=`) has KAZOO's segment glued onto
+    // it, whatever path that URL has: then `key=` is the key, with or without a token.
+    let from_query = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("key="))
+        .filter(|key| !key.is_empty());
+    if let Some(key) = from_query {
+        return Ok(RequestedKey {
+            raw: key.to_owned(),
+            from_query: true,
+        });
+    }
     let rest = match token_at {
         TokenAt::PathSegment => rest.split_once('/').map_or("", |(_, below)| below),
         _ => rest,
     };
-    if !rest.is_empty() {
-        return Ok(RequestedKey {
-            raw: rest.to_owned(),
-            from_query: false,
-        });
-    }
-    let from_query = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("key="))
-        .unwrap_or_default();
     Ok(RequestedKey {
-        raw: from_query.to_owned(),
-        from_query: true,
+        raw: rest.to_owned(),
+        from_query: false,
     })
 }

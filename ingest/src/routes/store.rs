@@ -12,6 +12,9 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::upload;
 
+/// The fewest segments a stored key has (KAZOO's shortest layout is three).
+const MIN_STORE_SEGMENTS: usize = 2;
+
 pub(super) async fn store(
     req: &HttpRequest,
     raw_key: &str,
@@ -19,7 +22,14 @@ pub(super) async fn store(
     state: &AppState,
     request_id: RequestId,
 ) -> Result<(HttpResponse, UploadMode), ApiError> {
-    let key = StorageKey::from_segments(decode_path(raw_key)?)?;
+    let segments = decode_path(raw_key)?;
+    // KAZOO stores `{account}/{document}/{attachment}` (or longer). A shorter key is a storage
+    // URL that lost KAZOO's segment (a base URL with a query but no `key=`, a prefix that is
+    // not set): taking it would put every upload on the same file.
+    if segments.len() < MIN_STORE_SEGMENTS {
+        return Err(ApiError::KeyTooShort(segments.len()));
+    }
+    let key = StorageKey::from_segments(segments)?;
     let writer = state.store.create(&key);
     let (writer, received) = upload::receive(req, payload, writer, &state.limits).await?;
     writer.commit().await?;

@@ -1,0 +1,192 @@
+//! What KAZOO's own client found: the storage URL shapes it builds (a key in `key=`, a prefix
+//! followed directly by the query), unquoted part names with `;`, and paths that are not UTF-8.
+
+use vmpipe_common::settings::Secret;
+use vmpipe_tests::*;
+
+use super::{TOKEN, assert_kazoo_round_trip, assert_nothing_outside, error_code};
+
+const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
+
+/// A voicemail as KAZOO describes it: its key (account/document/name) and its parts.
+struct Voicemail {
+    document_id: String,
+    name: String,
+    audio: Vec<u8>,
+    document: serde_json::Value,
+}
+
+impl Voicemail {
+    fn new(name: &str, size: usize) -> Self {
+        let document_id = format!("202611-{}", hex32());
+        let document = mailbox_message(&document_id, name);
+        Self {
+            document_id,
+            name: name.to_owned(),
+            audio: nasty_audio(size),
+            document,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{ACCOUNT}/{}/{}", self.document_id, self.name)
+    }
+
+    async fn store(&self, kazoo: Kazoo, url: &str, body: Body) -> Response {
+        let att = Attachment {
+            document_id: &self.document_id,
+            name: &self.name,
+            content_type: "audio/mpeg",
+            data: &self.audio,
+            document: &self.document,
+        };
+        kazoo.store(Verb::Put, url, body, &att).await
+    }
+}
+
+fn stored_files(ingest: &TestIngest) -> Vec<std::path::PathBuf> {
+    all_files(&ingest.storage_dir().join("voicemails"))
+}
+
+/// KAZOO storage url `http://host/vm?token=T&key=`: KAZOO glues the key onto `key=`, with or
+/// without `VMPIPE_ACCESS_TOKEN`. Each voicemail keeps its own key (it used to be `vm` for all,
+/// each overwriting the last), and a store naming fewer than two segments is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_the_query_names_the_file_with_or_without_an_access_token() {
+    for token in [None, Some(TOKEN)] {
+        let ingest = TestIngest::start(Options {
+            tweak: Some(Box::new(move |s| {
+                s.access_token = token.map(|t| Secret(t.into()));
+            })),
+            ..Options::default()
+        })
+        .await;
+        let kazoo = ingest.client();
+        let base = format!("/vm?token={TOKEN}&key=");
+        let voicemails = [
+            Voicemail::new("first.mp3", 30_000),
+            Voicemail::new("second.mp3", 31_000),
+        ];
+        for (voicemail, body) in voicemails.iter().zip([Body::Multipart, Body::Raw]) {
+            let key = voicemail.key();
+            let r = voicemail.store(kazoo, &format!("{base}{key}"), body).await;
+            assert_eq!(
+                r.status,
+                201,
+                "{token:?}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert_eq!(
+                r.json()["storage_key"],
+                key.as_str(),
+                "{token:?}: the key of key="
+            );
+        }
+        for voicemail in &voicemails {
+            let key = voicemail.key();
+            // KAZOO >= 4.3.106 glues its segment on again, then the metadata; older KAZOO
+            // fetches the PUT URL.
+            for url in [
+                format!("{base}{key}{key}&{VOICEMAIL_FETCH_QUERY}"),
+                format!("{base}{key}"),
+            ] {
+                let r = kazoo.get(&url).await;
+                assert_eq!(r.status, 200, "{token:?} GET {url}");
+                assert!(r.body == voicemail.audio, "{token:?}: byte-identical");
+            }
+        }
+
+        // The credentials probe through the same URL.
+        let random = hex32();
+        let content = format!("some random content: {random}");
+        let probe_doc = hex32();
+        let probe = format!("{ACCOUNT}/{probe_doc}/{random}_test_credentials_file.txt");
+        let head = format!(
+            "PUT {base}{probe} HTTP/1.1\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nte: \r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
+            content.len()
+        );
+        assert_eq!(kazoo.send(&head, content.as_bytes()).await.status, 201);
+        let fetch = format!(
+            "{base}{probe}{probe}&att_uuid={}&content=some+random+content%3A+{random}&request_id={}&id={probe_doc}",
+            hex32(),
+            hex32()
+        );
+        let r = kazoo.get(&fetch).await;
+        assert_eq!((r.status, r.body), (200, content.into_bytes()), "probe");
+
+        // A store naming one segment, or none, is refused: every upload would land on it.
+        for url in [
+            format!("/vm?token={TOKEN}"),
+            base.clone(),
+            format!("{base}only-one.mp3"),
+            format!("/only-one.mp3?token={TOKEN}"),
+        ] {
+            let r = Voicemail::new("x.mp3", 1000)
+                .store(kazoo, &url, Body::Raw)
+                .await;
+            assert_eq!(r.status, 400, "{token:?} PUT {url}");
+            assert_eq!(error_code(&r), "bad_path", "{token:?} PUT {url}");
+        }
+        // Fetches of such paths are only unknown (KAZOO never stores there).
+        for url in [format!("/vm?token={TOKEN}"), format!("{base}only-one.mp3")] {
+            assert_eq!(kazoo.get(&url).await.status, 404, "{token:?} GET {url}");
+        }
+        assert_eq!(
+            stored_files(&ingest).len(),
+            3,
+            "{token:?}: two voicemails, one probe"
+        );
+        assert_nothing_outside(&ingest);
+        let base = if token.is_some() {
+            format!("/{TOKEN}")
+        } else {
+            String::new()
+        };
+        assert_kazoo_round_trip(kazoo, &base).await;
+        ingest.stop().await;
+    }
+}
+
+/// KAZOO storage url `http://host/some_prefix?key=` (no `/` before `?`) with
+/// `VMPIPE_PATH_PREFIX=/some_prefix` works like `/some_prefix/?key=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_followed_directly_by_the_query_is_the_prefix() {
+    let ingest = TestIngest::start(Options {
+        prefix: "/some_prefix".into(),
+        ..Options::default()
+    })
+    .await;
+    let kazoo = ingest.client();
+    for base in ["/some_prefix?key=", "/some_prefix/?key="] {
+        let voicemail = Voicemail::new(&format!("{}.mp3", hex32()), 20_000);
+        let key = voicemail.key();
+        let r = voicemail
+            .store(kazoo, &format!("{base}{key}"), Body::Multipart)
+            .await;
+        assert_eq!(
+            r.status,
+            201,
+            "{base}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["storage_key"], key.as_str());
+        let r = kazoo
+            .get(&format!("{base}{key}{key}&{VOICEMAIL_FETCH_QUERY}"))
+            .await;
+        assert_eq!(r.status, 200, "{base}");
+        assert!(r.body == voicemail.audio);
+    }
+    // Only the prefix itself: a longer first segment is outside it.
+    let r = Voicemail::new("x.mp3", 100)
+        .store(
+            kazoo,
+            &format!("/some_prefixx?key={ACCOUNT}/d/x.mp3"),
+            Body::Raw,
+        )
+        .await;
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "bad_path"));
+    assert_eq!(stored_files(&ingest).len(), 2);
+    assert_nothing_outside(&ingest);
+    assert_kazoo_round_trip(kazoo, "/some_prefix").await;
+    ingest.stop().await;
+}
