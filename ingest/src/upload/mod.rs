@@ -9,6 +9,7 @@
 
 mod base64;
 mod multipart;
+mod part_name;
 mod stream;
 
 use std::cell::Cell;
@@ -99,7 +100,7 @@ pub(crate) async fn receive(
             document_part_name: None,
             kazoo_document: None,
         }),
-        Some(mime) => receive_multipart(req.headers(), &mime, body, &mut sink, limits).await,
+        Some(mime) => receive_multipart(&mime, body, &mut sink, limits).await,
     };
     let info = match result {
         Err(_) if overflowed.get() => {

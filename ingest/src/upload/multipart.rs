@@ -13,6 +13,7 @@ use vmpipe_common::settings::Base64Mode;
 use vmpipe_common::{ObjectWriter, UploadMode};
 
 use super::base64::Base64Stream;
+use super::part_name::part_name;
 use super::stream::{Body, FileSink, payload_error};
 use super::{BodyInfo, Limits};
 use crate::error::ApiError;
@@ -25,7 +26,6 @@ const BASE64_SNIFF_BYTES: usize = 64 * 1024;
 const MAX_PREAMBLE_BYTES: usize = 4096;
 
 pub(super) async fn receive_multipart(
-    headers: &HeaderMap,
     content_type: &mime::Mime,
     body: Body,
     sink: &mut FileSink,
@@ -34,33 +34,36 @@ pub(super) async fn receive_multipart(
     let boundary = content_type
         .get_param(mime::BOUNDARY)
         .map(|b| b.as_str().to_owned());
-    let mut multipart = if let Some(boundary) = boundary {
-        // RFC 2046: 1 to 70 characters. KAZOO's are 64.
-        if boundary.is_empty() || boundary.len() > 70 {
-            return Err(ApiError::BadMultipart(format!(
-                "boundary of {} characters (1 to 70 allowed)",
-                boundary.len()
-            )));
-        }
-        actix_multipart::Multipart::new(headers, body)
-    } else {
+    let (boundary, body) = match boundary {
+        Some(boundary) => (boundary, body),
         // KAZOO 4.3.17-4.3.20: `multipart/mixed` with no boundary parameter. The boundary is
         // the first delimiter line of the body.
-        let (boundary, replay) = sniff_boundary(body).await?;
-        let mut synthesised = HeaderMap::new();
-        let value = format!(
-            "{}/{}; boundary=\"{}\"",
-            content_type.type_(),
-            content_type.subtype(),
-            boundary
-        );
-        synthesised.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(&value)
-                .map_err(|_| ApiError::BadMultipart("unusable boundary".into()))?,
-        );
-        actix_multipart::Multipart::new(&synthesised, replay)
+        None => sniff_boundary(body).await?,
     };
+    // RFC 2046: 1 to 70 characters. KAZOO's are 64.
+    if boundary.is_empty() || boundary.len() > 70 {
+        return Err(ApiError::BadMultipart(format!(
+            "boundary of {} characters (1 to 70 allowed)",
+            boundary.len()
+        )));
+    }
+    if boundary
+        .bytes()
+        .any(|b| !(b == b' ' || b.is_ascii_graphic()) || matches!(b, b'"' | b'\\'))
+    {
+        return Err(ApiError::BadMultipart(
+            "boundary with a character RFC 2046 does not allow".into(),
+        ));
+    }
+    // Always `multipart/mixed` to actix-multipart, which then needs no RFC 6266 disposition
+    // per part: KAZOO's unquoted names (`name=a;b.mp3`) are not one. [`part_name`] reads them.
+    let mut parser_headers = HeaderMap::new();
+    parser_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&format!("multipart/mixed; boundary=\"{boundary}\""))
+            .map_err(|_| ApiError::BadMultipart("unusable boundary".into()))?,
+    );
+    let mut multipart = actix_multipart::Multipart::new(&parser_headers, body);
 
     let mut document: Option<(Bytes, Option<String>)> = None;
     let mut file: Option<(Option<String>, Option<String>, bool)> = None;
@@ -72,7 +75,7 @@ pub(super) async fn receive_multipart(
             ));
         }
         let part_type = field.content_type().map(|m| m.essence_str().to_owned());
-        let part_name = field.name().map(str::to_owned);
+        let part_name = part_name(field.headers());
         if document.is_none() && part_type.as_deref() == Some("application/json") {
             // Most likely KAZOO's document; it is the file only if no other part follows.
             let mut json = BytesMut::new();
@@ -218,7 +221,8 @@ async fn sniff_boundary(mut body: Body) -> Result<(String, Body), ApiError> {
                 .filter(|b| {
                     !b.is_empty()
                         && b.len() <= 200
-                        && b.iter().all(|c| c.is_ascii_graphic() && *c != b'"')
+                        && b.iter()
+                            .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b'\\'))
                 })
                 .ok_or_else(|| {
                     ApiError::BadMultipart("no boundary parameter and no delimiter line".into())
@@ -265,9 +269,6 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
     let Ok(mime) = content_type.parse::<mime::Mime>() else {
         return Err("unparseable content type".into());
     };
-    let mut headers = HeaderMap::new();
-    let value = HeaderValue::from_str(content_type).map_err(|e| e.to_string())?;
-    headers.insert(header::CONTENT_TYPE, value);
     // Feed the body in uneven pieces, as a network would.
     let chunks: Vec<Result<Bytes, PayloadError>> = body
         .chunks(97)
@@ -288,7 +289,7 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
             writer: Box::new(Counting),
             size: 0,
         };
-        receive_multipart(&headers, &mime, stream, &mut sink, &limits)
+        receive_multipart(&mime, stream, &mut sink, &limits)
             .await
             .map(|_| sink.size)
             .map_err(|e| e.to_string())

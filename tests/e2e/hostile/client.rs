@@ -190,3 +190,49 @@ async fn a_prefix_followed_directly_by_the_query_is_the_prefix() {
     assert_kazoo_round_trip(kazoo, "/some_prefix").await;
     ingest.stop().await;
 }
+
+/// KAZOO writes part names unquoted, so an attachment named `a;b.mp3` arrives as
+/// `name=a;b.mp3` (its URL has `%3B`). It is stored, and the job keeps the whole name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semicolon_in_an_unquoted_part_name_is_stored() {
+    let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
+    let kazoo = ingest.client();
+    for (name, body) in [
+        ("a;b.mp3", Body::Multipart),
+        ("c; filename=d.mp3", Body::MultipartBase64),
+        ("e;f=g;h", Body::Multipart),
+    ] {
+        let voicemail = Voicemail::new(name, 25_000);
+        let escaped = name
+            .replace(';', "%3B")
+            .replace(' ', "%20")
+            .replace('=', "%3D");
+        let url = format!("/{ACCOUNT}/{}/{escaped}", voicemail.document_id);
+        let r = voicemail.store(kazoo, &url, body).await;
+        assert_eq!(
+            r.status,
+            201,
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["storage_key"], voicemail.key().as_str(), "{name}");
+        let r = kazoo.get(&url).await;
+        assert_eq!(r.status, 200, "{name}");
+        assert!(r.body == voicemail.audio, "{name}: byte-identical");
+        let (job, _) = queue.next(WAIT).await.expect("job");
+        assert_eq!(job.attachment_name, name, "the whole unquoted name");
+        assert_eq!(
+            job.document_id.as_deref(),
+            Some(voicemail.document_id.as_str())
+        );
+        assert_eq!(
+            job.kazoo_document,
+            Some(voicemail.document.clone()),
+            "{name}"
+        );
+    }
+    assert_nothing_outside(&ingest);
+    assert_kazoo_round_trip(kazoo, "").await;
+    ingest.stop().await;
+    queue.delete().await;
+}
