@@ -10,6 +10,7 @@ mod journal;
 mod publisher;
 mod request_span;
 mod routes;
+mod server;
 mod tls;
 mod upload;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, middleware, web};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -35,9 +36,6 @@ use crate::publisher::Publisher;
 use crate::routes::{AppState, health};
 use crate::upload::Limits;
 
-/// KAZOO's HTTP client keeps idle connections for 120 s; keeping ours open longer means the
-/// client, not us, closes them, so a request never races a server-side close.
-const KEEP_ALIVE: Duration = Duration::from_secs(150);
 /// How long startup waits for RabbitMQ before serving anyway (jobs are journaled meanwhile).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long a stop waits for the uploads in flight (and their publishes) to finish.
@@ -116,26 +114,24 @@ impl Application {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
-        let server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(TracingLogger::<request_span::RequestSpan>::new())
+                .wrap(middleware::from_fn(server::track))
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
                 .route("/metrics", web::get().to(health::metrics_endpoint))
                 .default_service(web::to(routes::dispatch))
-        })
-        .keep_alive(KEEP_ALIVE)
-        // Signals are the caller's (see `run`): actix-web's own handler makes SIGINT a forced
-        // stop that drops the uploads in flight.
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-        let server = match tls {
-            Some(config) => server.listen_rustls_0_23(listener, config),
-            None => server.listen(listener),
-        }
-        .map_err(listen_error)?
-        .run();
+        };
+        let builder = Server::build()
+            // Signals are the caller's (see `run`): actix's own handler makes SIGINT a forced
+            // stop that drops the uploads in flight.
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+        let server = server::listen(builder, "ingest", listener, tls, app)
+            .map_err(listen_error)?
+            .run();
         info!(addr = %settings.listen, port, tls = settings.tls_cert.is_some(), prefix = %settings.path_prefix,
             storage = %settings.storage_dir.display(), queue = %settings.queue, "ingest listening");
         Ok(Self {

@@ -3,6 +3,7 @@
 //! and the server answers normally afterwards. Each file below `hostile/` covers one surface.
 
 mod client;
+mod connections;
 
 use std::time::Duration;
 

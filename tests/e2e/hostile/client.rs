@@ -236,3 +236,70 @@ async fn a_semicolon_in_an_unquoted_part_name_is_stored() {
     ingest.stop().await;
     queue.delete().await;
 }
+
+/// A path that is not UTF-8 gets a JSON 400 like any bad path; a path in UTF-8 sent raw (KAZOO
+/// escapes only ASCII punctuation) is stored under its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_is_not_utf8_gets_a_json_400_and_raw_utf8_is_stored() {
+    let ingest = TestIngest::start(Options::default()).await;
+    let kazoo = ingest.client();
+    let body = b"audio";
+    let request = |method: &str, path: &[u8]| {
+        let mut head = format!("{method} ").into_bytes();
+        head.extend_from_slice(path);
+        head.extend_from_slice(
+            format!(
+                " HTTP/1.1\r\ncontent-type: audio/mpeg\r\ncontent-length: {}\r\nte: \r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
+                if method == "PUT" { body.len() } else { 0 }
+            )
+            .as_bytes(),
+        );
+        head
+    };
+    for path in [
+        b"/a/b/\xff\xfe.mp3".as_slice(),
+        b"/a/\xc3/c.mp3",
+        b"/a/b/c.mp3/\x80",
+    ] {
+        for method in ["PUT", "GET"] {
+            let r = kazoo.send_bytes(&request(method, path), body).await;
+            let shown = String::from_utf8_lossy(path);
+            assert_eq!(r.status, 400, "{method} {shown}");
+            assert_eq!(error_code(&r), "bad_path", "{method} {shown}");
+        }
+    }
+    assert!(stored_files(&ingest).is_empty());
+
+    let name = "mésságe `1` é.mp3";
+    let raw_path = format!("/{ACCOUNT}/202611-{}/{}", hex32(), name.replace(' ', "%20"));
+    let r = kazoo
+        .send_bytes(&request("PUT", raw_path.as_bytes()), body)
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let key = r.json()["storage_key"].as_str().unwrap().to_owned();
+    assert!(key.ends_with(name), "{key}");
+    let r = kazoo
+        .send_bytes(&request("GET", raw_path.as_bytes()), b"")
+        .await;
+    assert_eq!((r.status, r.body.as_slice()), (200, body.as_slice()), "raw");
+    let encoded: String = raw_path
+        .bytes()
+        .map(|b| {
+            if b.is_ascii() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let r = kazoo.get(&encoded.replace('`', "%60")).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, body.as_slice()),
+        "percent-encoded"
+    );
+    assert_eq!(stored_files(&ingest).len(), 1);
+    assert_nothing_outside(&ingest);
+    assert_kazoo_round_trip(kazoo, "").await;
+    ingest.stop().await;
+}
