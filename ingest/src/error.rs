@@ -43,6 +43,8 @@ pub(crate) enum ApiError {
     Busy,
     #[error("the request body stalled for longer than {0} s")]
     BodyTimeout(u64),
+    #[error("the request body took longer than {0} s to arrive")]
+    BodyDeadline(u64),
     #[error("storage is full")]
     StorageFull(#[source] StorageError),
     #[error("this path conflicts with a stored file: a key cannot be both a file and a folder")]
@@ -78,6 +80,7 @@ impl ApiError {
             ApiError::Busy => "busy",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::BodyDeadline(_) => "body_deadline",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::KeyConflict(_) => "key_conflict",
             ApiError::Storage(_) => "storage_error",
@@ -101,7 +104,7 @@ impl ResponseError for ApiError {
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTimeout(_) | ApiError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::KeyConflict(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) | ApiError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,

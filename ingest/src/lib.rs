@@ -106,6 +106,7 @@ impl Application {
                 max_body: settings.max_body.0,
                 base64: settings.base64,
                 body_timeout: Duration::from_secs(settings.body_timeout_secs),
+                upload_deadline: Duration::from_secs(settings.upload_deadline_secs),
             },
             access,
             uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),

@@ -279,6 +279,7 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
         max_body: u64::MAX,
         base64,
         body_timeout: std::time::Duration::from_secs(1),
+        upload_deadline: std::time::Duration::from_secs(10),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

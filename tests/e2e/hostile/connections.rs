@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vmpipe_tests::*;
 
-use super::assert_kazoo_round_trip;
+use super::{KEY, assert_kazoo_round_trip, assert_nothing_outside, error_code, put};
 
 /// ingest's head timeout (README: "Headers not complete within 5 s").
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,4 +124,59 @@ where
         out.push(handle.await.expect("join"));
     }
     out
+}
+
+/// A body that arrives a byte every half second is never silent for `VMPIPE_BODY_TIMEOUT_SECS`,
+/// but it is cut at `VMPIPE_UPLOAD_DEADLINE_SECS` with a 408, and frees its upload slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_is_cut_at_the_upload_deadline() {
+    let deadline = Duration::from_secs(3);
+    let ingest = TestIngest::start(Options {
+        tweak: Some(Box::new(move |s| {
+            s.body_timeout_secs = 30;
+            s.upload_deadline_secs = deadline.as_secs();
+            s.max_uploads = 1;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let kazoo = ingest.client();
+    let stream = TcpStream::connect(("127.0.0.1", ingest.port))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let (head, _) = put(&format!("/{KEY}"), "", &[0u8; 100_000]);
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        loop {
+            if writer.write_all(&[0u8; 1]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    // It holds the only upload slot meanwhile (KAZOO gets 503 and retries).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (busy_head, busy_body) = put("/a/b/busy.mp3", "", b"x");
+    assert_eq!(kazoo.send(&busy_head, &busy_body).await.status, 503);
+    let r = tokio::time::timeout(deadline + Duration::from_secs(10), async {
+        read_response_from(&mut reader, false).await
+    })
+    .await
+    .expect("the trickling body is still being received: no whole-body deadline");
+    trickle.abort();
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(error_code(&r), "body_deadline");
+    assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+    assert!(all_files(&ingest.storage_dir().join("voicemails")).is_empty());
+    assert_eq!(ingest.temp_files(), 0, "nothing left behind");
+    assert_nothing_outside(&ingest);
+    assert_eq!(
+        kazoo.send(&busy_head, &busy_body).await.status,
+        201,
+        "slot free again"
+    );
+    assert_kazoo_round_trip(kazoo, "").await;
+    ingest.stop().await;
 }
