@@ -107,6 +107,7 @@ impl Application {
                 base64: settings.base64,
                 body_timeout: Duration::from_secs(settings.body_timeout_secs),
                 upload_deadline: Duration::from_secs(settings.upload_deadline_secs),
+                max_document: usize::try_from(settings.max_document.0).unwrap_or(usize::MAX),
             },
             access,
             uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),

@@ -98,9 +98,13 @@ impl Publisher {
         let _ = tokio::time::timeout(limit, attempts.wait_for(|n| *n > 0)).await;
     }
 
-    /// Makes `job` durable: confirmed by RabbitMQ, or else written to the journal.
-    pub(crate) async fn enqueue(&self, job: &VoicemailJob) -> Result<Enqueued, JournalError> {
-        let payload = job.to_json();
+    /// Makes `job` (whose JSON is `payload`) durable: confirmed by RabbitMQ, or else written to
+    /// the journal.
+    pub(crate) async fn enqueue(
+        &self,
+        job: &VoicemailJob,
+        payload: Vec<u8>,
+    ) -> Result<Enqueued, JournalError> {
         let channel = self.inner.channel.borrow().clone();
         if let Some(channel) = channel {
             let publish =

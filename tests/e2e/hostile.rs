@@ -4,6 +4,7 @@
 
 mod client;
 mod connections;
+mod storage;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! is made durable (confirmed by RabbitMQ or journaled), and only then answered 201.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use tracing::info;
+use tracing::{info, warn};
 use tracing_actix_web::RequestId;
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
 use vmpipe_common::key::decode_path;
@@ -36,12 +36,21 @@ pub(super) async fn store(
 
     let facts = PathFacts::from_segments(key.segments());
     let info = received.info;
-    let document_id = info
-        .kazoo_document
+    let document = match info.kazoo_document {
+        Some(Ok(document)) => Some(document),
+        Some(Err(dropped)) => {
+            // The audio matters more than its description: stored, indexed without it.
+            warn!(storage_key = %key, reason = dropped.as_str(),
+                "KAZOO document dropped; the voicemail is stored without it");
+            metrics::counter!("vmpipe_documents_dropped_total", "reason" => dropped.as_str())
+                .increment(1);
+            None
+        }
+        None => None,
+    };
+    let document_id = document
         .as_ref()
-        .and_then(|doc| doc.get("id"))
-        .and_then(|id| id.as_str())
-        .map(str::to_owned)
+        .and_then(|doc| doc.id.clone())
         .or(info.document_part_name)
         .or(facts.document_id);
     let job = VoicemailJob {
@@ -56,10 +65,15 @@ pub(super) async fn store(
         sha256: None,
         received_at: chrono::Utc::now(),
         upload_mode: info.mode,
-        kazoo_document: info.kazoo_document,
+        // Spliced into the payload as the text it came as (see upload/document.rs).
+        kazoo_document: None,
         request_id: request_id.to_string(),
     };
-    let enqueued = state.jobs.enqueue(&job).await?;
+    let payload = match &document {
+        Some(document) => document.splice_into(job.to_json()),
+        None => job.to_json(),
+    };
+    let enqueued = state.jobs.enqueue(&job, payload).await?;
     info!(
         storage_key = %job.storage_key,
         size_bytes = job.size_bytes,

@@ -8,6 +8,7 @@
 //!   position and content type, never by name.
 
 mod base64;
+mod document;
 mod multipart;
 mod part_name;
 mod stream;
@@ -23,6 +24,7 @@ use vmpipe_common::{ObjectWriter, UploadMode};
 
 use crate::error::ApiError;
 
+pub(crate) use document::{Document, Dropped};
 pub use multipart::fuzz_multipart;
 use multipart::receive_multipart;
 use stream::{Body, Cutoff, FileSink, limit_stream, payload_error};
@@ -45,7 +47,8 @@ pub(crate) struct BodyInfo {
     pub file_part_name: Option<String>,
     /// The `name=` of the JSON part (KAZOO: the document id).
     pub document_part_name: Option<String>,
-    pub kazoo_document: Option<serde_json::Value>,
+    /// KAZOO's document (the JSON part), or why it was dropped.
+    pub kazoo_document: Option<Result<Document, Dropped>>,
 }
 
 pub(crate) struct Limits {
@@ -55,6 +58,8 @@ pub(crate) struct Limits {
     pub body_timeout: std::time::Duration,
     /// Longest time a whole body may take.
     pub upload_deadline: std::time::Duration,
+    /// Largest KAZOO document kept.
+    pub max_document: usize,
 }
 
 /// Reads the whole body into `writer` (not yet committed) and describes it.
