@@ -4,6 +4,7 @@
 
 mod client;
 mod connections;
+mod journal;
 mod storage;
 
 use std::time::Duration;
