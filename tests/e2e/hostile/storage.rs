@@ -1,4 +1,7 @@
-//! Hostile contents: KAZOO documents far larger (or deeper) than a KAZOO document ever is.
+//! Hostile contents: symlinks planted in the storage tree, and KAZOO documents far larger (or
+//! deeper) than a KAZOO document ever is.
+
+use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
 use vmpipe_tests::*;
@@ -6,6 +9,98 @@ use vmpipe_tests::*;
 use super::{assert_kazoo_round_trip, assert_nothing_outside};
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
+
+fn raw_put(path: &str, body: &[u8]) -> String {
+    format!(
+        "PUT {path} HTTP/1.1\r\ncontent-type: audio/mpeg\r\ncontent-length: {}\r\nte: \r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
+        body.len()
+    )
+}
+
+/// Every file below `dir`, with its contents.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    all_files(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(dir.join(&p)).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// A symlink planted below `voicemails/` (to a directory or a file outside the storage root)
+/// is never written through, and never read through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_under_voicemails_is_never_followed() {
+    let ingest = TestIngest::start(Options::default()).await;
+    let kazoo = ingest.client();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("doc")).unwrap();
+    std::fs::write(outside.path().join("doc/victim.mp3"), b"precious").unwrap();
+    std::fs::write(outside.path().join("secret.txt"), b"secret").unwrap();
+    let before = snapshot(outside.path());
+    let voicemails = ingest.storage_dir().join("voicemails");
+    // An account directory that is a link, a document directory that is a link, and a file
+    // that is a link.
+    std::os::unix::fs::symlink(outside.path(), voicemails.join("linked-account")).unwrap();
+    std::fs::create_dir_all(voicemails.join(ACCOUNT)).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("doc"),
+        voicemails.join(ACCOUNT).join("doc"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(voicemails.join(ACCOUNT).join("real")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.txt"),
+        voicemails.join(ACCOUNT).join("real/secret.txt"),
+    )
+    .unwrap();
+
+    for path in [
+        "/linked-account/doc/victim.mp3",
+        "/linked-account/new/x.mp3",
+        &format!("/{ACCOUNT}/doc/victim.mp3"),
+        &format!("/{ACCOUNT}/doc/new.mp3"),
+    ] {
+        let r = kazoo
+            .send(&raw_put(path, b"overwritten"), b"overwritten")
+            .await;
+        assert!(
+            r.status >= 400 && r.header("content-type").is_some_and(|t| t.contains("json")),
+            "PUT {path}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            snapshot(outside.path()),
+            before,
+            "PUT {path} wrote outside the root"
+        );
+    }
+    for path in [
+        "/linked-account/secret.txt".to_owned(),
+        "/linked-account/doc/victim.mp3".to_owned(),
+        format!("/{ACCOUNT}/doc/victim.mp3"),
+        format!("/{ACCOUNT}/real/secret.txt"),
+    ] {
+        let r = kazoo.get(&path).await;
+        assert_eq!(
+            r.status,
+            404,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Storing over a link replaces the link itself, never its target.
+    let path = format!("/{ACCOUNT}/real/secret.txt");
+    let r = kazoo.send(&raw_put(&path, b"mine"), b"mine").await;
+    assert_eq!(r.status, 201);
+    assert_eq!(kazoo.get(&path).await.body, b"mine");
+    assert_eq!(snapshot(outside.path()), before);
+    assert_nothing_outside(&ingest);
+    assert_kazoo_round_trip(kazoo, "").await;
+    ingest.stop().await;
+}
 
 /// KAZOO's multipart upload of `audio` with `document` as its JSON part.
 fn multipart(document: &serde_json::Value, audio: &[u8]) -> (String, Vec<u8>, String) {
@@ -110,7 +205,9 @@ fn peak_rss(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_flat_under_concurrent_uploads_of_expanding_documents() {
     let template = TestIngest::start(Options::default()).await;
-    let ingest = Service::spawn("ingest", &template.settings).await;
+    // Its log (a warning per dropped document) goes to a file.
+    let log = template.sandbox.path().join("ingest.log");
+    let ingest = Service::spawn_logging("ingest", &template.settings, Some(&log)).await;
     let baseline = peak_rss(ingest.pid());
     let document = serde_json::Value::Array(vec![serde_json::json!(0); 500_000]);
     let audio = nasty_audio(10_000);
