@@ -35,6 +35,8 @@ pub(crate) enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("metrics are served on their own address")]
+    MetricsElsewhere,
     #[error("access denied: {0}")]
     Denied(#[from] Denied),
     #[error("request headers too large")]
@@ -73,7 +75,7 @@ impl ApiError {
             ApiError::Incomplete(_) => "incomplete_body",
             ApiError::BadMultipart(_) => "bad_multipart",
             ApiError::BadBase64(_) => "bad_base64",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::MetricsElsewhere => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Denied(Denied::Credentials) => "unauthorized",
             ApiError::Denied(_) => "forbidden",
@@ -97,7 +99,9 @@ impl ResponseError for ApiError {
             | ApiError::Incomplete(_)
             | ApiError::BadMultipart(_)
             | ApiError::BadBase64(_) => StatusCode::BAD_REQUEST,
-            ApiError::OutsidePrefix | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::OutsidePrefix | ApiError::NotFound | ApiError::MetricsElsewhere => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Denied(Denied::Credentials) => StatusCode::UNAUTHORIZED,

@@ -110,6 +110,7 @@ impl Application {
                 max_document: usize::try_from(settings.max_document.0).unwrap_or(usize::MAX),
             },
             access,
+            metrics_elsewhere: settings.metrics_listen().is_some(),
             uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
         });
         let tls = match (&settings.tls_cert, &settings.tls_key) {
@@ -131,9 +132,24 @@ impl Application {
             // stop that drops the uploads in flight.
             .disable_signals()
             .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-        let server = server::listen(builder, "ingest", listener, tls, app)
-            .map_err(listen_error)?
-            .run();
+        let mut builder =
+            server::listen(builder, "ingest", listener, tls, app).map_err(listen_error)?;
+        if let Some(addr) = settings.metrics_listen() {
+            let metrics_error = |source| StartupError::Listen {
+                addr: addr.to_owned(),
+                source,
+            };
+            let listener = TcpListener::bind(addr).map_err(metrics_error)?;
+            let metrics = || {
+                App::new()
+                    .route("/metrics", web::get().to(health::metrics_text))
+                    .default_service(web::to(health::not_found))
+            };
+            builder = server::listen(builder, "metrics", listener, None, metrics)
+                .map_err(metrics_error)?;
+            info!(addr, "metrics on their own address");
+        }
+        let server = builder.run();
         info!(addr = %settings.listen, port, tls = settings.tls_cert.is_some(), prefix = %settings.path_prefix,
             storage = %settings.storage_dir.display(), queue = %settings.queue, "ingest listening");
         Ok(Self {

@@ -5,6 +5,7 @@
 mod client;
 mod connections;
 mod journal;
+mod metrics;
 mod storage;
 
 use std::time::Duration;

@@ -1,15 +1,38 @@
 //! Ingest's own endpoints: `GET /healthz` (alive), `GET /readyz` (uploads can be accepted) and
 //! `GET /metrics`.
+//!
+//! `/healthz` and `/readyz` are open (orchestrators probe them) and say little. `/metrics` says
+//! how much is stored, from where and what fails: on `VMPIPE_LISTEN` it passes the same checks
+//! as an upload (allow-list, token as `?token=`, Basic auth); with `VMPIPE_METRICS_LISTEN` it is
+//! served only there, without checks (bind that to a private address).
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::AppState;
+use super::{AppState, check_access};
+use crate::error::ApiError;
 
-/// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics_endpoint() -> HttpResponse {
+/// `GET /metrics` on `VMPIPE_LISTEN`: for clients the access policy lets in.
+pub(crate) async fn metrics_endpoint(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.metrics_elsewhere {
+        return Err(ApiError::MetricsElsewhere);
+    }
+    check_access(&req, &state.access, None)?;
+    Ok(metrics_text().await)
+}
+
+/// `GET /metrics` on `VMPIPE_METRICS_LISTEN`: Prometheus text format.
+pub(crate) async fn metrics_text() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(vmpipe_common::metrics::handle().render())
+}
+
+/// Anything else on `VMPIPE_METRICS_LISTEN`.
+pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
 }
 
 /// `GET /healthz`: the process is alive.

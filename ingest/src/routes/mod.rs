@@ -29,6 +29,8 @@ pub(crate) struct AppState {
     pub prefix: String,
     pub limits: Limits,
     pub access: AccessPolicy,
+    /// `/metrics` has its own address (`VMPIPE_METRICS_LISTEN`): not served here.
+    pub metrics_elsewhere: bool,
     /// Uploads in progress; a full house answers 503 (KAZOO retries).
     pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -106,6 +108,33 @@ impl RequestedKey {
     }
 }
 
+/// Checks `req` against the access policy (`first_segment`: the first path segment below the
+/// prefix, where a token may be): where the token was found.
+pub(crate) fn check_access(
+    req: &HttpRequest,
+    access: &AccessPolicy,
+    first_segment: Option<&str>,
+) -> Result<TokenAt, ApiError> {
+    if access.is_open() {
+        return Ok(TokenAt::None);
+    }
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let presented = Presented {
+        peer: req.peer_addr().map(|a| a.ip()),
+        first_segment,
+        query: req.query_string(),
+        authorization,
+    };
+    access.check(&presented).map_err(|denied| {
+        // Never the path or query: they may hold the secret.
+        warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        ApiError::Denied(denied)
+    })
+}
+
 /// Checks access, and returns the storage key the request names.
 fn authorized_key(req: &HttpRequest, state: &AppState) -> Result<RequestedKey, ApiError> {
     let below = req
@@ -120,24 +149,7 @@ fn authorized_key(req: &HttpRequest, state: &AppState) -> Result<RequestedKey, A
         below => below.strip_prefix('/').ok_or(ApiError::OutsidePrefix)?,
     };
     let query = req.query_string();
-    let token_at = if state.access.is_open() {
-        TokenAt::None
-    } else {
-        let authorization = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let presented = Presented {
-            peer: req.peer_addr().map(|a| a.ip()),
-            first_segment: rest.split('/').next(),
-            query,
-            authorization,
-        };
-        state.access.check(&presented).inspect_err(|denied| {
-            // Never the path or query: they may hold the secret.
-            warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
-        })?
-    };
+    let token_at = check_access(req, &state.access, rest.split('/').next())?;
     // A base URL ending in `key=` (`http://host/vm?token=T&key=`) has KAZOO's segment glued onto
     // it, whatever path that URL has: then `key=` is the key, with or without a token.
     let from_query = query
