@@ -237,9 +237,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<T> {
             match this.shared.phase.get() {
                 Phase::Between => {
                     let pending = !this.held.is_empty() || this.shared.body_unfinished.get();
+                    // Idle connections keep no buffers.
                     if this.held.is_empty() {
-                        // Idle connections keep no buffer.
                         this.held = BytesMut::new();
+                    }
+                    if this.ready.is_empty() {
+                        this.ready = BytesMut::new();
                     }
                     this.scan = HeadScan::default();
                     this.shared.body_unfinished.set(false);
