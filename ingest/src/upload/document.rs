@@ -1,18 +1,15 @@
 //! KAZOO's document: the JSON part of a multipart upload, passed on in the job as the text it
 //! arrived as.
 //!
-//! A KAZOO document is a few KiB, nested three deep. ingest never builds it into a tree: a tree
-//! takes 10 to 30 times the text's size in memory (64 uploads of `[0,0,…]` took ingest to 1 GB),
-//! and the worker parses the job anyway. It is checked to be JSON, within `VMPIPE_MAX_DOCUMENT`
-//! and [`MAX_DEPTH`] (deeper than the worker's JSON parser takes would make the whole job
-//! unreadable), its top-level `id` read, and spliced into the job's JSON. A document that fails
-//! a check is dropped, never the voicemail: the file is stored and indexed without it.
+//! A KAZOO document is a few KiB. ingest never builds it into a tree: a tree takes 10 to 30
+//! times the text's size in memory (64 uploads of `[0,0,…]` took ingest to 1 GB). It is checked
+//! to be JSON within `VMPIPE_MAX_DOCUMENT` (without building it), its top-level `id` read, and
+//! spliced into the job's JSON as it came. What its fields hold (and how deep it nests) is the
+//! worker's to judge, field by field. A document that fails a check here is dropped, never the
+//! voicemail: the file is stored and indexed without it.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-
-/// Deepest nesting kept (KAZOO's documents are 3 deep; the worker's parser stops at 128).
-pub(crate) const MAX_DEPTH: usize = 32;
 
 /// A document that passed the checks.
 #[derive(Debug)]
@@ -26,7 +23,6 @@ pub(crate) struct Document {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dropped {
     TooLarge,
-    TooDeep,
     NotJson,
 }
 
@@ -34,7 +30,6 @@ impl Dropped {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Dropped::TooLarge => "too_large",
-            Dropped::TooDeep => "too_deep",
             Dropped::NotJson => "not_json",
         }
     }
@@ -42,9 +37,7 @@ impl Dropped {
 
 /// Checks a JSON part (already within `VMPIPE_MAX_DOCUMENT`).
 pub(crate) fn inspect(json: &[u8]) -> Result<Document, Dropped> {
-    if depth(json) > MAX_DEPTH {
-        return Err(Dropped::TooDeep);
-    }
+    // Validated without being built (serde_json skips what it does not keep, at any depth).
     let raw: Box<RawValue> = serde_json::from_slice(json).map_err(|_| Dropped::NotJson)?;
     #[derive(Deserialize)]
     struct Head<'a> {
@@ -62,32 +55,6 @@ pub(crate) fn inspect(json: &[u8]) -> Result<Document, Dropped> {
         .and_then(|head| head.id)
         .and_then(|id| serde_json::from_str::<String>(id.get()).ok());
     Ok(Document { raw, id })
-}
-
-/// The deepest nesting of arrays and objects in `json` (outside strings), without parsing it.
-fn depth(json: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
-    for &byte in json {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 impl Document {
@@ -140,15 +107,16 @@ mod tests {
     }
 
     #[test]
-    fn garbage_and_deep_documents_are_dropped() {
+    fn garbage_is_dropped_and_depth_is_the_worker_s_to_judge() {
         assert_eq!(inspect(b"{\"id\": \"trunc").unwrap_err(), Dropped::NotJson);
         assert_eq!(inspect(b"").unwrap_err(), Dropped::NotJson);
-        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
-        assert_eq!(inspect(deep.as_bytes()).unwrap_err(), Dropped::TooDeep);
-        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert!(inspect(ok.as_bytes()).is_ok());
-        // Brackets in strings are not nesting.
-        let text = format!(r#"{{"s":"{}"}}"#, "[".repeat(100));
-        assert!(inspect(text.as_bytes()).is_ok());
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        assert!(inspect(deep.as_bytes()).is_ok());
+        let deep = format!(
+            r#"{{"x":{}{},"id":"d"}}"#,
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        assert_eq!(inspect(deep.as_bytes()).unwrap().id.as_deref(), Some("d"));
     }
 }

@@ -135,12 +135,11 @@ fn nested(depth: usize) -> serde_json::Value {
     value
 }
 
-/// A KAZOO document is a few KiB. One over `VMPIPE_MAX_DOCUMENT` (64 KiB), or nested deeper
-/// than any KAZOO document, is dropped: the voicemail is still stored and its job published,
-/// without the document (it used to be held, parsed, and kept in the job, or refused with a 400
-/// above 1 MiB, losing the voicemail).
+/// A KAZOO document is a few KiB. One over `VMPIPE_MAX_DOCUMENT` (64 KiB) is dropped: the
+/// voicemail is still stored and its job published, without the document (it used to be held,
+/// parsed, and kept in the job, or refused with a 400 above 1 MiB, losing the voicemail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_or_deep_document_is_dropped_and_its_voicemail_stored() {
+async fn an_oversized_document_is_dropped_and_its_voicemail_stored() {
     let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
     let kazoo = ingest.client();
     let zeros = |n: usize| serde_json::Value::Array(vec![serde_json::json!(0); n]);
@@ -153,7 +152,8 @@ async fn an_oversized_or_deep_document_is_dropped_and_its_voicemail_stored() {
         ),
         ("200 KiB of zeros", zeros(100 << 10), false),
         ("1.2 MB of zeros", zeros(600_000), false),
-        ("nested 100 deep", nested(100), false),
+        // How deep a document may nest is the worker's to judge (it reads the text).
+        ("nested 100 deep", nested(100), true),
     ];
     for (what, document, kept) in cases {
         let audio = nasty_audio(30_000);
