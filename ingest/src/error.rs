@@ -17,6 +17,12 @@ pub(crate) enum ApiError {
     BadPath(#[from] KeyError),
     #[error("path is outside the storage prefix")]
     OutsidePrefix,
+    #[error(
+        "a file is stored under at least two path segments (KAZOO sends \
+         account/document/attachment), this path has {0}: check the storage URL (a query needs \
+         `key=` last) and VMPIPE_PATH_PREFIX"
+    )]
+    KeyTooShort(usize),
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("request body ended early: {0}")]
@@ -29,6 +35,8 @@ pub(crate) enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("metrics are served on their own address")]
+    MetricsElsewhere,
     #[error("access denied: {0}")]
     Denied(#[from] Denied),
     #[error("request headers too large")]
@@ -37,6 +45,8 @@ pub(crate) enum ApiError {
     Busy,
     #[error("the request body stalled for longer than {0} s")]
     BodyTimeout(u64),
+    #[error("the request body took longer than {0} s to arrive")]
+    BodyDeadline(u64),
     #[error("storage is full")]
     StorageFull(#[source] StorageError),
     #[error("this path conflicts with a stored file: a key cannot be both a file and a folder")]
@@ -60,18 +70,19 @@ impl From<StorageError> for ApiError {
 impl ApiError {
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            ApiError::BadPath(_) | ApiError::OutsidePrefix => "bad_path",
+            ApiError::BadPath(_) | ApiError::OutsidePrefix | ApiError::KeyTooShort(_) => "bad_path",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::Incomplete(_) => "incomplete_body",
             ApiError::BadMultipart(_) => "bad_multipart",
             ApiError::BadBase64(_) => "bad_base64",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::MetricsElsewhere => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Denied(Denied::Credentials) => "unauthorized",
             ApiError::Denied(_) => "forbidden",
             ApiError::Busy => "busy",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::BodyDeadline(_) => "body_deadline",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::KeyConflict(_) => "key_conflict",
             ApiError::Storage(_) => "storage_error",
@@ -84,17 +95,20 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadPath(_)
+            | ApiError::KeyTooShort(_)
             | ApiError::Incomplete(_)
             | ApiError::BadMultipart(_)
             | ApiError::BadBase64(_) => StatusCode::BAD_REQUEST,
-            ApiError::OutsidePrefix | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::OutsidePrefix | ApiError::NotFound | ApiError::MetricsElsewhere => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Denied(Denied::Credentials) => StatusCode::UNAUTHORIZED,
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTimeout(_) | ApiError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::KeyConflict(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) | ApiError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,

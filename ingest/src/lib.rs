@@ -10,6 +10,7 @@ mod journal;
 mod publisher;
 mod request_span;
 mod routes;
+mod server;
 mod tls;
 mod upload;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, middleware, web};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -35,9 +36,6 @@ use crate::publisher::Publisher;
 use crate::routes::{AppState, health};
 use crate::upload::Limits;
 
-/// KAZOO's HTTP client keeps idle connections for 120 s; keeping ours open longer means the
-/// client, not us, closes them, so a request never races a server-side close.
-const KEEP_ALIVE: Duration = Duration::from_secs(150);
 /// How long startup waits for RabbitMQ before serving anyway (jobs are journaled meanwhile).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long a stop waits for the uploads in flight (and their publishes) to finish.
@@ -108,34 +106,50 @@ impl Application {
                 max_body: settings.max_body.0,
                 base64: settings.base64,
                 body_timeout: Duration::from_secs(settings.body_timeout_secs),
+                upload_deadline: Duration::from_secs(settings.upload_deadline_secs),
+                max_document: usize::try_from(settings.max_document.0).unwrap_or(usize::MAX),
             },
             access,
+            metrics_elsewhere: settings.metrics_listen().is_some(),
             uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
         });
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
-        let server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(TracingLogger::<request_span::RequestSpan>::new())
+                .wrap(middleware::from_fn(server::track))
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
                 .route("/metrics", web::get().to(health::metrics_endpoint))
                 .default_service(web::to(routes::dispatch))
-        })
-        .keep_alive(KEEP_ALIVE)
-        // Signals are the caller's (see `run`): actix-web's own handler makes SIGINT a forced
-        // stop that drops the uploads in flight.
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-        let server = match tls {
-            Some(config) => server.listen_rustls_0_23(listener, config),
-            None => server.listen(listener),
+        };
+        let builder = Server::build()
+            // Signals are the caller's (see `run`): actix's own handler makes SIGINT a forced
+            // stop that drops the uploads in flight.
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+        let mut builder =
+            server::listen(builder, "ingest", listener, tls, app).map_err(listen_error)?;
+        if let Some(addr) = settings.metrics_listen() {
+            let metrics_error = |source| StartupError::Listen {
+                addr: addr.to_owned(),
+                source,
+            };
+            let listener = TcpListener::bind(addr).map_err(metrics_error)?;
+            let metrics = || {
+                App::new()
+                    .route("/metrics", web::get().to(health::metrics_text))
+                    .default_service(web::to(health::not_found))
+            };
+            builder = server::listen(builder, "metrics", listener, None, metrics)
+                .map_err(metrics_error)?;
+            info!(addr, "metrics on their own address");
         }
-        .map_err(listen_error)?
-        .run();
+        let server = builder.run();
         info!(addr = %settings.listen, port, tls = settings.tls_cert.is_some(), prefix = %settings.path_prefix,
             storage = %settings.storage_dir.display(), queue = %settings.queue, "ingest listening");
         Ok(Self {

@@ -98,9 +98,13 @@ impl Publisher {
         let _ = tokio::time::timeout(limit, attempts.wait_for(|n| *n > 0)).await;
     }
 
-    /// Makes `job` durable: confirmed by RabbitMQ, or else written to the journal.
-    pub(crate) async fn enqueue(&self, job: &VoicemailJob) -> Result<Enqueued, JournalError> {
-        let payload = job.to_json();
+    /// Makes `job` (whose JSON is `payload`) durable: confirmed by RabbitMQ, or else written to
+    /// the journal.
+    pub(crate) async fn enqueue(
+        &self,
+        job: &VoicemailJob,
+        payload: Vec<u8>,
+    ) -> Result<Enqueued, JournalError> {
         let channel = self.inner.channel.borrow().clone();
         if let Some(channel) = channel {
             let publish =
@@ -123,7 +127,6 @@ impl Publisher {
             }
         }
         self.inner.journal.write(job.job_id, payload).await?;
-        metrics::gauge!("vmpipe_journal_jobs").increment(1.0);
         self.inner.wake.notify_one();
         Ok(Enqueued::Journaled)
     }
@@ -207,7 +210,6 @@ impl Publisher {
     async fn drain_journal(&self, channel: &ConfirmChannel) -> Result<(), DrainError> {
         let journal = &self.inner.journal;
         let entries = journal.pending().await?;
-        metrics::gauge!("vmpipe_journal_jobs").set(entries.len() as f64);
         if entries.is_empty() {
             return Ok(());
         }
@@ -217,15 +219,20 @@ impl Publisher {
         for group in entries.chunks(JOURNAL_GROUP) {
             let payloads = journal.read(group).await?;
             let mut readable = Vec::with_capacity(group.len());
+            let mut unreadable = Vec::new();
             for (entry, payload) in group.iter().zip(payloads) {
-                match VoicemailJob::from_json(&payload) {
-                    Ok(job) => readable.push((entry, job_properties(&job), payload)),
-                    // Cannot happen for entries we wrote; keep it for inspection rather than
-                    // loop.
-                    Err(e) => {
-                        warn!(entry = %entry.path.display(), error = %e, "unreadable journal entry left in place");
-                    }
+                match payload.map(|p| (VoicemailJob::from_json(&p), p)) {
+                    Ok((Ok(job), payload)) => readable.push((entry, job_properties(&job), payload)),
+                    // Published and removed by another instance sharing the journal.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // A disk error, or a file that is not a job: set aside for inspection, so
+                    // that it neither blocks the others nor comes back every second.
+                    Err(e) => unreadable.push((entry.clone(), format!("cannot read it: {e}"))),
+                    Ok((Err(e), _)) => unreadable.push((entry.clone(), format!("not a job: {e}"))),
                 }
+            }
+            if !unreadable.is_empty() {
+                journal.set_aside(unreadable).await;
             }
             let published = join_all(readable.into_iter().map(
                 |(entry, properties, payload)| async move {
@@ -247,7 +254,6 @@ impl Publisher {
             let count = confirmed.len() as u64;
             journal.remove(confirmed).await?;
             metrics::counter!("vmpipe_jobs_published_total", "via" => "journal").increment(count);
-            metrics::gauge!("vmpipe_journal_jobs").decrement(count as f64);
             debug!(jobs = count, "journaled jobs published");
             if let Some(e) = failure {
                 return Err(e);

@@ -128,13 +128,18 @@ impl Kazoo {
 
     /// Sends raw bytes and reads one response.
     pub async fn send(&self, head: &str, body: &[u8]) -> Response {
+        self.send_bytes(head.as_bytes(), body).await
+    }
+
+    /// Like [`Kazoo::send`], with a head that need not be UTF-8 (raw bytes in the path).
+    pub async fn send_bytes(&self, head: &[u8], body: &[u8]) -> Response {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))
             .await
             .expect("connect");
-        stream.write_all(head.as_bytes()).await.expect("write head");
+        stream.write_all(head).await.expect("write head");
         // The server may answer (413, 400) and close before reading the whole body.
         let _ = stream.write_all(body).await;
-        let is_head = head.starts_with("HEAD ");
+        let is_head = head.starts_with(b"HEAD ");
         read_response(&mut stream, is_head).await
     }
 }

@@ -184,6 +184,11 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("VMPIPE_ALLOW_NETWORKS", s.allow_networks.to_string()),
         ("VMPIPE_MAX_UPLOADS", s.max_uploads.to_string()),
         ("VMPIPE_BODY_TIMEOUT_SECS", s.body_timeout_secs.to_string()),
+        (
+            "VMPIPE_UPLOAD_DEADLINE_SECS",
+            s.upload_deadline_secs.to_string(),
+        ),
+        ("VMPIPE_MAX_DOCUMENT", s.max_document.0.to_string()),
         ("VMPIPE_BASE64", format!("{:?}", s.base64).to_lowercase()),
         (
             "VMPIPE_TRANSCRIBER",
@@ -213,6 +218,7 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
                 "VMPIPE_TLS_KEY",
                 s.tls_key.as_ref().map(|p| p.display().to_string()),
             ),
+            ("VMPIPE_METRICS_LISTEN", s.metrics_listen.clone()),
         ]
         .into_iter()
         .filter_map(|(k, v)| Some((k.to_owned(), v?))),

@@ -50,7 +50,7 @@ pub(crate) async fn process(
     let job = RawJob::parse(data)
         .abort_with("not a vmpipe job")?
         .map_document(|raw| {
-            let (document, dropped) = clamp::admit_document(raw);
+            let (document, dropped) = clamp::admit_document(raw, context.settings.max_document.0);
             document_dropped = dropped;
             document
         });

@@ -27,6 +27,9 @@ pub const CONFIG_FILE_ENV: &str = "VMPIPE_CONFIG";
 const ENV_PREFIX: &str = "VMPIPE_";
 /// The most `max_audio_secs` can be: the seconds of 16 kHz 16-bit mono a WAV file holds.
 pub const MAX_AUDIO_SECS: u64 = (u32::MAX as u64 - 44) / 32_000;
+/// Bounds of `max_document`: a KAZOO document is a few KiB, and ingest holds one per upload.
+const MIN_DOCUMENT: u64 = 1024;
+const MAX_DOCUMENT: u64 = 16 * 1024 * 1024;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,6 +75,15 @@ pub struct Settings {
     pub max_uploads: usize,
     /// `VMPIPE_BODY_TIMEOUT_SECS`: longest silence while a request body arrives.
     pub body_timeout_secs: u64,
+    /// `VMPIPE_UPLOAD_DEADLINE_SECS`: longest time a whole request body may take to arrive,
+    /// however steadily it trickles (then 408).
+    pub upload_deadline_secs: u64,
+    /// `VMPIPE_MAX_DOCUMENT`: largest KAZOO document (the JSON part of a multipart upload) that is
+    /// kept; a larger one is dropped, and the file still stored.
+    pub max_document: ByteSize,
+    /// `VMPIPE_METRICS_LISTEN`: a separate address for ingest's `/metrics`, without access
+    /// checks. Unset: `/metrics` is on `VMPIPE_LISTEN`, behind the same checks as uploads.
+    pub metrics_listen: Option<String>,
     /// `VMPIPE_TRANSCRIBER`: built-in transcriber run on every new voicemail: `none` or
     /// `pocketsphinx`.
     pub transcriber: Transcriber,
@@ -110,6 +122,10 @@ impl Default for Settings {
             tls_key: None,
             max_uploads: 256,
             body_timeout_secs: 30,
+            // The largest body (256 MiB by default) at about 1 Mbit/s takes 36 min.
+            upload_deadline_secs: 2400,
+            max_document: ByteSize(64 * 1024),
+            metrics_listen: None,
             transcriber: Transcriber::None,
             hook_concurrency: 2,
             probe_timeout_ms: 10_000,
@@ -203,6 +219,16 @@ impl Settings {
                 "queue must be 1 to 200 characters".into(),
             ));
         }
+        if self.upload_deadline_secs == 0 {
+            return Err(config::ConfigError::Message(
+                "upload_deadline_secs must be at least 1".into(),
+            ));
+        }
+        if !(MIN_DOCUMENT..=MAX_DOCUMENT).contains(&self.max_document.0) {
+            return Err(config::ConfigError::Message(format!(
+                "max_document must be between {MIN_DOCUMENT} and {MAX_DOCUMENT} bytes"
+            )));
+        }
         if self.hook_concurrency == 0 {
             return Err(config::ConfigError::Message(
                 "hook_concurrency must be at least 1".into(),
@@ -247,5 +273,12 @@ impl Settings {
 
     pub fn probe_timeout(&self) -> Duration {
         Duration::from_millis(self.probe_timeout_ms)
+    }
+
+    /// `VMPIPE_METRICS_LISTEN`, when set to an address (an empty value is unset).
+    pub fn metrics_listen(&self) -> Option<&str> {
+        self.metrics_listen
+            .as_deref()
+            .filter(|a| !a.trim().is_empty())
     }
 }

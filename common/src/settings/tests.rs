@@ -16,6 +16,36 @@ fn defaults_match_the_documented_ones() {
     assert_eq!(s.queue, "vmpipe.jobs");
     assert_eq!(s.max_body, ByteSize(256 << 20));
     assert_eq!(s.base64, Base64Mode::Auto);
+    assert_eq!(s.upload_deadline_secs, 2400);
+    assert_eq!(s.max_document, ByteSize(64 << 10));
+    assert_eq!(s.metrics_listen(), None);
+}
+
+#[test]
+fn upload_limits_and_the_metrics_address_are_settings() {
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("VMPIPE_UPLOAD_DEADLINE_SECS", "600"),
+            ("VMPIPE_MAX_DOCUMENT", "16KiB"),
+            ("VMPIPE_METRICS_LISTEN", "127.0.0.1:9090"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.upload_deadline_secs, 600);
+    assert_eq!(s.max_document, ByteSize(16 << 10));
+    assert_eq!(s.metrics_listen(), Some("127.0.0.1:9090"));
+    let s = Settings::load_from(None, &env(&[("VMPIPE_METRICS_LISTEN", "")])).unwrap();
+    assert_eq!(s.metrics_listen(), None);
+    for (name, value) in [
+        ("VMPIPE_UPLOAD_DEADLINE_SECS", "0"),
+        ("VMPIPE_MAX_DOCUMENT", "10"),
+        ("VMPIPE_MAX_DOCUMENT", "1GiB"),
+    ] {
+        let err = Settings::load_from(None, &env(&[(name, value)])).unwrap_err();
+        let key = name.trim_start_matches("VMPIPE_").to_ascii_lowercase();
+        assert!(err.to_string().contains(&key), "{name}={value}: {err}");
+    }
 }
 
 #[test]

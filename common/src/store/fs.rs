@@ -12,6 +12,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::file_io::blocking;
 use super::fs_writer::FsWriter;
+use super::nofollow;
 use super::{BoxFuture, ObjectWriter, Storage, StorageError, StoredObject};
 use crate::key::StorageKey;
 
@@ -93,17 +94,17 @@ impl Storage for FsStore {
         Box::new(FsWriter::new(
             self.writers.clone(),
             temp_path,
-            self.path_of(key),
+            key.relative_path(),
             self.voicemails.clone(),
         ))
     }
 
     fn open(&self, key: &StorageKey) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>> {
-        let path = self.path_of(key);
+        let (root, relative) = (self.voicemails.clone(), key.relative_path());
         Box::pin(async move {
-            blocking(move || open_regular_file(&path)).await?.map_or(
-                Ok(None),
-                |(file, size, head)| {
+            blocking(move || open_regular_file(&root, &relative))
+                .await?
+                .map_or(Ok(None), |(file, size, head)| {
                     let body = match head {
                         Some(bytes) => stream::once(async move { Ok(bytes) }).boxed(),
                         None => tokio_util::io::ReaderStream::with_capacity(
@@ -113,8 +114,7 @@ impl Storage for FsStore {
                         .boxed(),
                     };
                     Ok(Some(StoredObject { size, body }))
-                },
-            )
+                })
         })
     }
 
@@ -153,20 +153,17 @@ impl Storage for FsStore {
     }
 }
 
-/// Opens `path` if it is a regular file (never a directory or a symlink); a small file is read
-/// whole so that serving it needs no further disk round trip.
+/// Opens `relative` below `root` if it is a regular file (never a directory, and never through
+/// a symlink, see nofollow.rs); a small file is read whole so that serving it needs no further
+/// disk round trip.
 #[allow(clippy::type_complexity)]
-fn open_regular_file(path: &Path) -> Result<Option<(File, u64, Option<Bytes>)>, StorageError> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => return Ok(None),
-        Err(e) if is_absent(&e) => return Ok(None),
-        Err(e) => return Err(StorageError::io("stat", path, e)),
-    }
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if is_absent(&e) => return Ok(None),
-        Err(e) => return Err(StorageError::io("open", path, e)),
+fn open_regular_file(
+    root: &Path,
+    relative: &Path,
+) -> Result<Option<(File, u64, Option<Bytes>)>, StorageError> {
+    let path = &root.join(relative);
+    let Some(mut file) = nofollow::open_file(root, relative)? else {
+        return Ok(None);
     };
     let size = file
         .metadata()
@@ -301,6 +298,23 @@ mod tests {
             matches!(over_folder, Err(StorageError::Conflict(_))),
             "{over_folder:?}"
         );
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn links_below_the_root_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("f.mp3"), b"outside").unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        std::os::unix::fs::symlink(outside.path(), store.voicemails.join("acct")).unwrap();
+        let through = store.create(&key("acct/doc/x.mp3")).commit().await;
+        assert!(
+            matches!(through, Err(StorageError::Symlink(_))),
+            "{through:?}"
+        );
+        assert_eq!(read_all(&store, &key("acct/f.mp3")).await, None);
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
         assert_eq!(temp_files(dir.path()), 0);
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::file_io::blocking;
-use super::{BoxFuture, ObjectWriter, StorageError};
+use super::{BoxFuture, ObjectWriter, StorageError, nofollow};
 
 /// Uploads are written to disk once this much has arrived: a voicemail-sized upload costs one
 /// trip to the blocking pool (each trip is two context switches, and ingest is CPU-bound under
@@ -30,7 +30,8 @@ pub(super) fn piece_size(writers: usize) -> usize {
 pub(super) struct FsWriter {
     writers: Arc<AtomicUsize>,
     temp_path: PathBuf,
-    final_path: PathBuf,
+    /// Where it goes, below `voicemail_root`.
+    relative: PathBuf,
     voicemail_root: PathBuf,
     /// Created on the first flush, so a small upload costs one trip to the blocking pool.
     file: Option<File>,
@@ -41,19 +42,19 @@ pub(super) struct FsWriter {
 }
 
 impl FsWriter {
-    /// A writer for `final_path`, gathering its bytes in `temp_path` until committed; counted
-    /// in `writers` (the uploads in progress) while it lives.
+    /// A writer for `relative` below `voicemail_root`, gathering its bytes in `temp_path` until
+    /// committed; counted in `writers` (the uploads in progress) while it lives.
     pub(super) fn new(
         writers: Arc<AtomicUsize>,
         temp_path: PathBuf,
-        final_path: PathBuf,
+        relative: PathBuf,
         voicemail_root: PathBuf,
     ) -> Self {
         writers.fetch_add(1, Ordering::Relaxed);
         Self {
             writers,
             temp_path,
-            final_path,
+            relative,
             voicemail_root,
             file: None,
             buffer: Vec::new(),
@@ -144,24 +145,15 @@ impl ObjectWriter for FsWriter {
     fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>> {
         Box::pin(async move {
             let (file, buffer, temp_path) = self.take_state();
-            let final_path = self.final_path.clone();
+            let relative = self.relative.clone();
             let root = self.voicemail_root.clone();
             blocking(move || {
                 let file = write_out(file, &buffer, &temp_path)?;
                 file.sync_data()
                     .map_err(|e| StorageError::io("fsync", &temp_path, e))?;
                 drop(file);
-                let parent = final_path.parent().unwrap_or(&root);
-                create_dirs_durably(&root, parent)?;
-                fs::rename(&temp_path, &final_path).map_err(|e| {
-                    // ENOTDIR, EISDIR: one key cannot be both a file and a folder of files.
-                    if matches!(e.raw_os_error(), Some(20 | 21)) {
-                        StorageError::Conflict(final_path.display().to_string())
-                    } else {
-                        StorageError::io("rename", &final_path, e)
-                    }
-                })?;
-                sync_dir(parent)
+                // Its directories made durably, never through a link (see nofollow.rs).
+                nofollow::rename_into(&root, &relative, &temp_path)
             })
             .await?;
             self.committed = true;
@@ -177,24 +169,6 @@ impl Drop for FsWriter {
             // Unfinished upload (client gone, error, body too large): leave nothing behind.
             let _ = fs::remove_file(&self.temp_path);
         }
-    }
-}
-
-/// `create_dir_all`, plus an fsync of the parent of every directory it created, so that the
-/// new directory entries survive a power loss along with the file.
-fn create_dirs_durably(root: &Path, dir: &Path) -> Result<(), StorageError> {
-    if dir == root || dir.is_dir() {
-        return Ok(());
-    }
-    let parent = dir.parent().unwrap_or(root);
-    create_dirs_durably(root, parent)?;
-    match fs::create_dir(dir) {
-        Ok(()) => sync_dir(parent),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(20) => {
-            Err(StorageError::Conflict(dir.display().to_string()))
-        }
-        Err(e) => Err(StorageError::io("create directory", dir, e)),
     }
 }
 

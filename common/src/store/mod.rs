@@ -13,6 +13,7 @@
 mod file_io;
 mod fs;
 mod fs_writer;
+mod nofollow;
 
 use std::future::Future;
 use std::io;
@@ -43,6 +44,10 @@ pub enum StorageError {
     },
     #[error("{0} is below a stored file, or is a directory of stored files")]
     Conflict(String),
+    #[error(
+        "{0} is a symbolic link: nothing below voicemails/ is ever written or read through one"
+    )]
+    Symlink(PathBuf),
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -1,15 +1,38 @@
 //! Ingest's own endpoints: `GET /healthz` (alive), `GET /readyz` (uploads can be accepted) and
 //! `GET /metrics`.
+//!
+//! `/healthz` and `/readyz` are open (orchestrators probe them) and say little. `/metrics` says
+//! how much is stored, from where and what fails: on `VMPIPE_LISTEN` it passes the same checks
+//! as an upload (allow-list, token as `?token=`, Basic auth); with `VMPIPE_METRICS_LISTEN` it is
+//! served only there, without checks (bind that to a private address).
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::AppState;
+use super::{AppState, check_access};
+use crate::error::ApiError;
 
-/// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics_endpoint() -> HttpResponse {
+/// `GET /metrics` on `VMPIPE_LISTEN`: for clients the access policy lets in.
+pub(crate) async fn metrics_endpoint(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.metrics_elsewhere {
+        return Err(ApiError::MetricsElsewhere);
+    }
+    check_access(&req, &state.access, None)?;
+    Ok(metrics_text().await)
+}
+
+/// `GET /metrics` on `VMPIPE_METRICS_LISTEN`: Prometheus text format.
+pub(crate) async fn metrics_text() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(vmpipe_common::metrics::handle().render())
+}
+
+/// Anything else on `VMPIPE_METRICS_LISTEN`.
+pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
 }
 
 /// `GET /healthz`: the process is alive.
@@ -21,7 +44,9 @@ pub(crate) async fn healthz() -> HttpResponse {
 /// by RabbitMQ or journaled on local disk until it is back.
 pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let storage = state.store.check_writable().await;
-    let journaled = state.journal.pending().await.map(|p| p.len()).ok();
+    // A count kept by the journal: listing it here would let a flood of /readyz (no token is
+    // needed) keep the disk busy, with 100k entries.
+    let journaled = state.journal.count();
     let connected = state.jobs.is_connected();
     let body = serde_json::json!({
         "ready": storage.is_ok(),

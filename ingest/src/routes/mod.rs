@@ -29,6 +29,8 @@ pub(crate) struct AppState {
     pub prefix: String,
     pub limits: Limits,
     pub access: AccessPolicy,
+    /// `/metrics` has its own address (`VMPIPE_METRICS_LISTEN`): not served here.
+    pub metrics_elsewhere: bool,
     /// Uploads in progress; a full house answers 503 (KAZOO retries).
     pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -85,9 +87,9 @@ fn count_upload(outcome: &'static str, mode: &'static str) {
     metrics::counter!("vmpipe_uploads_total", "outcome" => outcome, "mode" => mode).increment(1);
 }
 
-/// The storage key a request names, still percent-encoded: the path below the prefix (and
-/// below the token segment), or, with KAZOO's base URL `.../?token=SECRET&key=`, the `key`
-/// query parameter.
+/// The storage key a request names, still percent-encoded: the `key` query parameter when
+/// there is one (KAZOO's base URL `.../?token=SECRET&key=`, whatever its path), otherwise the
+/// path below the prefix (and below the token segment).
 pub(crate) struct RequestedKey {
     raw: String,
     /// Taken from `key=` (where a fetch's doubled key has no `/` between its copies).
@@ -106,49 +108,66 @@ impl RequestedKey {
     }
 }
 
+/// Checks `req` against the access policy (`first_segment`: the first path segment below the
+/// prefix, where a token may be): where the token was found.
+pub(crate) fn check_access(
+    req: &HttpRequest,
+    access: &AccessPolicy,
+    first_segment: Option<&str>,
+) -> Result<TokenAt, ApiError> {
+    if access.is_open() {
+        return Ok(TokenAt::None);
+    }
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let presented = Presented {
+        peer: req.peer_addr().map(|a| a.ip()),
+        first_segment,
+        query: req.query_string(),
+        authorization,
+    };
+    access.check(&presented).map_err(|denied| {
+        // Never the path or query: they may hold the secret.
+        warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        ApiError::Denied(denied)
+    })
+}
+
 /// Checks access, and returns the storage key the request names.
 fn authorized_key(req: &HttpRequest, state: &AppState) -> Result<RequestedKey, ApiError> {
-    let rest = req
+    let below = req
         .uri()
         .path()
         .strip_prefix(state.prefix.as_str())
-        .and_then(|rest| rest.strip_prefix('/'))
         .ok_or(ApiError::OutsidePrefix)?;
-    let query = req.query_string();
-    let token_at = if state.access.is_open() {
-        TokenAt::None
-    } else {
-        let authorization = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let presented = Presented {
-            peer: req.peer_addr().map(|a| a.ip()),
-            first_segment: rest.split('/').next(),
-            query,
-            authorization,
-        };
-        state.access.check(&presented).inspect_err(|denied| {
-            // Never the path or query: they may hold the secret.
-            warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
-        })?
+    // KAZOO puts no `/` between a base URL's path and its query (`.../some_prefix?key=`): the
+    // prefix alone is the prefix too.
+    let rest = match below {
+        "" => "",
+        below => below.strip_prefix('/').ok_or(ApiError::OutsidePrefix)?,
     };
+    let query = req.query_string();
+    let token_at = check_access(req, &state.access, rest.split('/').next())?;
+    // A base URL ending in `key=` (`http://host/vm?token=T&key=`) has KAZOO's segment glued onto
+    // it, whatever path that URL has: then `key=` is the key, with or without a token.
+    let from_query = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("key="))
+        .filter(|key| !key.is_empty());
+    if let Some(key) = from_query {
+        return Ok(RequestedKey {
+            raw: key.to_owned(),
+            from_query: true,
+        });
+    }
     let rest = match token_at {
         TokenAt::PathSegment => rest.split_once('/').map_or("", |(_, below)| below),
         _ => rest,
     };
-    if !rest.is_empty() {
-        return Ok(RequestedKey {
-            raw: rest.to_owned(),
-            from_query: false,
-        });
-    }
-    let from_query = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("key="))
-        .unwrap_or_default();
     Ok(RequestedKey {
-        raw: from_query.to_owned(),
-        from_query: true,
+        raw: rest.to_owned(),
+        from_query: false,
     })
 }

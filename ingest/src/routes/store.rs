@@ -2,7 +2,7 @@
 //! is made durable (confirmed by RabbitMQ or journaled), and only then answered 201.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use tracing::info;
+use tracing::{info, warn};
 use tracing_actix_web::RequestId;
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
 use vmpipe_common::key::decode_path;
@@ -12,6 +12,9 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::upload;
 
+/// The fewest segments a stored key has (KAZOO's shortest layout is three).
+const MIN_STORE_SEGMENTS: usize = 2;
+
 pub(super) async fn store(
     req: &HttpRequest,
     raw_key: &str,
@@ -19,19 +22,35 @@ pub(super) async fn store(
     state: &AppState,
     request_id: RequestId,
 ) -> Result<(HttpResponse, UploadMode), ApiError> {
-    let key = StorageKey::from_segments(decode_path(raw_key)?)?;
+    let segments = decode_path(raw_key)?;
+    // KAZOO stores `{account}/{document}/{attachment}` (or longer). A shorter key is a storage
+    // URL that lost KAZOO's segment (a base URL with a query but no `key=`, a prefix that is
+    // not set): taking it would put every upload on the same file.
+    if segments.len() < MIN_STORE_SEGMENTS {
+        return Err(ApiError::KeyTooShort(segments.len()));
+    }
+    let key = StorageKey::from_segments(segments)?;
     let writer = state.store.create(&key);
     let (writer, received) = upload::receive(req, payload, writer, &state.limits).await?;
     writer.commit().await?;
 
     let facts = PathFacts::from_segments(key.segments());
     let info = received.info;
-    let document_id = info
-        .kazoo_document
+    let document = match info.kazoo_document {
+        Some(Ok(document)) => Some(document),
+        Some(Err(dropped)) => {
+            // The audio matters more than its description: stored, indexed without it.
+            warn!(storage_key = %key, reason = dropped.as_str(),
+                "KAZOO document dropped; the voicemail is stored without it");
+            metrics::counter!("vmpipe_documents_dropped_total", "reason" => dropped.as_str())
+                .increment(1);
+            None
+        }
+        None => None,
+    };
+    let document_id = document
         .as_ref()
-        .and_then(|doc| doc.get("id"))
-        .and_then(|id| id.as_str())
-        .map(str::to_owned)
+        .and_then(|doc| doc.id.clone())
         .or(info.document_part_name)
         .or(facts.document_id);
     let job = VoicemailJob {
@@ -46,10 +65,15 @@ pub(super) async fn store(
         sha256: None,
         received_at: chrono::Utc::now(),
         upload_mode: info.mode,
-        kazoo_document: info.kazoo_document,
+        // Spliced into the payload as the text it came as (see upload/document.rs).
+        kazoo_document: None,
         request_id: request_id.to_string(),
     };
-    let enqueued = state.jobs.enqueue(&job).await?;
+    let payload = match &document {
+        Some(document) => document.splice_into(job.to_json()),
+        None => job.to_json(),
+    };
+    let enqueued = state.jobs.enqueue(&job, payload).await?;
     info!(
         storage_key = %job.storage_key,
         size_bytes = job.size_bytes,

@@ -8,7 +8,9 @@
 //!   position and content type, never by name.
 
 mod base64;
+mod document;
 mod multipart;
+mod part_name;
 mod stream;
 
 use std::cell::Cell;
@@ -22,9 +24,10 @@ use vmpipe_common::{ObjectWriter, UploadMode};
 
 use crate::error::ApiError;
 
+pub(crate) use document::{Document, Dropped};
 pub use multipart::fuzz_multipart;
 use multipart::receive_multipart;
-use stream::{Body, FileSink, limit_stream, payload_error};
+use stream::{Body, Cutoff, FileSink, limit_stream, payload_error};
 
 /// What was received.
 #[derive(Debug)]
@@ -44,7 +47,8 @@ pub(crate) struct BodyInfo {
     pub file_part_name: Option<String>,
     /// The `name=` of the JSON part (KAZOO: the document id).
     pub document_part_name: Option<String>,
-    pub kazoo_document: Option<serde_json::Value>,
+    /// KAZOO's document (the JSON part), or why it was dropped.
+    pub kazoo_document: Option<Result<Document, Dropped>>,
 }
 
 pub(crate) struct Limits {
@@ -52,6 +56,10 @@ pub(crate) struct Limits {
     pub base64: Base64Mode,
     /// Longest silence between two pieces of a body.
     pub body_timeout: std::time::Duration,
+    /// Longest time a whole body may take.
+    pub upload_deadline: std::time::Duration,
+    /// Largest KAZOO document kept.
+    pub max_document: usize,
 }
 
 /// Reads the whole body into `writer` (not yet committed) and describes it.
@@ -71,9 +79,8 @@ pub(crate) async fn receive(
             limit: limits.max_body,
         });
     }
-    let overflowed = Rc::new(Cell::new(false));
-    let stalled = Rc::new(Cell::new(false));
-    let body = limit_stream(payload, limits, overflowed.clone(), stalled.clone());
+    let cutoff = Rc::new(Cell::new(None));
+    let body = limit_stream(payload, limits, cutoff.clone());
     let mut sink = FileSink { writer, size: 0 };
     let content_type = header_str(req.headers(), header::CONTENT_TYPE);
     let declared_multipart = content_type.as_deref().is_some_and(|ct| {
@@ -99,18 +106,21 @@ pub(crate) async fn receive(
             document_part_name: None,
             kazoo_document: None,
         }),
-        Some(mime) => receive_multipart(req.headers(), &mime, body, &mut sink, limits).await,
+        Some(mime) => receive_multipart(&mime, body, &mut sink, limits).await,
     };
-    let info = match result {
-        Err(_) if overflowed.get() => {
+    let info = match (result, cutoff.get()) {
+        (Err(_), Some(Cutoff::TooLarge)) => {
             return Err(ApiError::TooLarge {
                 limit: limits.max_body,
             });
         }
-        Err(_) if stalled.get() => {
+        (Err(_), Some(Cutoff::Stalled)) => {
             return Err(ApiError::BodyTimeout(limits.body_timeout.as_secs()));
         }
-        other => other?,
+        (Err(_), Some(Cutoff::Deadline)) => {
+            return Err(ApiError::BodyDeadline(limits.upload_deadline.as_secs()));
+        }
+        (other, _) => other?,
     };
     let received = Received {
         size: sink.size,

@@ -8,24 +8,22 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
-use tracing::warn;
 use vmpipe_common::settings::Base64Mode;
 use vmpipe_common::{ObjectWriter, UploadMode};
 
 use super::base64::Base64Stream;
+use super::document::{self, Document, Dropped};
+use super::part_name::part_name;
 use super::stream::{Body, FileSink, payload_error};
 use super::{BodyInfo, Limits};
 use crate::error::ApiError;
 
-/// KAZOO's JSON document is a few KiB; anything far larger is not one.
-const MAX_METADATA_BYTES: usize = 1024 * 1024;
 /// How much of a file part is looked at to recognise base64 (`Base64Mode::Auto`).
 const BASE64_SNIFF_BYTES: usize = 64 * 1024;
 /// How far into a boundary-less multipart body the first delimiter line must appear.
 const MAX_PREAMBLE_BYTES: usize = 4096;
 
 pub(super) async fn receive_multipart(
-    headers: &HeaderMap,
     content_type: &mime::Mime,
     body: Body,
     sink: &mut FileSink,
@@ -34,35 +32,38 @@ pub(super) async fn receive_multipart(
     let boundary = content_type
         .get_param(mime::BOUNDARY)
         .map(|b| b.as_str().to_owned());
-    let mut multipart = if let Some(boundary) = boundary {
-        // RFC 2046: 1 to 70 characters. KAZOO's are 64.
-        if boundary.is_empty() || boundary.len() > 70 {
-            return Err(ApiError::BadMultipart(format!(
-                "boundary of {} characters (1 to 70 allowed)",
-                boundary.len()
-            )));
-        }
-        actix_multipart::Multipart::new(headers, body)
-    } else {
+    let (boundary, body) = match boundary {
+        Some(boundary) => (boundary, body),
         // KAZOO 4.3.17-4.3.20: `multipart/mixed` with no boundary parameter. The boundary is
         // the first delimiter line of the body.
-        let (boundary, replay) = sniff_boundary(body).await?;
-        let mut synthesised = HeaderMap::new();
-        let value = format!(
-            "{}/{}; boundary=\"{}\"",
-            content_type.type_(),
-            content_type.subtype(),
-            boundary
-        );
-        synthesised.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(&value)
-                .map_err(|_| ApiError::BadMultipart("unusable boundary".into()))?,
-        );
-        actix_multipart::Multipart::new(&synthesised, replay)
+        None => sniff_boundary(body).await?,
     };
+    // RFC 2046: 1 to 70 characters. KAZOO's are 64.
+    if boundary.is_empty() || boundary.len() > 70 {
+        return Err(ApiError::BadMultipart(format!(
+            "boundary of {} characters (1 to 70 allowed)",
+            boundary.len()
+        )));
+    }
+    if boundary
+        .bytes()
+        .any(|b| !(b == b' ' || b.is_ascii_graphic()) || matches!(b, b'"' | b'\\'))
+    {
+        return Err(ApiError::BadMultipart(
+            "boundary with a character RFC 2046 does not allow".into(),
+        ));
+    }
+    // Always `multipart/mixed` to actix-multipart, which then needs no RFC 6266 disposition
+    // per part: KAZOO's unquoted names (`name=a;b.mp3`) are not one. [`part_name`] reads them.
+    let mut parser_headers = HeaderMap::new();
+    parser_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&format!("multipart/mixed; boundary=\"{boundary}\""))
+            .map_err(|_| ApiError::BadMultipart("unusable boundary".into()))?,
+    );
+    let mut multipart = actix_multipart::Multipart::new(&parser_headers, body);
 
-    let mut document: Option<(Bytes, Option<String>)> = None;
+    let mut document: Option<JsonPart> = None;
     let mut file: Option<(Option<String>, Option<String>, bool)> = None;
     while let Some(field) = multipart.next().await {
         let mut field = field.map_err(multipart_error)?;
@@ -72,20 +73,10 @@ pub(super) async fn receive_multipart(
             ));
         }
         let part_type = field.content_type().map(|m| m.essence_str().to_owned());
-        let part_name = field.name().map(str::to_owned);
+        let part_name = part_name(field.headers());
         if document.is_none() && part_type.as_deref() == Some("application/json") {
             // Most likely KAZOO's document; it is the file only if no other part follows.
-            let mut json = BytesMut::new();
-            while let Some(chunk) = field.next().await {
-                let chunk = chunk.map_err(multipart_error)?;
-                if json.len() + chunk.len() > MAX_METADATA_BYTES {
-                    return Err(ApiError::BadMultipart(format!(
-                        "JSON part larger than {MAX_METADATA_BYTES} bytes"
-                    )));
-                }
-                json.extend_from_slice(&chunk);
-            }
-            document = Some((json.freeze(), part_name));
+            document = Some(receive_json_part(&mut field, part_name, limits.max_document).await?);
             continue;
         }
         let base64 = receive_file_part(&mut field, sink, limits.base64).await?;
@@ -94,20 +85,26 @@ pub(super) async fn receive_multipart(
 
     let (file_part_name, content_type, base64, kazoo_document, document_part_name) = match file {
         Some((name, part_type, base64)) => {
-            let (json, document_name) = document.unzip();
-            (
-                name,
-                part_type,
-                base64,
-                json.and_then(|j| parse_document(&j)),
-                document_name.flatten(),
-            )
+            let (kazoo_document, document_name) = match document {
+                Some(part) => (Some(part.document()), part.name),
+                None => (None, None),
+            };
+            (name, part_type, base64, kazoo_document, document_name)
         }
         // A lone JSON part is the file itself.
         None => match document {
-            Some((json, name)) => {
-                sink.put(json).await?;
+            Some(JsonPart {
+                json: Some(json),
+                name,
+            }) => {
+                sink.put(json.freeze()).await?;
                 (name, Some("application/json".into()), false, None, None)
+            }
+            Some(JsonPart { json: None, .. }) => {
+                return Err(ApiError::BadMultipart(format!(
+                    "a lone JSON part over {} bytes, and no file part",
+                    limits.max_document
+                )));
             }
             None => return Err(ApiError::BadMultipart("no file part".into())),
         },
@@ -125,15 +122,38 @@ pub(super) async fn receive_multipart(
     })
 }
 
-fn parse_document(json: &[u8]) -> Option<serde_json::Value> {
-    match serde_json::from_slice(json) {
-        Ok(value) => Some(value),
-        Err(e) => {
-            // The audio matters more than its description: store it, index it without.
-            warn!(error = %e, "JSON part is not valid JSON; storing the file without it");
-            None
+/// A JSON part: its text, unless it was over the limit (then read to its end and dropped).
+struct JsonPart {
+    json: Option<BytesMut>,
+    name: Option<String>,
+}
+
+impl JsonPart {
+    /// KAZOO's document, or why it is dropped.
+    fn document(&self) -> Result<Document, Dropped> {
+        let json = self.json.as_ref().ok_or(Dropped::TooLarge)?;
+        document::inspect(json)
+    }
+}
+
+/// Reads a JSON part, holding at most `max` bytes of it.
+async fn receive_json_part(
+    field: &mut actix_multipart::Field,
+    name: Option<String>,
+    max: usize,
+) -> Result<JsonPart, ApiError> {
+    let mut json = Some(BytesMut::new());
+    while let Some(chunk) = field.next().await {
+        let chunk = chunk.map_err(multipart_error)?;
+        if let Some(held) = &mut json {
+            if held.len() + chunk.len() > max {
+                json = None;
+            } else {
+                held.extend_from_slice(&chunk);
+            }
         }
     }
+    Ok(JsonPart { json, name })
 }
 
 fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
@@ -218,7 +238,8 @@ async fn sniff_boundary(mut body: Body) -> Result<(String, Body), ApiError> {
                 .filter(|b| {
                     !b.is_empty()
                         && b.len() <= 200
-                        && b.iter().all(|c| c.is_ascii_graphic() && *c != b'"')
+                        && b.iter()
+                            .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b'\\'))
                 })
                 .ok_or_else(|| {
                     ApiError::BadMultipart("no boundary parameter and no delimiter line".into())
@@ -265,9 +286,6 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
     let Ok(mime) = content_type.parse::<mime::Mime>() else {
         return Err("unparseable content type".into());
     };
-    let mut headers = HeaderMap::new();
-    let value = HeaderValue::from_str(content_type).map_err(|e| e.to_string())?;
-    headers.insert(header::CONTENT_TYPE, value);
     // Feed the body in uneven pieces, as a network would.
     let chunks: Vec<Result<Bytes, PayloadError>> = body
         .chunks(97)
@@ -278,6 +296,8 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
         max_body: u64::MAX,
         base64,
         body_timeout: std::time::Duration::from_secs(1),
+        upload_deadline: std::time::Duration::from_secs(10),
+        max_document: 64 * 1024,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -288,7 +308,7 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
             writer: Box::new(Counting),
             size: 0,
         };
-        receive_multipart(&headers, &mime, stream, &mut sink, &limits)
+        receive_multipart(&mime, stream, &mut sink, &limits)
             .await
             .map(|_| sink.size)
             .map_err(|e| e.to_string())

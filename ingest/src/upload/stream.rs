@@ -30,28 +30,47 @@ impl FileSink {
 
 pub(super) type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
 
+/// Why [`limit_stream`] cut a body off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cutoff {
+    /// More than `max_body` bytes.
+    TooLarge,
+    /// Silent for `body_timeout`.
+    Stalled,
+    /// Still arriving at `upload_deadline`.
+    Deadline,
+}
+
 /// Ends the stream with an error once more than `max_body` bytes arrived (chunked bodies have
-/// no Content-Length to check up front), or when the client stays silent for `body_timeout`
-/// (a slow or stuck client must not hold an upload slot forever).
+/// no Content-Length to check up front), when the client stays silent for `body_timeout`, or
+/// when the body is still arriving `upload_deadline` after it started (a slow or stuck client,
+/// or one that trickles a byte now and then, must not hold an upload slot for ever). Why is
+/// left in `cutoff`.
 pub(super) fn limit_stream(
     payload: actix_web::web::Payload,
     limits: &Limits,
-    overflowed: Rc<Cell<bool>>,
-    stalled: Rc<Cell<bool>>,
+    cutoff: Rc<Cell<Option<Cutoff>>>,
 ) -> Body {
-    let (max, timeout) = (limits.max_body, limits.body_timeout);
+    let (max, silence) = (limits.max_body, limits.body_timeout);
+    let deadline = tokio::time::Instant::now() + limits.upload_deadline;
     Box::pin(
         stream::unfold(
             (payload, 0u64, false),
             move |(mut payload, seen, failed)| {
-                let (overflowed, stalled) = (overflowed.clone(), stalled.clone());
+                let cutoff = cutoff.clone();
                 async move {
                     if failed {
                         return None;
                     }
-                    let chunk = match tokio::time::timeout(timeout, payload.next()).await {
+                    let wait = (tokio::time::Instant::now() + silence).min(deadline);
+                    let chunk = match tokio::time::timeout_at(wait, payload.next()).await {
                         Err(_) => {
-                            stalled.set(true);
+                            let why = if wait == deadline {
+                                Cutoff::Deadline
+                            } else {
+                                Cutoff::Stalled
+                            };
+                            cutoff.set(Some(why));
                             return Some((
                                 Err(PayloadError::Incomplete(None)),
                                 (payload, seen, true),
@@ -66,7 +85,7 @@ pub(super) fn limit_stream(
                     };
                     let seen = seen + chunk.len() as u64;
                     if seen > max {
-                        overflowed.set(true);
+                        cutoff.set(Some(Cutoff::TooLarge));
                         return Some((Err(PayloadError::Overflow), (payload, seen, true)));
                     }
                     Some((Ok(chunk), (payload, seen, false)))

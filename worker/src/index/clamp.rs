@@ -10,23 +10,24 @@ use serde_json::value::RawValue;
 pub(crate) const MAX_FIELD_BYTES: usize = 256;
 /// Deepest KAZOO document kept. KAZOO's are 3 or 4 levels deep.
 pub(crate) const MAX_DOCUMENT_DEPTH: usize = 32;
-/// Largest KAZOO document kept, in bytes (KAZOO's are a few KiB).
-pub(crate) const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
 /// Keeps KAZOO's document if it is one an index can hold; otherwise drops it and says why.
 /// It stays JSON text: it is never built in memory.
+/// `max_bytes` is `VMPIPE_MAX_DOCUMENT`, which ingest enforces too (a job journaled before a
+/// lower setting may carry a larger document).
 pub(crate) fn admit_document(
     raw: Option<Box<RawValue>>,
+    max_bytes: u64,
 ) -> (Option<Box<RawValue>>, Option<String>) {
     let Some(raw) = raw else {
         return (None, None);
     };
     let text = raw.get();
-    if text.len() > MAX_DOCUMENT_BYTES {
+    if text.len() as u64 > max_bytes {
         return (
             None,
             Some(format!(
-                "metadata: the document is {} bytes, over {MAX_DOCUMENT_BYTES}: not kept",
+                "metadata: the document is {} bytes, over {max_bytes}: not kept",
                 text.len()
             )),
         );
@@ -83,6 +84,8 @@ pub(crate) fn cut(column: &str, text: &mut String, dropped: &mut Vec<String>) {
 mod tests {
     use super::*;
 
+    const MAX: u64 = 64 * 1024;
+
     fn raw(json: &str) -> Option<Box<RawValue>> {
         Some(RawValue::from_string(json.to_owned()).unwrap())
     }
@@ -97,18 +100,18 @@ mod tests {
     #[test]
     fn documents_kazoo_sends_are_kept_and_hostile_ones_dropped_with_a_reason() {
         let kazoo = r#"{"metadata":{"caller_id_number":"1"}}"#;
-        let (kept, note) = admit_document(raw(kazoo));
+        let (kept, note) = admit_document(raw(kazoo), MAX);
         assert_eq!(kept.unwrap().get(), kazoo);
         assert_eq!(note, None);
         let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
-        let (kept, note) = admit_document(raw(&deep));
+        let (kept, note) = admit_document(raw(&deep), MAX);
         assert!(kept.is_none());
         assert!(note.unwrap().contains("nested deeper"));
-        let big = format!("[{}0]", "0,".repeat(MAX_DOCUMENT_BYTES));
-        let (kept, note) = admit_document(raw(&big));
+        let big = format!("[{}0]", "0,".repeat(MAX as usize));
+        let (kept, note) = admit_document(raw(&big), MAX);
         assert!(kept.is_none());
         assert!(note.unwrap().contains("bytes"));
-        let (kept, note) = admit_document(None);
+        let (kept, note) = admit_document(None, MAX);
         assert!(kept.is_none() && note.is_none());
     }
 

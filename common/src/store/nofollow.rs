@@ -1,0 +1,162 @@
+//! Paths below `voicemails/` resolved one directory at a time, never through a symbolic link.
+//!
+//! Nothing vmpipe writes there is a link, so a link found there was planted: following it would
+//! write (or serve) a file outside the storage root. Each directory is opened relative to the
+//! one before it with `O_NOFOLLOW`, and the final rename and open are relative to the last
+//! one, so a link swapped in meanwhile is not followed either. The root itself is opened by its
+//! path (it may be a link the operator made, to another disk).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
+
+use super::StorageError;
+
+const DIRECTORY: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The segments of `relative` (a key's relative path).
+fn components(relative: &Path) -> Vec<&OsStr> {
+    relative
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The file name and the parent directory's segments of `relative`.
+fn split(relative: &Path) -> Option<(&OsStr, Vec<&OsStr>)> {
+    let mut parts = components(relative);
+    let name = parts.pop()?;
+    Some((name, parts))
+}
+
+/// Why a directory below the root could not be opened.
+enum Walk {
+    Absent,
+    Failed(StorageError),
+}
+
+/// Opens the directory `dirs` below `root`, one at a time without following links, creating
+/// the missing ones when `create` (each new one fsynced into its parent).
+fn open_dirs(root: &Path, dirs: &[&OsStr], create: bool) -> Result<OwnedFd, Walk> {
+    let mut path = root.to_path_buf();
+    let open_root = rustix::fs::open(root, DIRECTORY.difference(OFlags::NOFOLLOW), Mode::empty());
+    let mut dir = open_root.map_err(|e| Walk::Failed(StorageError::io("open", root, e.into())))?;
+    for name in dirs {
+        path.push(name);
+        let next = match rustix::fs::openat(&dir, *name, DIRECTORY, Mode::empty()) {
+            Ok(next) => next,
+            Err(e) if e == rustix::io::Errno::NOENT && create => {
+                match rustix::fs::mkdirat(&dir, *name, Mode::from_raw_mode(0o777)) {
+                    Ok(()) => rustix::fs::fsync(&dir).map_err(|e| {
+                        Walk::Failed(StorageError::io("fsync directory", &path, e.into()))
+                    })?,
+                    // Made by a concurrent upload meanwhile.
+                    Err(e) if e == rustix::io::Errno::EXIST => {}
+                    Err(e) => {
+                        return Err(Walk::Failed(StorageError::io(
+                            "create directory",
+                            &path,
+                            e.into(),
+                        )));
+                    }
+                }
+                rustix::fs::openat(&dir, *name, DIRECTORY, Mode::empty())
+                    .map_err(|e| classify(&dir, name, &path, e.into()))?
+            }
+            Err(e) => return Err(classify(&dir, name, &path, e.into())),
+        };
+        dir = next;
+    }
+    Ok(dir)
+}
+
+/// What stands at `name` in `dir` where a directory was expected.
+fn classify(dir: &OwnedFd, name: &OsStr, path: &Path, error: io::Error) -> Walk {
+    if error.kind() == io::ErrorKind::NotFound {
+        return Walk::Absent;
+    }
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode).is_symlink() => {
+            Walk::Failed(StorageError::Symlink(path.to_path_buf()))
+        }
+        // A stored file where a folder of files would go.
+        Ok(stat) if !FileType::from_raw_mode(stat.st_mode).is_dir() => {
+            Walk::Failed(StorageError::Conflict(path.display().to_string()))
+        }
+        _ => Walk::Failed(StorageError::io("open directory", path, error)),
+    }
+}
+
+/// Renames `temp` to `relative` below `root` (its directories created as needed), then fsyncs
+/// the directory it went into. A link at `relative` itself is replaced, not followed.
+pub(super) fn rename_into(root: &Path, relative: &Path, temp: &Path) -> Result<(), StorageError> {
+    let final_path = root.join(relative);
+    let Some((name, dirs)) = split(relative) else {
+        return Err(StorageError::Conflict(final_path.display().to_string()));
+    };
+    let parent = open_dirs(root, &dirs, true).map_err(|walk| match walk {
+        Walk::Absent => StorageError::io(
+            "create directory",
+            &final_path,
+            io::ErrorKind::NotFound.into(),
+        ),
+        Walk::Failed(e) => e,
+    })?;
+    rustix::fs::renameat(CWD, temp, &parent, name).map_err(|e| {
+        let e = io::Error::from(e);
+        // ENOTDIR, EISDIR: one key cannot be both a file and a folder of files.
+        if matches!(e.raw_os_error(), Some(20 | 21)) {
+            StorageError::Conflict(final_path.display().to_string())
+        } else {
+            StorageError::io("rename", &final_path, e)
+        }
+    })?;
+    rustix::fs::fsync(&parent).map_err(|e| {
+        let dir = final_path
+            .parent()
+            .map_or_else(PathBuf::new, Path::to_path_buf);
+        StorageError::io("fsync directory", &dir, e.into())
+    })
+}
+
+/// Opens the regular file at `relative` below `root`; `None` when there is none (or only a
+/// link, or a directory, stands there).
+pub(super) fn open_file(root: &Path, relative: &Path) -> Result<Option<File>, StorageError> {
+    let path = root.join(relative);
+    let Some((name, dirs)) = split(relative) else {
+        return Ok(None);
+    };
+    let parent = match open_dirs(root, &dirs, false) {
+        Ok(parent) => parent,
+        Err(Walk::Absent | Walk::Failed(StorageError::Conflict(_))) => return Ok(None),
+        Err(Walk::Failed(StorageError::Symlink(link))) => {
+            tracing::warn!(link = %link.display(), "not following a symbolic link below voicemails/");
+            return Ok(None);
+        }
+        Err(Walk::Failed(e)) => return Err(e),
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat(&parent, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // ELOOP: a link; ENOENT: nothing; ENOTDIR: a file above it.
+        Err(e) if matches!(e.raw_os_error(), 2 | 20 | 40) => return Ok(None),
+        Err(e) => return Err(StorageError::io("open", &path, e.into())),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| StorageError::io("stat", &path, e.into()))?;
+    if !FileType::from_raw_mode(stat.st_mode).is_file() {
+        return Ok(None);
+    }
+    // Opened non-blocking so that a planted FIFO could not hang the open; reads of a regular
+    // file are not affected.
+    Ok(Some(File::from(fd)))
+}

@@ -1,0 +1,124 @@
+//! The HTTP server: actix-server accepting connections (TLS when configured), each through a
+//! connection gate ([`gate`]) into actix-http's HTTP/1 dispatcher and the app.
+//!
+//! This is what `actix_web::HttpServer` builds, with the gate added between the socket and the
+//! dispatcher: `HttpServer` takes the socket as it is, and its head timeout covers only the first
+//! request of a connection.
+
+mod answers;
+mod gate;
+mod head;
+mod track;
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_http::{HttpService, Request, Response, body::MessageBody};
+use actix_server::{GracefulShutdownSignal, ServerBuilder};
+use actix_service::{
+    IntoServiceFactory, ServiceFactory, ServiceFactoryExt, fn_service, map_config,
+};
+use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
+use actix_web::dev::{AppConfig, Extensions};
+use actix_web::rt::net::TcpStream;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use gate::Gate;
+pub(crate) use track::track;
+
+/// KAZOO's HTTP client keeps idle connections for 120 s; keeping ours open longer means the
+/// client, not us, closes them, so a request never races a server-side close.
+const KEEP_ALIVE: Duration = Duration::from_secs(150);
+/// How long a closing connection may take to say goodbye.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Adds a listener on `listener` serving the app `factory` makes (one per worker thread), over
+/// TLS when `tls` is set.
+pub(crate) fn listen<F, I, S, B>(
+    builder: ServerBuilder,
+    name: &str,
+    listener: TcpListener,
+    tls: Option<ServerConfig>,
+    factory: F,
+) -> std::io::Result<ServerBuilder>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    S::Service: 'static,
+    <S::Service as actix_service::Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let shutdown = builder.graceful_shutdown_signal();
+    match tls {
+        None => builder.listen(name, listener, move || {
+            fn_service(|io: TcpStream| async move {
+                let peer = io.peer_addr().ok();
+                Ok::<_, ()>((Gate::new(io), peer))
+            })
+            .and_then(http(&factory, &shutdown))
+        }),
+        Some(config) => {
+            let acceptor = Acceptor::new(config);
+            builder.listen(name, listener, move || {
+                acceptor
+                    .clone()
+                    .map_err(|_| ())
+                    .map(|io: TlsStream<TcpStream>| {
+                        let peer = io.get_ref().0.peer_addr().ok();
+                        (Gate::new(io), peer)
+                    })
+                    .and_then(http(&factory, &shutdown))
+            })
+        }
+    }
+}
+
+/// HTTP/1 over a gated connection, for one worker thread's copy of the app.
+fn http<T, F, I, S, B>(
+    factory: &F,
+    shutdown: &GracefulShutdownSignal,
+) -> impl ServiceFactory<
+    (Gate<T>, Option<SocketAddr>),
+    Config = (),
+    Response = (),
+    Error = (),
+    InitError = (),
+> + use<T, F, I, S, B>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    F: Fn() -> I,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    S::Service: 'static,
+    <S::Service as actix_service::Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let shutdown = shutdown.clone();
+    let app = factory()
+        .into_factory()
+        .map_err(|e| e.into().error_response());
+    HttpService::build()
+        .keep_alive(KEEP_ALIVE)
+        // The gate times every head, the first one included, and answers with JSON.
+        .client_request_timeout(Duration::ZERO)
+        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+        .graceful_shutdown_signal(move || {
+            let shutdown = shutdown.clone();
+            async move { shutdown.notified().await }
+        })
+        .on_connect_ext(|io: &Gate<T>, data: &mut Extensions| {
+            data.insert(io.handle());
+        })
+        .h1(map_config(app, |()| AppConfig::default()))
+        .map_err(|_| ())
+        .map_init_err(|_| ())
+}
