@@ -165,17 +165,12 @@ async fn a_timed_out_decode_stops_writing() {
         ..stack.worker_settings()
     };
     stack.start_worker_with(settings).await;
-    // 30 minutes at 8 kHz (14 MB): many seconds of decoding, in any build.
-    upload(
-        &stack,
-        "long.wav",
-        &wav_pcm8(8000, 30 * 60 * 8000),
-        "audio/wav",
-    )
-    .await;
+    // Two hours of 16 kbps MP3 (14 MB): many seconds of decoding, in any build.
+    let long = fixture("mp3_cbr16_8k.mp3").repeat(580);
+    upload(&stack, "long.mp3", &long, "audio/mpeg").await;
 
     let row = stack
-        .finished_transcription("long.wav", "slow", Duration::from_secs(60))
+        .finished_transcription("long.mp3", "slow", Duration::from_secs(60))
         .await;
     assert_eq!(text(&row, "status"), "failed");
     assert_eq!(text(&row, "error"), "timed out after 1 s");
