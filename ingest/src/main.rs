@@ -19,7 +19,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    logging::init(settings.log_format);
+    logging::init(settings.log_format, logging::Output::Stdout);
     // Listening for signals from the start: one during start-up stops ingest once it is up.
     let shutdown = CancellationToken::new();
     tokio::spawn(signals::cancel_on_signal(shutdown.clone()));

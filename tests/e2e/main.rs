@@ -5,5 +5,6 @@ mod hostile;
 mod hostile_worker;
 mod ingest;
 mod ops;
+mod scripting;
 mod tls;
 mod worker;

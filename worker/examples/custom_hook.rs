@@ -82,7 +82,7 @@ fn measure(path: &Path) -> std::io::Result<(f64, f64)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(None)?;
-    logging::init(settings.log_format);
+    logging::init(settings.log_format, logging::Output::Stdout);
     let shutdown = CancellationToken::new();
     tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
     Worker::build(settings)

@@ -78,8 +78,35 @@ async fn main() -> anyhow::Result<ExitCode> {
         });
     }
     let settings = Settings::load(cli.config.as_deref())?;
-    logging::init(settings.log_format);
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    // The service's logs are its output; an admin command's output is its report.
+    let logs_to = match command {
+        Command::Run => logging::Output::Stdout,
+        _ => logging::Output::Stderr,
+    };
+    logging::init(settings.log_format, logs_to);
+    match run(command, &settings).await {
+        // The reader (`| head`, say) went away: not a failure of the command.
+        Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Writes one line of a report to standard output.
+fn emit(line: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}")
+}
+
+async fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let settings = settings.clone();
+    match command {
         Command::Run => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signals::cancel_on_signal(shutdown.clone()));
@@ -90,20 +117,20 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Reconcile { dry_run } => {
             let report = admin::reconcile(&settings, dry_run).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            emit(serde_json::to_string_pretty(&report)?)?;
         }
         Command::ReplayDead => {
             let replayed = admin::replay_dead(&settings).await?;
-            println!("{}", serde_json::json!({ "replayed": replayed }));
+            emit(serde_json::json!({ "replayed": replayed }))?;
         }
         Command::DeadLetters => {
             for dead in admin::dead_letters(&settings).await? {
-                println!("{}", serde_json::to_string(&dead)?);
+                emit(serde_json::to_string(&dead)?)?;
             }
         }
         Command::Reindex => {
             let report = admin::reindex(&settings).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            emit(serde_json::to_string_pretty(&report)?)?;
         }
         Command::Prune {
             older_than,
@@ -115,18 +142,18 @@ async fn main() -> anyhow::Result<ExitCode> {
             let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age)?;
             let pause = std::time::Duration::from_millis(pause_ms);
             let report = admin::prune(&settings, cutoff, apply, batch, pause).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            emit(serde_json::to_string_pretty(&report)?)?;
         }
         Command::Transcribe { voicemail, hook } => {
             let reports = vmpipe_worker::transcribe(&settings, &voicemail, hook.as_deref()).await?;
             for report in &reports {
-                println!("{}", serde_json::to_string(report)?);
+                emit(serde_json::to_string(report)?)?;
             }
             if reports.iter().any(|report| report.status != "done") {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Probe { .. } => unreachable!("handled above"),
+        Command::Probe { .. } => unreachable!("handled before the settings load"),
     }
     Ok(ExitCode::SUCCESS)
 }

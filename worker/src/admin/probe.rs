@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use crate::audio::probe;
 
-/// Prints one JSON line per file; whether every file could be measured.
+/// Prints one JSON line per file; whether every file could be measured. A reader that goes
+/// away (`| head`) ends it quietly.
 pub fn probe_files(files: &[PathBuf]) -> bool {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     let mut all_measured = true;
     for file in files {
         let line = match probe::probe_file(file) {
@@ -19,7 +22,9 @@ pub fn probe_files(files: &[PathBuf]) -> bool {
                 serde_json::json!({ "file": file.display().to_string(), "error": e.to_string() })
             }
         };
-        println!("{line}");
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
     }
     all_measured
 }
