@@ -18,7 +18,7 @@ use futures_util::future::join_all;
 use lapin::Connection;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use vmpipe_common::VoicemailJob;
 use vmpipe_common::amqp::{self, ConfirmChannel, job_properties, publish_confirmed};
 use vmpipe_common::backoff::Backoff;
@@ -61,6 +61,8 @@ struct Inner {
     channel: watch::Sender<Option<ConfirmChannel>>,
     /// Connection attempts made so far (startup waits for the first).
     attempts: watch::Sender<u64>,
+    /// The last attempt was refused for its credentials.
+    credentials_refused: std::sync::atomic::AtomicBool,
     /// Wakes the background task: a job was journaled, or a publish failed.
     wake: Notify,
     stop: Notify,
@@ -82,6 +84,7 @@ impl Publisher {
                 journal,
                 channel: watch::channel(None).0,
                 attempts: watch::channel(0).0,
+                credentials_refused: Default::default(),
                 wake: Notify::new(),
                 stop: Notify::new(),
             }),
@@ -132,6 +135,13 @@ impl Publisher {
     }
 
     /// Whether a confirmed publish is currently possible.
+    /// Whether RabbitMQ refused the credentials at the last attempt.
+    pub(crate) fn credentials_refused(&self) -> bool {
+        self.inner
+            .credentials_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn is_connected(&self) -> bool {
         self.inner
             .channel
@@ -149,6 +159,10 @@ impl Publisher {
         let mut backoff = Backoff::default();
         loop {
             let attempt = self.connect().await;
+            let refused = attempt.as_ref().is_err_and(amqp::refused_credentials);
+            self.inner
+                .credentials_refused
+                .store(refused, std::sync::atomic::Ordering::Relaxed);
             self.inner.attempts.send_modify(|n| *n += 1);
             let stopped = match attempt {
                 Ok((connection, channel)) => {
@@ -164,6 +178,11 @@ impl Publisher {
                     )
                     .await;
                     stopped
+                }
+                Err(e) if refused => {
+                    error!(error = %e, "RabbitMQ refused the credentials in VMPIPE_AMQP_URL; \
+                        uploads are journaled until they are fixed");
+                    false
                 }
                 Err(e) => {
                     warn!(error = %e, "RabbitMQ unreachable; uploads are journaled until it is back");

@@ -92,3 +92,48 @@ fn probe_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(status.code(), Some(101), "no panic: {stderr}");
 }
+
+/// A wrong RabbitMQ password is not an outage: ingest and the worker say so in `/readyz` (and
+/// their logs), rather than "unreachable" over a silently growing journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_rabbitmq_password_is_called_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_url().replacen("guest:guest@", "guest:not-the-password@", 1);
+    assert_ne!(url, amqp_url(), "the test broker's URL has guest:guest");
+    let settings = Settings {
+        storage_dir: dir.path().to_path_buf(),
+        amqp_url: SecretUrl(url),
+        queue: format!("vmpipe.test.{}", hex32()),
+        ..Settings::default()
+    };
+    let ingest = Service::spawn("ingest", &settings).await;
+    let said = readiness_saying(&ingest, "refused the credentials").await;
+    assert!(said.contains("refused the credentials"), "ingest: {said}");
+    ingest.sigkill().await;
+
+    let database = TestDatabase::new();
+    let worker_settings = Settings {
+        database_url: SecretUrl(database.url.clone()),
+        ..settings
+    };
+    let worker = Service::spawn("worker", &worker_settings).await;
+    let said = readiness_saying(&worker, "refused the credentials").await;
+    assert!(said.contains("refused the credentials"), "worker: {said}");
+    worker.sigkill().await;
+    database.drop().await;
+}
+
+/// The `/readyz` body once it says `what` (or the last one, after 10 s).
+async fn readiness_saying(service: &Service, what: &str) -> String {
+    let mut said = String::new();
+    for _ in 0..100 {
+        if let Some((_, body)) = service.get("/readyz").await {
+            said = body;
+            if said.contains(what) {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    said
+}

@@ -17,12 +17,22 @@ use tracing::debug;
 pub(crate) struct Health {
     pub consuming: std::sync::atomic::AtomicBool,
     pub database_ok: std::sync::atomic::AtomicBool,
+    /// RabbitMQ refused the credentials at the last connection attempt.
+    pub credentials_refused: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
     pub(crate) fn set_consuming(&self, on: bool) {
         self.consuming
             .store(on, std::sync::atomic::Ordering::Relaxed);
+        if on {
+            self.set_credentials_refused(false);
+        }
+    }
+
+    pub(crate) fn set_credentials_refused(&self, refused: bool) {
+        self.credentials_refused
+            .store(refused, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn set_database_ok(&self, ok: bool) {
@@ -135,7 +145,11 @@ async fn readiness(server: &HealthServer) -> (u16, &'static str, String) {
     let body = serde_json::json!({
         "ready": ready,
         "database": if database { "ok" } else { "unreachable" },
-        "rabbitmq": if consuming { "consuming" } else { "not connected" },
+        "rabbitmq": match (consuming, server.health.credentials_refused.load(Ordering::Relaxed)) {
+            (true, _) => "consuming",
+            (false, true) => "refused the credentials (VMPIPE_AMQP_URL)",
+            (false, false) => "not connected",
+        },
     });
     (
         if ready { 200 } else { 503 },

@@ -14,6 +14,12 @@ pub use publish::{
 };
 pub use topology::{dead_letter_queue, declare_queues};
 
+/// Whether RabbitMQ turned the connection away for its credentials (`ACCESS_REFUSED`): a
+/// setting to fix (`VMPIPE_AMQP_URL`), not an outage to wait out.
+pub fn refused_credentials(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 403)
+}
+
 /// Connects with a name that shows up in RabbitMQ's management UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     Connection::connect(

@@ -51,7 +51,11 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = serde_json::json!({
         "ready": storage.is_ok(),
         "storage": storage.as_ref().map_or_else(|e| e.to_string(), |()| "ok".to_owned()),
-        "rabbitmq": if connected { "connected" } else { "unreachable: jobs are journaled" },
+        "rabbitmq": match (connected, state.jobs.credentials_refused()) {
+            (true, _) => "connected",
+            (false, true) => "refused the credentials (VMPIPE_AMQP_URL): jobs are journaled",
+            (false, false) => "unreachable: jobs are journaled",
+        },
         "journaled_jobs": journaled,
     });
     if storage.is_ok() {

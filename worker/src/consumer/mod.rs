@@ -42,6 +42,10 @@ pub(crate) async fn consume(context: Arc<Context>, shutdown: CancellationToken) 
         context.health.set_consuming(false);
         match result {
             Ok(()) => return,
+            Err(ConsumeError::Amqp(e)) if amqp::refused_credentials(&e) => {
+                context.health.set_credentials_refused(true);
+                error!(error = %e, "RabbitMQ refused the credentials in VMPIPE_AMQP_URL; retrying");
+            }
             Err(e) => warn!(error = %e, "RabbitMQ connection lost or refused; reconnecting"),
         }
         tokio::select! {
