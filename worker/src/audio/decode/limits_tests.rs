@@ -186,3 +186,11 @@ fn largest_temp_file() {
     ));
     assert!(written <= 44 + 2 * 16_000 * 14_400);
 }
+
+#[test]
+fn the_default_duration_is_the_settings_default() {
+    assert_eq!(
+        Limits::default().max_secs,
+        vmpipe_common::Settings::default().max_audio_secs
+    );
+}
