@@ -476,3 +476,40 @@ async fn unwritable_storage_answers_a_5xx_kazoo_retries_never_201() {
     queue.delete().await;
     ingest.stop().await;
 }
+
+/// A worker started while PostgreSQL is down waits for it (under docker compose, exiting is a
+/// crash loop): `/healthz` answers meanwhile, `/readyz` is 503, and it is ready once the
+/// database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_postgresql_is_down_waits_for_it() {
+    let database = TestDatabase::new();
+    let proxy = Proxy::start(url_addr(&database.url)).await;
+    proxy.cut();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("vmpipe.test.{}", hex32());
+    let settings = Settings {
+        storage_dir: dir.path().to_path_buf(),
+        database_url: SecretUrl(proxy.url_for(&database.url)),
+        amqp_url: SecretUrl(amqp_url()),
+        queue: queue.clone(),
+        ..Settings::default()
+    };
+    let worker = Service::spawn("worker", &settings).await;
+    let (status, body) = worker.get("/readyz").await.expect("readyz answers");
+    assert_eq!(status, 503, "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        worker.get("/healthz").await.is_some_and(|(s, _)| s == 200),
+        "still alive while the database is down"
+    );
+    proxy.restore();
+    eventually(
+        "ready once PostgreSQL is back",
+        Duration::from_secs(30),
+        async || worker.get("/readyz").await.is_some_and(|(s, _)| s == 200),
+    )
+    .await;
+    worker.sigkill().await;
+    TestQueue::declare(&queue).await.delete().await;
+    database.drop().await;
+}

@@ -43,7 +43,8 @@ impl Health {
 
 pub(crate) struct HealthServer {
     pub health: Arc<Health>,
-    pub pool: PgPool,
+    /// The database, once connected (`None` while the worker starts: not ready).
+    pub pool: Option<PgPool>,
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -56,6 +57,15 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 pub(crate) async fn serve(
     listener: TcpListener,
+    server: Arc<HealthServer>,
+    shutdown: CancellationToken,
+) {
+    serve_on(&listener, server, shutdown).await
+}
+
+/// [`serve`] on a listener that is the caller's again once `shutdown` is cancelled (start-up).
+pub(crate) async fn serve_on(
+    listener: &TcpListener,
     server: Arc<HealthServer>,
     shutdown: CancellationToken,
 ) {
@@ -134,12 +144,15 @@ async fn answer(mut stream: TcpStream, server: &HealthServer) -> std::io::Result
 }
 
 async fn readiness(server: &HealthServer) -> (u16, &'static str, String) {
-    let database = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&server.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let database = match &server.pool {
+        Some(pool) => tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok()),
+        None => false,
+    };
     let consuming = server.health.consuming.load(Ordering::Relaxed);
     let ready = database && consuming;
     let body = serde_json::json!({

@@ -38,6 +38,22 @@ pub async fn migrate(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
     Ok(pool)
 }
 
+/// [`migrate`], retried with backoff while PostgreSQL is unreachable (not when it refuses: a
+/// wrong password or database is a setting to fix).
+async fn migrate_when_reachable(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
+    let mut backoff = vmpipe_common::backoff::Backoff::default();
+    loop {
+        match migrate(settings).await {
+            Err(WorkerError::Database(e)) if index::db::is_transient(&e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "PostgreSQL unreachable; waiting for it");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A worker ready to run: database migrated, health address bound, hooks configured.
 pub struct Worker {
     settings: Settings,
@@ -52,7 +68,6 @@ impl Worker {
         vmpipe_common::metrics::handle();
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
-        let pool = migrate(&settings).await?;
         let store = FsStore::open(&settings.storage_dir)?;
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
             .await
@@ -60,6 +75,23 @@ impl Worker {
                 addr: settings.worker_listen.clone(),
                 source,
             })?;
+        // While the database is away at start-up, the worker waits for it, alive and not ready
+        // (exiting would be a crash loop under an orchestrator).
+        let starting = Arc::new(health::HealthServer {
+            health: Arc::default(),
+            pool: None,
+            metrics: None,
+        });
+        let started = CancellationToken::new();
+        let (pool, ()) = tokio::join!(
+            async {
+                let pool = migrate_when_reachable(&settings).await;
+                started.cancel();
+                pool
+            },
+            health::serve_on(&listener, starting, started.clone()),
+        );
+        let pool = pool?;
         Ok(Self {
             settings,
             pool,
@@ -126,7 +158,7 @@ impl Worker {
         info!(health = %self.listener.local_addr().expect("bound"), "worker health endpoints listening");
         let server = Arc::new(health::HealthServer {
             health: context.health.clone(),
-            pool: context.pool.clone(),
+            pool: Some(context.pool.clone()),
             metrics: Some(Arc::new(|| vmpipe_common::metrics::handle().render())),
         });
         let http = tokio::spawn(health::serve(self.listener, server, shutdown.clone()));
@@ -142,5 +174,10 @@ impl Worker {
 
 /// Migrates, then consumes jobs until `shutdown` is cancelled; in-flight jobs finish first.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    Worker::build(settings).await?.run(shutdown).await
+    let worker = tokio::select! {
+        worker = Worker::build(settings) => worker?,
+        // Stopped while still waiting for the database.
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    worker.run(shutdown).await
 }
