@@ -2,13 +2,12 @@
 //! inject shell into a hook, uploaded through ingest like KAZOO's. What an operator checks:
 //! the rows are there, the worker goes on and stops when told, disk and threads are bounded.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
 use vmpipe_common::Settings;
-use vmpipe_common::settings::{HookAudio, HookKind, HookSettings};
+use vmpipe_common::settings::{HookAudio, HookSettings};
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
@@ -50,26 +49,6 @@ async fn row_of(stack: &Stack, name: &str) -> sqlx::postgres::PgRow {
 
 fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
     row.get::<Option<String>, _>(column).unwrap_or_default()
-}
-
-fn command_hook(name: &str, audio: HookAudio, script: &str) -> HookSettings {
-    HookSettings {
-        name: name.into(),
-        kind: HookKind::Command,
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            script.into(),
-            "sh".into(),
-            "{audio}".into(),
-        ],
-        url: None,
-        headers: BTreeMap::new(),
-        audio,
-        timeout_secs: 20,
-        max_attempts: 3,
-        retry_delay_ms: 100,
-    }
 }
 
 /// A WAV of 8-bit PCM mono at `rate`, `samples` long.
@@ -154,7 +133,7 @@ async fn a_timed_out_decode_stops_writing() {
     let slow = HookSettings {
         timeout_secs: 1,
         max_attempts: 1,
-        ..command_hook(
+        ..shell_hook(
             "slow",
             HookAudio::Wav16k,
             &format!("touch {}", started.display()),
@@ -198,7 +177,7 @@ async fn wav16k_refuses_what_no_voicemail_is() {
     let scratch = tempfile::tempdir().unwrap();
     let mut stack = Stack::start(false).await;
     let sizes = scratch.path().join("sizes");
-    let wav16k = command_hook(
+    let wav16k = shell_hook(
         "wav16k",
         HookAudio::Wav16k,
         &format!("wc -c < \"$1\" >> {}", sizes.display()),
@@ -356,10 +335,10 @@ async fn hooks_get_a_safe_path_whatever_the_key() {
             "-c".into(),
             format!("cd {dir} && wc -c < {{audio}}"),
         ],
-        ..command_hook("careless", HookAudio::Original, "")
+        ..shell_hook("careless", HookAudio::Original, "")
     };
     // What a hook is given: its arguments, its environment, its standard input.
-    let inputs = command_hook(
+    let inputs = shell_hook(
         "inputs",
         HookAudio::Original,
         &format!(
@@ -489,7 +468,7 @@ fn ms_adpcm_overflowing() -> Vec<u8> {
 async fn a_decoder_crash_is_not_retried() {
     let mut stack = Stack::start(false).await;
     let settings = Settings {
-        hooks: vec![command_hook("wav16k", HookAudio::Wav16k, "wc -c < \"$1\"")],
+        hooks: vec![shell_hook("wav16k", HookAudio::Wav16k, "wc -c < \"$1\"")],
         ..stack.worker_settings()
     };
     stack.start_worker_with(settings).await;

@@ -12,23 +12,7 @@ use vmpipe_tests::*;
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
 
 fn command_hook(name: &str, script: &str) -> HookSettings {
-    HookSettings {
-        name: name.into(),
-        kind: HookKind::Command,
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            script.into(),
-            "sh".into(),
-            "{audio}".into(),
-        ],
-        url: None,
-        headers: BTreeMap::new(),
-        audio: HookAudio::Original,
-        timeout_secs: 20,
-        max_attempts: 3,
-        retry_delay_ms: 100,
-    }
+    shell_hook(name, HookAudio::Original, script)
 }
 
 /// Uploads a KAZOO voicemail (multipart, with its document) named `name`.

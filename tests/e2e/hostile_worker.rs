@@ -116,24 +116,8 @@ async fn a_voicemail_named_like_a_credentials_probe_is_indexed_as_a_voicemail() 
     let document = mailbox_message("d", &disguised);
     let key = upload_with_document(&stack, &disguised, &document).await;
     // A real probe, as KAZOO sends it.
-    let random = hex32();
-    let probe_name = format!("{random}_test_credentials_file.txt");
-    let probe_content = format!("some random content: {random}");
-    let probe_doc = serde_json::json!({"content": probe_content, "id": "p"});
-    let probe = Attachment {
-        document_id: "p",
-        name: &probe_name,
-        content_type: "text/plain",
-        data: probe_content.as_bytes(),
-        document: &probe_doc,
-    };
-    stack
-        .put(
-            &format!("/{ACCOUNT}/p/{probe_name}"),
-            Body::Multipart,
-            &probe,
-        )
-        .await;
+    let probe = stack.ingest.client().store_credentials_probe(ACCOUNT).await;
+    assert_eq!(probe.status, 201, "the credentials probe is stored");
     let pool = stack.pool().clone();
     wait_for_count(&pool, "SELECT count(*) FROM credential_probes", 1, WAIT).await;
     wait_for_count(&pool, "SELECT count(*) FROM voicemails", 1, WAIT).await;

@@ -45,24 +45,8 @@ async fn kazoo_uploads_become_rows_whose_fields_match() {
         )
         .await;
     // KAZOO's credentials probe is not a voicemail.
-    let random = hex32();
-    let probe_name = format!("{random}_test_credentials_file.txt");
-    let probe_content = format!("some random content: {random}");
-    let probe_doc = serde_json::json!({"content": probe_content, "id": "p"});
-    let probe = Attachment {
-        document_id: "p",
-        name: &probe_name,
-        content_type: "text/plain",
-        data: probe_content.as_bytes(),
-        document: &probe_doc,
-    };
-    stack
-        .put(
-            &format!("/{ACCOUNT}/{}/{probe_name}", hex32()),
-            Body::Multipart,
-            &probe,
-        )
-        .await;
+    let probe = stack.ingest.client().store_credentials_probe(ACCOUNT).await;
+    assert_eq!(probe.status, 201, "the credentials probe is stored");
 
     let pool = stack.pool();
     wait_for_count(pool, "SELECT count(*) FROM credential_probes", 1, WAIT).await;

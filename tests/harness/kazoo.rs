@@ -100,6 +100,25 @@ impl Kazoo {
         self.store(Verb::Put, &path, Body::Multipart, &att).await
     }
 
+    /// KAZOO's credentials probe, as it stores it when a storage document is saved: a
+    /// multipart PUT of `some random content: {R}` as `{account}/{probe doc}/{R}_test_credentials_file.txt`.
+    pub async fn store_credentials_probe(&self, account: &str) -> Response {
+        let random = hex32();
+        let document_id = hex32();
+        let name = format!("{random}_test_credentials_file.txt");
+        let content = format!("some random content: {random}");
+        let document = serde_json::json!({"content": content, "id": document_id});
+        let att = Attachment {
+            document_id: &document_id,
+            name: &name,
+            content_type: "text/plain",
+            data: content.as_bytes(),
+            document: &document,
+        };
+        let path = format!("/{account}/{document_id}/{name}");
+        self.store(Verb::Put, &path, Body::Multipart, &att).await
+    }
+
     /// A store request as KAZOO < 4.3.106 sends it (extra bogus `content_type:` header).
     pub async fn store_legacy(
         &self,

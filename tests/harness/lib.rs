@@ -32,7 +32,7 @@ pub use proxy::{Proxy, url_addr};
 pub use queue::{TestQueue, amqp_url};
 pub use response::{Response, read_response, read_response_from};
 pub use stack::Stack;
-pub use worker::TestWorker;
+pub use worker::{TestWorker, shell_hook};
 
 /// How long end-to-end tests wait for something to happen.
 pub const WAIT: Duration = Duration::from_secs(20);

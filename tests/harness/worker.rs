@@ -1,6 +1,9 @@
-//! The worker, run as a task in the test's own process.
+//! The worker, run as a task in the test's own process, and the hooks tests give it.
+
+use std::collections::BTreeMap;
 
 use vmpipe_common::Settings;
+use vmpipe_common::settings::{HookAudio, HookKind, HookSettings};
 
 /// A worker running in this process until [`TestWorker::stop`].
 pub struct TestWorker {
@@ -19,5 +22,27 @@ impl TestWorker {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.expect("join").expect("worker result");
+    }
+}
+
+/// A command hook that runs `script` with `sh -c`, the audio's path as `$1`: 20 s timeout,
+/// 3 attempts, 100 ms between them.
+pub fn shell_hook(name: &str, audio: HookAudio, script: &str) -> HookSettings {
+    HookSettings {
+        name: name.into(),
+        kind: HookKind::Command,
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            "{audio}".into(),
+        ],
+        url: None,
+        headers: BTreeMap::new(),
+        audio,
+        timeout_secs: 20,
+        max_attempts: 3,
+        retry_delay_ms: 100,
     }
 }
