@@ -156,7 +156,8 @@ impl Publisher {
     }
 
     async fn maintain_connection(self) {
-        let mut backoff = Backoff::default();
+        // Reconnects at most a few seconds apart: the broker is used again soon after its return.
+        let mut backoff = Backoff::reconnect();
         loop {
             let attempt = self.connect().await;
             let refused = attempt.as_ref().is_err_and(amqp::refused_credentials);

@@ -5,6 +5,7 @@ mod hostile;
 mod hostile_worker;
 mod ingest;
 mod ops;
+mod recovery;
 mod scripting;
 mod tls;
 mod worker;
