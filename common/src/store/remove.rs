@@ -201,4 +201,36 @@ mod tests {
         assert!(outside.path().join("doc/a.mp3").is_file(), "left alone");
         assert!(store.voicemail_root().join("acct").is_symlink());
     }
+
+    /// An upload into the directory prune is emptying: the directory may go between the
+    /// upload's making it and renaming into it; the upload makes it again.
+    #[test]
+    fn an_upload_racing_the_removal_of_its_directory_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let root = store.voicemail_root().to_path_buf();
+        for i in 0..300 {
+            put(&store, &format!("acct/d{i}/old.mp3"));
+            let temp = dir.path().join(format!("tmp/0/{i}.part"));
+            fs::write(&temp, b"new").unwrap();
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                let pruning = scope.spawn(|| {
+                    barrier.wait();
+                    store.remove(&key(&format!("acct/d{i}/old.mp3"))).unwrap()
+                });
+                barrier.wait();
+                let relative = std::path::PathBuf::from(format!("acct/d{i}/new.mp3"));
+                nofollow::rename_into(&root, &relative, &temp)
+                    .unwrap_or_else(|e| panic!("upload {i}: {e}"));
+                pruning.join().unwrap();
+            });
+            assert_eq!(
+                store
+                    .stored_size(&key(&format!("acct/d{i}/new.mp3")))
+                    .unwrap(),
+                Some(3)
+            );
+        }
+    }
 }
