@@ -1,3 +1,4 @@
+mod admin;
 mod audio;
 mod failures;
 mod hooks;
@@ -5,6 +6,7 @@ mod hostile;
 mod hostile_worker;
 mod ingest;
 mod ops;
+mod prune;
 mod recovery;
 mod scripting;
 mod tls;
