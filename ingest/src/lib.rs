@@ -80,6 +80,7 @@ impl Application {
             settings.amqp_url.expose().to_owned(),
             settings.queue.clone(),
             settings.publish_timeout(),
+            settings.publish_degraded_after,
             journal.clone(),
         );
         jobs.first_attempt(FIRST_CONNECT_WAIT).await;

@@ -4,6 +4,7 @@ mod failures;
 mod hooks;
 mod hostile;
 mod hostile_worker;
+mod hung_broker;
 mod ingest;
 mod ops;
 mod prune;

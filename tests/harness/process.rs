@@ -176,6 +176,10 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             s.publish_timeout_ms.to_string(),
         ),
         (
+            "VMPIPE_PUBLISH_DEGRADED_AFTER",
+            s.publish_degraded_after.to_string(),
+        ),
+        (
             "VMPIPE_WORKER_CONCURRENCY",
             s.worker_concurrency.to_string(),
         ),

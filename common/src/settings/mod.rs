@@ -53,6 +53,10 @@ pub struct Settings {
     /// `VMPIPE_PUBLISH_TIMEOUT_MS`: how long an upload waits for RabbitMQ's confirm before the
     /// job is written to the local journal instead.
     pub publish_timeout_ms: u64,
+    /// `VMPIPE_PUBLISH_DEGRADED_AFTER`: confirm timeouts in a row after which ingest stops
+    /// waiting for confirms (a hung broker) and journals each job at once, until a publish is
+    /// confirmed in time again.
+    pub publish_degraded_after: u32,
     /// `VMPIPE_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
     /// `VMPIPE_WORKER_CONCURRENCY`: jobs a worker processes at once (its RabbitMQ prefetch).
@@ -111,6 +115,7 @@ impl Default for Settings {
             max_body: ByteSize(256 * 1024 * 1024),
             base64: Base64Mode::Auto,
             publish_timeout_ms: 2000,
+            publish_degraded_after: 3,
             log_format: LogFormat::Text,
             worker_concurrency: 64,
             worker_listen: "127.0.0.1:9091".into(),
@@ -202,6 +207,11 @@ impl Settings {
         if self.max_uploads == 0 {
             return Err(config::ConfigError::Message(
                 "max_uploads must be at least 1".into(),
+            ));
+        }
+        if self.publish_degraded_after == 0 {
+            return Err(config::ConfigError::Message(
+                "publish_degraded_after must be at least 1".into(),
             ));
         }
         if self.max_deliveries == 0 {

@@ -221,3 +221,14 @@ fn audio_limits_are_checked() {
         assert!(err.to_string().contains(&key), "{name}={value}: {err}");
     }
 }
+
+#[test]
+fn the_publisher_degrades_after_three_confirm_timeouts_unless_told_otherwise() {
+    let s = Settings::load_from(None, &env(&[])).unwrap();
+    assert_eq!(s.publish_degraded_after, 3);
+    let s = Settings::load_from(None, &env(&[("VMPIPE_PUBLISH_DEGRADED_AFTER", "10")])).unwrap();
+    assert_eq!(s.publish_degraded_after, 10);
+    let err =
+        Settings::load_from(None, &env(&[("VMPIPE_PUBLISH_DEGRADED_AFTER", "0")])).unwrap_err();
+    assert!(err.to_string().contains("publish_degraded_after"), "{err}");
+}
