@@ -1,3 +1,4 @@
+mod access;
 mod audio;
 mod failures;
 mod hooks;
