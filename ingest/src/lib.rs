@@ -90,14 +90,10 @@ impl Application {
         };
         let listener = TcpListener::bind(&settings.listen).map_err(listen_error)?;
         let port = listener.local_addr().map_err(listen_error)?.port();
-        let access = access::AccessPolicy {
-            networks: settings.allow_networks.clone(),
-            token: settings
-                .access_token
-                .as_ref()
-                .map(|t| t.expose().to_owned()),
-            basic: settings.basic_auth.as_ref().map(|b| b.expose().to_owned()),
-        };
+        let access = access::AccessPolicy::from_settings(&settings);
+        if let Some(warning) = access.unrestricted() {
+            tracing::warn!(allowed = %settings.allow_networks, "{warning}");
+        }
         let state = web::Data::new(AppState {
             store: Arc::new(store),
             jobs: jobs.clone(),
