@@ -1,5 +1,7 @@
 mod audio;
 mod failures;
+mod hook_leases;
+mod hook_queueing;
 mod hooks;
 mod hostile;
 mod hostile_worker;
