@@ -46,6 +46,7 @@ async fn main() {
             timeout_secs: 600,
             max_attempts: 1,
             retry_delay_ms: 1000,
+            concurrency: None,
         })
         .collect();
     let queue_name = format!("vmpipe.bench.{}", hex32());

@@ -279,19 +279,6 @@ async fn webhook_gets_the_voicemail_and_its_answer_is_searchable() {
     stack.finish().await;
 }
 
-fn process_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name; Z is a zombie (dead, not reaped).
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 /// A hook that hangs is stopped at its timeout (its program and children killed), recorded as
 /// failed, and meanwhile every voicemail is indexed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

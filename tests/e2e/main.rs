@@ -2,6 +2,8 @@ mod access;
 mod admin;
 mod audio;
 mod failures;
+mod hook_leases;
+mod hook_queueing;
 mod hooks;
 mod hostile;
 mod hostile_worker;

@@ -27,12 +27,12 @@ pub use kazoo::{
     ALL_BODIES, Attachment, Body, Kazoo, VOICEMAIL_FETCH_QUERY, Verb, encode_body, kazoo_boundary,
     mailbox_message, start_partial_put,
 };
-pub use process::{Service, binary, free_port, http_get, settings_env};
+pub use process::{Service, binary, free_port, http_get, process_running, settings_env};
 pub use proxy::{Proxy, url_addr};
 pub use queue::{TestQueue, amqp_url};
 pub use response::{Response, read_response, read_response_from};
 pub use stack::Stack;
-pub use worker::{TestWorker, shell_hook};
+pub use worker::{TestWorker, hooks_file, shell_hook};
 
 /// How long end-to-end tests wait for something to happen.
 pub const WAIT: Duration = Duration::from_secs(20);

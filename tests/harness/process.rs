@@ -53,6 +53,16 @@ impl Service {
         settings: &Settings,
         log: Option<&std::path::Path>,
     ) -> Self {
+        Self::spawn_with_env(binary_name, settings, &[], log).await
+    }
+
+    /// Like [`Service::spawn_logging`], with more variables (`VMPIPE_CONFIG`, say).
+    pub async fn spawn_with_env(
+        binary_name: &str,
+        settings: &Settings,
+        env: &[(&str, String)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let health_port = free_port();
         let mut settings = settings.clone();
         if binary_name == "ingest" {
@@ -70,6 +80,7 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,lapin=off".into()),
             )
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(log) = log {
@@ -159,6 +170,20 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// Whether process `pid` runs (exists, and is not a zombie: dead, not yet reaped).
+pub fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
 }
 
 /// Settings as the environment variables the binaries read.

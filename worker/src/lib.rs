@@ -136,14 +136,19 @@ impl Worker {
                 }
             });
         }
-        let runner = Arc::new(hooks::runner::HookRunner::new(
-            self.pool.clone(),
-            self.store.clone(),
-            self.hooks,
-            usize::from(self.settings.hook_concurrency),
-            activity.clone(),
-            self.settings.max_audio_secs,
-        ));
+        let runner = Arc::new(
+            hooks::runner::HookRunner::new(
+                self.pool.clone(),
+                self.store.clone(),
+                self.hooks,
+                usize::from(self.settings.hook_concurrency),
+                activity.clone(),
+                self.settings.max_audio_secs,
+            )
+            .identified_as(hooks::runner::WorkerIdentity::of_this_process(
+                self.settings.worker_id.as_deref(),
+            )),
+        );
         let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
         let database = index::watch::DatabaseWatch::new(self.pool.clone());
         let context = Arc::new(pipeline::Context {

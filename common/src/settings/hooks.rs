@@ -46,6 +46,10 @@ pub struct HookSettings {
     /// Wait before the first retry; doubled after each failed attempt, at most an hour.
     #[serde(default = "HookSettings::default_retry_delay_ms")]
     pub retry_delay_ms: u64,
+    /// Runs of this hook one worker performs at once, apart from the other hooks' runs (a slow
+    /// hook never holds up a fast one). Unset: `hook_concurrency`.
+    #[serde(default)]
+    pub concurrency: Option<u16>,
 }
 
 impl HookSettings {
@@ -71,8 +75,8 @@ impl HookSettings {
         if !name_ok {
             return Err("name must be 1 to 64 letters, digits, '-', '_' or '.'".into());
         }
-        if self.timeout_secs == 0 || self.max_attempts == 0 {
-            return Err("timeout_secs and max_attempts must be at least 1".into());
+        if self.timeout_secs == 0 || self.max_attempts == 0 || self.concurrency == Some(0) {
+            return Err("timeout_secs, max_attempts and concurrency must be at least 1".into());
         }
         match self.kind {
             HookKind::Command if self.command.is_empty() => {

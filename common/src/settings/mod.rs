@@ -96,8 +96,13 @@ pub struct Settings {
     /// `VMPIPE_TRANSCRIBER`: built-in transcriber run on every new voicemail: `none` or
     /// `pocketsphinx`.
     pub transcriber: Transcriber,
-    /// `VMPIPE_HOOK_CONCURRENCY`: hook runs a worker performs at once.
+    /// `VMPIPE_HOOK_CONCURRENCY`: runs of each hook a worker performs at once (a hook's own
+    /// `concurrency` overrides it); each hook has its own, so hooks never queue behind each other.
     pub hook_concurrency: u16,
+    /// `VMPIPE_WORKER_ID`: this worker's name in the hook runs it leases
+    /// (`transcriptions.leased_by`), stable across its restarts, so that a restarted worker
+    /// hands back the runs it had in progress. Unset: the host name.
+    pub worker_id: Option<String>,
     /// `VMPIPE_PROBE_TIMEOUT_MS`: longest the measuring of one voicemail may take; a probe
     /// that takes longer gives up, and the row is written with a `probe_error`.
     pub probe_timeout_ms: u64,
@@ -138,6 +143,7 @@ impl Default for Settings {
             metrics_listen: None,
             transcriber: Transcriber::None,
             hook_concurrency: 2,
+            worker_id: None,
             probe_timeout_ms: 10_000,
             max_audio_secs: 4 * 3600,
             hooks: Vec::new(),
@@ -250,6 +256,13 @@ impl Settings {
         if self.hook_concurrency == 0 {
             return Err(config::ConfigError::Message(
                 "hook_concurrency must be at least 1".into(),
+            ));
+        }
+        if let Some(id) = &self.worker_id
+            && (id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control))
+        {
+            return Err(config::ConfigError::Message(
+                "worker_id must be 1 to 200 printable characters".into(),
             ));
         }
         if self.probe_timeout_ms == 0 {

@@ -104,6 +104,7 @@ kind = "command"
 command = ["whisper-cli", "-f", "{audio}"]
 audio = "wav16k"
 timeout_secs = 60
+concurrency = 3
 
 [[hooks]]
 name = "crm"
@@ -122,8 +123,10 @@ headers = { Authorization = "Bearer s3cret" }
     assert_eq!(whisper.command, ["whisper-cli", "-f", "{audio}"]);
     assert_eq!(whisper.audio, HookAudio::Wav16k);
     assert_eq!((whisper.timeout_secs, whisper.max_attempts), (60, 5));
+    assert_eq!(whisper.concurrency, Some(3));
     let crm = &s.hooks[1];
     assert_eq!(crm.kind, HookKind::Webhook);
+    assert_eq!(crm.concurrency, None, "VMPIPE_HOOK_CONCURRENCY then");
     assert_eq!(crm.audio, HookAudio::Original);
     assert_eq!(crm.headers["Authorization"].expose(), "Bearer s3cret");
     assert!(!format!("{s:?}").contains("s3cret"));
@@ -153,6 +156,10 @@ fn bad_hooks_are_refused_with_their_name() {
         (
             "[[hooks]]\nname = \"c\"\nkind = \"command\"\ncommand = [\"x\"]\ntimeout = 5\n",
             "timeout",
+        ),
+        (
+            "[[hooks]]\nname = \"d\"\nkind = \"command\"\ncommand = [\"x\"]\nconcurrency = 0\n",
+            "concurrency must be at least 1",
         ),
     ] {
         std::fs::write(&file, toml).unwrap();

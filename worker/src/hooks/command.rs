@@ -5,15 +5,17 @@
 //!   by the voicemail's id: both of vmpipe's making (a temporary `vmpipe-audio-…` or
 //!   `vmpipe-wav16k-…` name, a UUID), never from the sender, so safe even in a shell line;
 //! - the [`HookInput`] as JSON on standard input (it may ignore it);
-//! - `VMPIPE_HOOK_NAME`, `VMPIPE_HOOK_ATTEMPT`, `VMPIPE_VOICEMAIL_ID`, `VMPIPE_AUDIO_PATH` and
-//!   `VMPIPE_AUDIO_FORMAT` in its environment, and none of the worker's own `VMPIPE_*` settings
-//!   (they hold the database password).
+//! - `VMPIPE_HOOK_NAME`, `VMPIPE_HOOK_ATTEMPT`, `VMPIPE_HOOK_ATTEMPT_ID`, `VMPIPE_VOICEMAIL_ID`,
+//!   `VMPIPE_AUDIO_PATH` and `VMPIPE_AUDIO_FORMAT` in its environment, and none of the worker's
+//!   own `VMPIPE_*` settings (they hold the database password).
 //!
 //! Exit status 0 is success: standard output is the transcript, either as plain text or as a
-//! JSON object `{"text": ..., "language": ..., "confidence": ...}`. Any other ending is a failed
-//! attempt, reported with the end of standard error. The program runs in its own process group,
-//! and the whole group is killed when the run ends or times out. It runs at the lowest CPU
-//! priority: the `SCHED_IDLE` policy (through util-linux's `chrt`, when installed), and nice 10.
+//! JSON object `{"text": ..., "language": ..., "confidence": ...}` (a JSON object without a
+//! `text` string is a failed attempt, not a transcript). Any other ending is a failed attempt,
+//! reported with the end of standard error. The program runs in its own process group, and the
+//! whole group is killed when the run ends or times out, and when the worker dies, even by
+//! SIGKILL (see [`super::supervise`]). It runs at the lowest CPU priority: the `SCHED_IDLE`
+//! policy (through util-linux's `chrt`, when installed), and nice 10.
 
 use std::process::Stdio;
 
@@ -22,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use vmpipe_common::settings::POCKETSPHINX_HOOK;
 
+use super::supervise::{HOOK_NICENESS, spawn_supervised};
 use super::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
 use crate::error::ResultExt as _;
 
@@ -33,8 +36,6 @@ pub(super) const POCKETSPHINX_SCRIPT: &str = include_str!("../../../hooks/pocket
 const MAX_STDOUT: u64 = 1 << 20;
 /// The end of standard error kept for the `error` column.
 const STDERR_TAIL: usize = 2000;
-/// Hooks yield the CPU to indexing.
-const HOOK_NICENESS: i32 = 10;
 
 pub(super) struct CommandHook {
     name: String,
@@ -68,6 +69,7 @@ impl CommandHook {
                 timeout: std::time::Duration::from_secs(600),
                 max_attempts: 3,
                 retry_delay: std::time::Duration::from_secs(60),
+                concurrency: None,
             },
         )
     }
@@ -94,6 +96,7 @@ impl CommandHook {
         command
             .env("VMPIPE_HOOK_NAME", &self.name)
             .env("VMPIPE_HOOK_ATTEMPT", input.attempt.to_string())
+            .env("VMPIPE_HOOK_ATTEMPT_ID", input.attempt_id.to_string())
             .env("VMPIPE_VOICEMAIL_ID", &id)
             .env("VMPIPE_AUDIO_PATH", &input.audio_path)
             .env(
@@ -103,13 +106,12 @@ impl CommandHook {
                     HookAudio::Wav16k => "wav16k",
                 },
             );
-        let mut child = command
-            .spawn()
+        let mut child = spawn_supervised(command)
+            .await
             .retry_with(format!("cannot start {:?}", self.argv[0]))?;
         // Whatever happens next (timeout included: this future is dropped), the program and
         // anything it started are killed.
         let _group = child.id().map(ProcessGroup);
-        renice(&child);
 
         let json = serde_json::to_vec(input).expect("serialisable input");
         let mut stdin = child.stdin.take().expect("piped");
@@ -145,7 +147,7 @@ impl CommandHook {
                 "the program printed more than {MAX_STDOUT} bytes"
             )));
         }
-        Ok(parse_output(&String::from_utf8_lossy(&stdout)))
+        parse_output(&String::from_utf8_lossy(&stdout))
     }
 }
 
@@ -245,18 +247,20 @@ async fn read_limited(mut pipe: impl AsyncRead + Unpin, limit: u64) -> std::io::
     Ok(kept)
 }
 
-/// Plain text, or the same JSON object a webhook answers with.
-fn parse_output(stdout: &str) -> Transcript {
+/// Plain text, or the same JSON object a webhook answers with: a JSON object must be a
+/// transcript (a `text` string), else the attempt failed.
+fn parse_output(stdout: &str) -> Result<Transcript, HookError> {
     let trimmed = stdout.trim();
     if trimmed.starts_with('{')
-        && let Ok(transcript) = serde_json::from_str::<Transcript>(trimmed)
+        && let Ok(object) = serde_json::from_str::<serde_json::Value>(trimmed)
     {
-        return transcript;
+        return super::transcript_from_json(object)
+            .map_err(|why| HookError::retry_because(format!("the program printed {why}")));
     }
-    Transcript {
+    Ok(Transcript {
         text: trimmed.to_owned(),
         ..Transcript::default()
-    }
+    })
 }
 
 fn tail(text: &str, max: usize) -> &str {
@@ -274,12 +278,31 @@ mod tests {
 
     #[test]
     fn output_is_plain_text_or_a_json_transcript() {
-        assert_eq!(parse_output("  hello world\n").text, "hello world");
-        let json = parse_output(r#"{"text": "hi", "language": "en", "confidence": 0.5}"#);
+        assert_eq!(parse_output("  hello world\n").unwrap().text, "hello world");
+        let json = parse_output(r#"{"text": "hi", "language": "en", "confidence": 0.5}"#).unwrap();
         assert_eq!(json.language.as_deref(), Some("en"));
         assert_eq!(json.confidence, Some(0.5));
-        // Braces that are not a transcript stay text.
-        assert_eq!(parse_output("{not json}").text, "{not json}");
+        // Braces that are not JSON stay text.
+        assert_eq!(parse_output("{not json}").unwrap().text, "{not json}");
+    }
+
+    #[test]
+    fn a_json_object_without_text_is_a_failed_attempt() {
+        for output in [
+            r#"{"transcript": "hi"}"#,
+            r#"{"text": null}"#,
+            r#"{"text": 3}"#,
+        ] {
+            let error = parse_output(output).unwrap_err().to_string();
+            assert!(
+                error.contains("without a \"text\" string"),
+                "{output}: {error}"
+            );
+            assert!(matches!(
+                parse_output(output),
+                Err(crate::error::JobError::Retry(_))
+            ));
+        }
     }
 
     #[test]

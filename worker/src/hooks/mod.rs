@@ -10,7 +10,9 @@
 //! (`worker/examples/custom_hook.rs`).
 
 mod command;
+mod program;
 pub(crate) mod runner;
+mod supervise;
 mod webhook;
 
 pub(crate) use command::pocketsphinx_available;
@@ -56,6 +58,9 @@ pub struct HookPolicy {
     pub max_attempts: u32,
     /// Wait before the first retry; doubled after each failed attempt, at most an hour.
     pub retry_delay: Duration,
+    /// Runs of this hook at once, in one worker, whatever the other hooks are doing; `None`
+    /// is `VMPIPE_HOOK_CONCURRENCY`.
+    pub concurrency: Option<u16>,
 }
 
 impl Default for HookPolicy {
@@ -65,6 +70,7 @@ impl Default for HookPolicy {
             timeout: Duration::from_secs(300),
             max_attempts: 5,
             retry_delay: Duration::from_secs(30),
+            concurrency: None,
         }
     }
 }
@@ -76,6 +82,7 @@ impl HookPolicy {
             timeout: settings.timeout(),
             max_attempts: settings.max_attempts,
             retry_delay: settings.retry_delay(),
+            concurrency: settings.concurrency,
         }
     }
 
@@ -92,6 +99,10 @@ pub struct HookInput {
     pub hook: String,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// This attempt's own id (`transcriptions.attempt_id` while it runs): a hook run twice for
+    /// the same voicemail (it is at-least-once: a worker that dies mid-run is run again) sees
+    /// the same `voicemail_id` with a new `attempt_id`.
+    pub attempt_id: uuid::Uuid,
     pub voicemail_id: uuid::Uuid,
     /// The audio file to read, under a temporary name of vmpipe's choosing (never the storage
     /// key, which is in `voicemail`): a hard link to the stored file (or a copy), or a 16 kHz
@@ -117,6 +128,32 @@ pub struct Transcript {
     pub confidence: Option<f64>,
 }
 
+/// A hook's JSON answer (a command's output, a webhook's body) as a transcript: an object with
+/// a `text` string; else why not.
+fn transcript_from_json(answer: serde_json::Value) -> Result<Transcript, String> {
+    let has_text = answer.get("text").is_some_and(serde_json::Value::is_string);
+    let shown = || {
+        let mut shown = answer.to_string();
+        if shown.len() > 300 {
+            let mut end = 300;
+            while !shown.is_char_boundary(end) {
+                end -= 1;
+            }
+            shown.truncate(end);
+            shown.push('…');
+        }
+        shown
+    };
+    if !answer.is_object() || !has_text {
+        return Err(format!(
+            "JSON without a \"text\" string, not a transcript: {}",
+            shown()
+        ));
+    }
+    serde_json::from_value(answer.clone())
+        .map_err(|e| format!("JSON that is not a transcript ({e}): {}", shown()))
+}
+
 /// How a hook run fails: the worker's one error vocabulary. `Retry` may work on another
 /// attempt (a crash, a timeout, a server error); `Abort` never will for this voicemail
 /// (undecodable audio, a 4xx answer) and is not retried; `Interrupted` hands the run back.
@@ -132,11 +169,20 @@ pub(crate) fn from_settings(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn H
     for hook in &settings.hooks {
         let policy = HookPolicy::from_settings(hook);
         hooks.push(match hook.kind {
-            HookKind::Command => Arc::new(command::CommandHook::new(
-                &hook.name,
-                hook.command.clone(),
-                policy,
-            )),
+            HookKind::Command => {
+                program::check(&hook.command[0]).map_err(|why| {
+                    anyhow::anyhow!(
+                        "hook {:?}: its program {:?} cannot run: {why}",
+                        hook.name,
+                        hook.command[0]
+                    )
+                })?;
+                Arc::new(command::CommandHook::new(
+                    &hook.name,
+                    hook.command.clone(),
+                    policy,
+                ))
+            }
             HookKind::Webhook => Arc::new(webhook::WebhookHook::new(hook, policy)?),
         });
     }

@@ -97,11 +97,14 @@ impl WebhookHook {
                 HookError::abort_because(message)
             });
         }
-        serde_json::from_slice::<Transcript>(&body).map_err(|e| {
+        let answer = serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| {
             HookError::retry_because(format!(
                 "webhook answered {status} without a JSON transcript ({e}): {}",
                 snippet(&body_text)
             ))
+        })?;
+        super::transcript_from_json(answer).map_err(|why| {
+            HookError::retry_because(format!("webhook answered {status} with {why}"))
         })
     }
 }

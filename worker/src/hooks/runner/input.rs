@@ -95,6 +95,7 @@ pub(super) async fn input_for(
     let input = HookInput {
         hook: claim.hook.clone(),
         attempt: u32::try_from(claim.attempts).unwrap_or(u32::MAX),
+        attempt_id: claim.attempt_id,
         voicemail_id: claim.voicemail_id,
         audio_path,
         audio_format: audio,

@@ -1,14 +1,19 @@
 //! Runs the hooks queued in `transcriptions`, off the indexing path: the scheduler. The SQL of
-//! the queue is in [`queue`], the preparation of a run's input in [`input`].
+//! the queue is in [`queue`], the leases in [`lease`], the preparation of a run's input in
+//! [`input`].
 //!
-//! A row is claimed with `FOR UPDATE SKIP LOCKED` (several workers share the work), marked
-//! `running` with a lease (`next_attempt_at`), and settled as `done`, `pending` again (to be
-//! retried after a growing delay) or `failed`. Every write after the claim names the attempt
-//! (`attempt_id`), so a late or taken-over attempt cannot overwrite a newer result. A worker
-//! that dies mid-run leaves its row `running`; once the lease expires another worker takes it
-//! over, and the lost attempt counts.
+//! Each hook has its own scheduler and its own number of runs at once (`concurrency`, else
+//! `VMPIPE_HOOK_CONCURRENCY`), so a slow hook never holds up another hook's runs. A row is
+//! claimed with `FOR UPDATE SKIP LOCKED` (several workers share the work), marked `running`
+//! with a lease (`next_attempt_at`, renewed while it runs), and settled as `done`, `pending`
+//! again (to be retried after a growing delay) or `failed`. Every write after the claim names
+//! the attempt (`attempt_id`), so a late or taken-over attempt cannot overwrite a newer
+//! result. A worker that dies mid-run takes its hook programs with it; its rows stay `running`
+//! until it restarts (it hands them back at once) or their lease expires (another worker takes
+//! them over), and the lost attempt counts.
 
 mod input;
+mod lease;
 mod queue;
 
 use std::sync::Arc;
@@ -26,6 +31,8 @@ use super::{Hook, HookError, Transcript};
 use crate::activity::Activity;
 use crate::error::{JobError, ResultExt as _, panic_text};
 
+pub use lease::WorkerIdentity;
+use lease::{LEASE, Leases};
 pub use queue::TranscriptionReport;
 use queue::{Claim, TranscriptionQueue};
 
@@ -35,8 +42,6 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(50);
 /// Longest a hook run waits for that (hooks yield to indexing, but never starve).
 const MAX_DEFERRAL: Duration = Duration::from_secs(10);
-/// Margin on top of the longest hook timeout before a `running` row is taken over.
-const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -60,11 +65,16 @@ pub struct HookRunner {
     activity: Arc<Activity>,
     /// The longest audio decoded for a `wav16k` hook (`VMPIPE_MAX_AUDIO_SECS`).
     max_audio_secs: u64,
+    /// Who this worker is, in the leases of its runs.
+    identity: WorkerIdentity,
+    leases: Arc<Leases>,
 }
 
 impl HookRunner {
+    /// `concurrency`: runs of each hook at once, for hooks without their own;
     /// `activity`: the indexing jobs in progress, which new hook runs wait for;
-    /// `max_audio_secs`: the longest audio decoded for a `wav16k` hook.
+    /// `max_audio_secs`: the longest audio decoded for a `wav16k` hook. The runner leases runs
+    /// as this process, named after the host, unless [`HookRunner::identified_as`] says.
     pub fn new(
         pool: PgPool,
         store: FsStore,
@@ -83,7 +93,15 @@ impl HookRunner {
             wake: Arc::default(),
             activity,
             max_audio_secs,
+            identity: WorkerIdentity::of_this_process(None),
+            leases: Arc::default(),
         }
+    }
+
+    /// Leases runs as `identity` (`VMPIPE_WORKER_ID`).
+    pub fn identified_as(mut self, identity: WorkerIdentity) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// The hook names that indexing queues a row for.
@@ -100,23 +118,75 @@ impl HookRunner {
         self.hooks.iter().find(|hook| hook.name() == name)
     }
 
-    fn lease(&self) -> Duration {
-        self.hooks
-            .iter()
-            .map(|hook| hook.policy().timeout)
-            .max()
-            .unwrap_or_default()
-            + LEASE_MARGIN
+    /// Runs of `hook` at once.
+    fn concurrency_of(&self, hook: &dyn Hook) -> usize {
+        hook.policy()
+            .concurrency
+            .map_or(self.concurrency, usize::from)
+            .max(1)
     }
 
-    /// Works through due rows, `concurrency` at a time, until `shutdown`; attempts in progress
-    /// are then stopped and handed back as `pending`.
+    /// Works through due rows, each hook on its own and `concurrency` at a time, until
+    /// `shutdown`; attempts in progress are then stopped and handed back as `pending`. First
+    /// hands back the runs this worker's previous process left behind.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.hooks.is_empty() {
             return;
         }
-        info!(hooks = ?self.names, concurrency = self.concurrency, "hook runner started");
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let concurrency: Vec<(String, usize)> = self
+            .hooks
+            .iter()
+            .map(|hook| (hook.name().to_owned(), self.concurrency_of(hook.as_ref())))
+            .collect();
+        info!(hooks = ?concurrency, worker_id = %self.identity.name, pid = self.identity.pid,
+            "hook runner started");
+        match self.queue.hand_back_previous(&self.identity).await {
+            Ok(0) => {}
+            Ok(handed) => info!(
+                runs = handed,
+                "handed back the hook runs this worker's previous process left running"
+            ),
+            // Their leases expire instead.
+            Err(e) => warn!(error = %e, "cannot hand back this worker's previous hook runs"),
+        }
+        let heartbeat = {
+            let runner = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { runner.leases.heartbeat(&runner.queue, &stop).await })
+        };
+        let schedulers = TaskTracker::new();
+        let mut wakes = Vec::new();
+        for (index, (_, concurrency)) in concurrency.into_iter().enumerate() {
+            let wake = Arc::new(Notify::new());
+            wakes.push(wake.clone());
+            schedulers.spawn(
+                self.clone()
+                    .schedule(index, concurrency, wake, shutdown.clone()),
+            );
+        }
+        schedulers.close();
+        // New voicemails wake every hook's scheduler.
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => wakes.iter().for_each(|wake| wake.notify_one()),
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        schedulers.wait().await;
+        let _ = heartbeat.await;
+        info!("hook runner stopped");
+    }
+
+    /// The scheduler of the hook at `index`: claims its due rows, `concurrency` at a time.
+    async fn schedule(
+        self: Arc<Self>,
+        index: usize,
+        concurrency: usize,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        let hook = std::slice::from_ref(&self.names[index]);
+        let slots = Arc::new(Semaphore::new(concurrency));
         let tasks = TaskTracker::new();
         let mut backoff = Backoff::default();
         loop {
@@ -128,7 +198,7 @@ impl HookRunner {
                 _ = self.activity.wait_quiet(QUIET, MAX_DEFERRAL) => {}
                 _ = shutdown.cancelled() => break,
             }
-            let pause = match self.queue.claim_next(&self.names, self.lease()).await {
+            let pause = match self.queue.claim_next(hook, LEASE, &self.identity).await {
                 Ok(Some(claim)) => {
                     backoff.reset();
                     let runner = self.clone();
@@ -148,14 +218,13 @@ impl HookRunner {
             };
             drop(slot);
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => break,
             }
         }
         tasks.close();
         tasks.wait().await;
-        info!("hook runner stopped");
     }
 
     /// Runs one claimed attempt and records its outcome.
@@ -168,6 +237,8 @@ impl HookRunner {
             };
             let policy = hook.policy();
             let attempt = u32::try_from(claim.attempts).unwrap_or(u32::MAX);
+            // Renewed while it runs; `lost` if another worker took it over meanwhile.
+            let (_lease, lost) = self.leases.hold(claim.attempt_id);
             let started = Instant::now();
             let result = if attempt > policy.max_attempts {
                 // Earlier attempts never ended: the worker died during each.
@@ -192,6 +263,11 @@ impl HookRunner {
                     _ = shutdown.cancelled() => {
                         // Handed back: the attempt does not count.
                         self.queue.release(&claim).await;
+                        return;
+                    }
+                    _ = lost.cancelled() => {
+                        // Another worker runs it now, and records the outcome.
+                        warn!("hook run stopped: its lease expired and another worker took it over");
                         return;
                     }
                 }
@@ -267,14 +343,31 @@ impl HookRunner {
             .await?
             .ok_or_else(|| RunnerError::NoSuchVoicemail(voicemail.to_owned()))?;
         let never = CancellationToken::new();
-        for name in self
-            .names
-            .iter()
-            .filter(|name| only.is_none_or(|only| only == *name))
-        {
-            let claim = self.queue.claim_now(id, name, self.lease()).await?;
-            self.attempt(claim, &never).await;
-        }
+        let runs = async {
+            for name in self
+                .names
+                .iter()
+                .filter(|name| only.is_none_or(|only| only == *name))
+            {
+                let claim = self
+                    .queue
+                    .claim_now(id, name, LEASE, &self.identity)
+                    .await?;
+                self.attempt(claim, &never).await;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        let stop_heartbeat = CancellationToken::new();
+        let heartbeat = self.leases.heartbeat(&self.queue, &stop_heartbeat);
+        let (ran, ()) = tokio::join!(
+            async {
+                let ran = runs.await;
+                stop_heartbeat.cancel();
+                ran
+            },
+            heartbeat
+        );
+        ran?;
         Ok(self.queue.reports(id, only).await?)
     }
 }

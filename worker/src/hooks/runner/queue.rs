@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 use vmpipe_common::backoff::Backoff;
 
+use super::lease::WorkerIdentity;
 use crate::hooks::{HookError, Transcript};
 
 /// A claimed attempt: the row is `running` and ours until settled.
@@ -62,16 +63,18 @@ impl TranscriptionQueue {
             .await
     }
 
-    /// Claims the due row that waited longest, for one of `hooks`, leased for `lease`.
+    /// Claims the due row that waited longest, for one of `hooks`, leased for `lease` by `me`.
     pub(super) async fn claim_next(
         &self,
         hooks: &[String],
         lease: Duration,
+        me: &WorkerIdentity,
     ) -> Result<Option<Claim>, sqlx::Error> {
         sqlx::query_as(
             "UPDATE transcriptions SET status = 'running', attempts = attempts + 1,
                 attempt_id = $3, started_at = now(),
-                next_attempt_at = now() + $2 * interval '1 second'
+                next_attempt_at = now() + $2 * interval '1 second',
+                leased_by = $4, leased_pid = $5, leased_instance = $6
              WHERE id = (
                 SELECT id FROM transcriptions
                 WHERE status IN ('pending', 'running') AND next_attempt_at <= now()
@@ -84,8 +87,67 @@ impl TranscriptionQueue {
         .bind(hooks)
         .bind(lease.as_secs_f64())
         .bind(Uuid::now_v7())
+        .bind(&me.name)
+        .bind(me.pid)
+        .bind(me.instance)
         .fetch_optional(&self.pool)
         .await
+    }
+
+    /// Renews the leases of the attempts `held` (those still ours) by `lease`; returns the ones
+    /// renewed.
+    pub(super) async fn renew(
+        &self,
+        held: &[Uuid],
+        lease: Duration,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE transcriptions SET next_attempt_at = now() + $2 * interval '1 second'
+             WHERE attempt_id = ANY($1) AND status = 'running'
+             RETURNING attempt_id",
+        )
+        .bind(held)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// At start-up: hands back, as `pending` and due now, the attempts that this worker's
+    /// previous process left `running` (the same name, another instance, a process that is
+    /// gone). The cut-short attempt counts (a hook that kills its worker must not loop for ever)
+    /// and its `error` says what happened. Returns how many.
+    pub(super) async fn hand_back_previous(&self, me: &WorkerIdentity) -> Result<u64, sqlx::Error> {
+        let leased: Vec<(i64, Uuid, Option<i32>)> = sqlx::query_as(
+            "SELECT id, attempt_id, leased_pid FROM transcriptions
+             WHERE status = 'running' AND leased_by = $1 AND leased_instance IS DISTINCT FROM $2
+               AND attempt_id IS NOT NULL",
+        )
+        .bind(&me.name)
+        .bind(me.instance)
+        .fetch_all(&self.pool)
+        .await?;
+        let (ids, attempts): (Vec<i64>, Vec<Uuid>) = leased
+            .into_iter()
+            .filter(|(_, _, pid)| me.is_gone(*pid))
+            .map(|(id, attempt, _)| (id, attempt))
+            .unzip();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let handed = sqlx::query(
+            "UPDATE transcriptions t SET status = 'pending', next_attempt_at = now(),
+                attempt_id = NULL, finished_at = now(),
+                error = 'the worker running this attempt stopped during it (' || t.leased_by
+                    || ', pid ' || coalesce(t.leased_pid::text, '?') || '); run again',
+                leased_by = NULL, leased_pid = NULL, leased_instance = NULL
+             FROM unnest($1::bigint[], $2::uuid[]) AS gone(id, attempt_id)
+             WHERE t.id = gone.id AND t.attempt_id = gone.attempt_id AND t.status = 'running'",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .execute(&self.pool)
+        .await?;
+        Ok(handed.rows_affected())
     }
 
     /// Writes the outcome, retrying while the database is away (until shutdown; the lease then
@@ -105,7 +167,8 @@ impl TranscriptionQueue {
                     sqlx::query(
                         "UPDATE transcriptions SET status = 'done', text = $3, language = $4,
                             confidence = $5, error = NULL, finished_at = now(), run_ms = $6,
-                            attempt_id = NULL
+                            attempt_id = NULL, leased_by = NULL, leased_pid = NULL,
+                            leased_instance = NULL
                          WHERE id = $1 AND attempt_id = $2",
                     )
                     .bind(claim.id)
@@ -122,7 +185,8 @@ impl TranscriptionQueue {
                         "UPDATE transcriptions SET
                             status = CASE WHEN $4 THEN 'pending' ELSE 'failed' END,
                             error = $3, finished_at = now(), run_ms = $5, attempt_id = NULL,
-                            next_attempt_at = now() + $6 * interval '1 second'
+                            next_attempt_at = now() + $6 * interval '1 second',
+                            leased_by = NULL, leased_pid = NULL, leased_instance = NULL
                          WHERE id = $1 AND attempt_id = $2",
                     )
                     .bind(claim.id)
@@ -158,7 +222,8 @@ impl TranscriptionQueue {
     pub(super) async fn release(&self, claim: &Claim) {
         let released = sqlx::query(
             "UPDATE transcriptions SET status = 'pending', attempts = attempts - 1,
-                next_attempt_at = now(), attempt_id = NULL
+                next_attempt_at = now(), attempt_id = NULL, leased_by = NULL,
+                leased_pid = NULL, leased_instance = NULL
              WHERE id = $1 AND attempt_id = $2",
         )
         .bind(claim.id)
@@ -185,29 +250,36 @@ impl TranscriptionQueue {
     }
 
     /// Claims `hook`'s row for `voicemail_id` now, whatever state it is in (creating it if
-    /// needed), as its first attempt.
+    /// needed), as its first attempt, leased by `me`.
     pub(super) async fn claim_now(
         &self,
         voicemail_id: Uuid,
         hook: &str,
         lease: Duration,
+        me: &WorkerIdentity,
     ) -> Result<Claim, sqlx::Error> {
         sqlx::query_as(
             "INSERT INTO transcriptions (voicemail_id, hook, audio_received_at, status,
-                attempts, attempt_id, started_at, next_attempt_at)
+                attempts, attempt_id, started_at, next_attempt_at, leased_by, leased_pid,
+                leased_instance)
              SELECT id, $2, received_at, 'running', 1, $3, now(),
-                now() + $4 * interval '1 second'
+                now() + $4 * interval '1 second', $5, $6, $7
              FROM voicemails WHERE id = $1
              ON CONFLICT (voicemail_id, hook) DO UPDATE SET status = 'running', attempts = 1,
                 attempt_id = EXCLUDED.attempt_id, started_at = now(), queued_at = now(),
                 next_attempt_at = EXCLUDED.next_attempt_at,
-                audio_received_at = EXCLUDED.audio_received_at
+                audio_received_at = EXCLUDED.audio_received_at,
+                leased_by = EXCLUDED.leased_by, leased_pid = EXCLUDED.leased_pid,
+                leased_instance = EXCLUDED.leased_instance
              RETURNING id, voicemail_id, hook, attempts, attempt_id",
         )
         .bind(voicemail_id)
         .bind(hook)
         .bind(Uuid::now_v7())
         .bind(lease.as_secs_f64())
+        .bind(&me.name)
+        .bind(me.pid)
+        .bind(me.instance)
         .fetch_one(&self.pool)
         .await
     }
