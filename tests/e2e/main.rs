@@ -1,4 +1,5 @@
 mod audio;
+mod disk_full;
 mod failures;
 mod hooks;
 mod hostile;
