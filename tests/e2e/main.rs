@@ -1,5 +1,6 @@
 mod audio;
 mod disk_full;
+mod drain;
 mod failures;
 mod hooks;
 mod hostile;

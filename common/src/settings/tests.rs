@@ -221,3 +221,12 @@ fn audio_limits_are_checked() {
         assert!(err.to_string().contains(&key), "{name}={value}: {err}");
     }
 }
+
+#[test]
+fn the_drain_defaults_to_five_seconds_and_is_bounded() {
+    assert_eq!(Settings::load_from(None, &env(&[])).unwrap().drain_secs, 5);
+    let s = Settings::load_from(None, &env(&[("VMPIPE_DRAIN_SECS", "0")])).unwrap();
+    assert_eq!(s.drain_period(), std::time::Duration::ZERO);
+    let err = Settings::load_from(None, &env(&[("VMPIPE_DRAIN_SECS", "301")])).unwrap_err();
+    assert!(err.to_string().contains("drain_secs"), "{err}");
+}

@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, check_access};
 use crate::error::ApiError;
+use crate::server::Drain;
 
 /// `GET /metrics` on `VMPIPE_LISTEN`: for clients the access policy lets in.
 pub(crate) async fn metrics_endpoint(
@@ -41,15 +42,19 @@ pub(crate) async fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz`: uploads can be accepted: storage is writable, and jobs are either confirmed
-/// by RabbitMQ or journaled on local disk until it is back.
-pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// by RabbitMQ or journaled on local disk until it is back. 503 from the moment ingest is told
+/// to stop (it still serves during its drain, for clients that have not noticed yet).
+pub(crate) async fn readyz(state: web::Data<AppState>, drain: web::Data<Drain>) -> HttpResponse {
+    let stopping = drain.is_draining();
     let storage = state.store.check_writable().await;
     // A count kept by the journal: listing it here would let a flood of /readyz (no token is
     // needed) keep the disk busy, with 100k entries.
     let journaled = state.journal.count();
     let connected = state.jobs.is_connected();
+    let ready = storage.is_ok() && !stopping;
     let body = serde_json::json!({
-        "ready": storage.is_ok(),
+        "ready": ready,
+        "stopping": stopping,
         "storage": storage.as_ref().map_or_else(|e| e.to_string(), |()| "ok".to_owned()),
         "rabbitmq": match (connected, state.jobs.credentials_refused()) {
             (true, _) => "connected",
@@ -58,7 +63,7 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         },
         "journaled_jobs": journaled,
     });
-    if storage.is_ok() {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
