@@ -1,6 +1,8 @@
 mod access;
 mod admin;
 mod audio;
+mod disk_full;
+mod drain;
 mod failures;
 mod hook_leases;
 mod hook_queueing;

@@ -217,6 +217,7 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             s.upload_deadline_secs.to_string(),
         ),
         ("VMPIPE_MAX_DOCUMENT", s.max_document.0.to_string()),
+        ("VMPIPE_DRAIN_SECS", s.drain_secs.to_string()),
         ("VMPIPE_BASE64", format!("{:?}", s.base64).to_lowercase()),
         (
             "VMPIPE_TRANSCRIBER",
