@@ -34,6 +34,16 @@ pub(crate) enum Enqueued {
     Journaled,
 }
 
+impl Enqueued {
+    /// As logged (`enqueued` of the `voicemail stored` line).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Enqueued::Published => "published",
+            Enqueued::Journaled => "journaled",
+        }
+    }
+}
+
 /// Why the journal could not be drained.
 #[derive(Debug, thiserror::Error)]
 enum DrainError {
@@ -124,7 +134,8 @@ impl Publisher {
                 }
                 Err(_) => {
                     metrics::counter!("vmpipe_publish_failures_total").increment(1);
-                    warn!(job_id = %job.job_id, timeout = ?self.inner.publish_timeout,
+                    warn!(job_id = %job.job_id,
+                        timeout_ms = self.inner.publish_timeout.as_millis() as u64,
                         "no confirm in time; journaling the job");
                 }
             }

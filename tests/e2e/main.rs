@@ -4,6 +4,7 @@ mod hooks;
 mod hostile;
 mod hostile_worker;
 mod ingest;
+mod observability;
 mod ops;
 mod scripting;
 mod tls;

@@ -46,7 +46,7 @@ async fn migrate_when_reachable(settings: &Settings) -> Result<sqlx::PgPool, Wor
         match migrate(settings).await {
             Err(WorkerError::Database(e)) if index::db::is_transient(&e) => {
                 let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "PostgreSQL unreachable; waiting for it");
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "PostgreSQL unreachable; waiting for it");
                 tokio::time::sleep(wait).await;
             }
             other => return other,

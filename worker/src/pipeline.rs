@@ -164,7 +164,7 @@ where
             Err(e) if e.is_transient() => {
                 health.set_database_ok(false);
                 let wait = delay.next_delay();
-                warn!(error = %e, retry_in = ?wait, "database unavailable; will retry");
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database unavailable; will retry");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return Err(JobError::Interrupted),
@@ -196,7 +196,7 @@ where
         match operation().await {
             Err(e) if is_local_shortage(&e) => {
                 let wait = delay.next_delay();
-                warn!(error = %e, retry_in = ?wait, "out of a local resource; will retry");
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "out of a local resource; will retry");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return Err(JobError::Interrupted),

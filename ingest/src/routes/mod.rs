@@ -12,7 +12,6 @@ mod store;
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use tracing::warn;
 use tracing_actix_web::RequestId;
 use vmpipe_common::Storage;
 
@@ -49,10 +48,13 @@ pub(crate) async fn dispatch(
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
+    // A store or fetch: one access line when it ends (see request_span.rs).
+    crate::request_span::note_request(&req, None);
     if header_bytes > MAX_HEADER_BYTES {
         return Err(ApiError::HeadersTooLarge);
     }
     let requested = authorized_key(&req, &state)?;
+    crate::request_span::note_key(&req, requested.raw());
     match *req.method() {
         Method::PUT | Method::POST => {
             let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
@@ -78,7 +80,7 @@ pub(crate) async fn dispatch(
             }
             result.map(|(response, _)| response)
         }
-        Method::GET | Method::HEAD => fetch::fetch(requested.raw(), &state).await,
+        Method::GET | Method::HEAD => fetch::fetch(&req, requested.raw(), &state).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
@@ -128,11 +130,8 @@ pub(crate) fn check_access(
         query: req.query_string(),
         authorization,
     };
-    access.check(&presented).map_err(|denied| {
-        // Never the path or query: they may hold the secret.
-        warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
-        ApiError::Denied(denied)
-    })
+    // Logged once, by the request's access line (`request denied`, with the reason).
+    access.check(&presented).map_err(ApiError::Denied)
 }
 
 /// Checks access, and returns the storage key the request names.

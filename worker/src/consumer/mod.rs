@@ -141,7 +141,8 @@ async fn handle_delivery(
             Settlement::Requeue => requeue(&delivery).await,
             Settlement::RetryAfter(wait) => {
                 if let Outcome::Failed(reason) = &outcome {
-                    warn!(%reason, deliveries, retry_in = ?wait, "job failed; it will be retried");
+                    warn!(error = %reason, code = reason.code(), deliveries,
+                        retry_in_ms = wait.as_millis() as u64, "job failed; it will be retried");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -150,7 +151,11 @@ async fn handle_delivery(
                 requeue(&delivery).await
             }
             Settlement::DeadLetter(reason) => {
-                warn!(%reason, "job can never succeed; dead-lettering it");
+                let code = match &outcome {
+                    Outcome::Failed(error) => error.code(),
+                    _ => "never_completed",
+                };
+                warn!(%reason, code, "job can never succeed; dead-lettering it");
                 let queue = amqp::dead_letter_queue(&context.settings.queue);
                 match dead_letter(dead_letters, &queue, &delivery, &reason).await {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,

@@ -115,7 +115,7 @@ impl HookRunner {
         if self.hooks.is_empty() {
             return;
         }
-        info!(hooks = ?self.names, concurrency = self.concurrency, "hook runner started");
+        info!(hooks = %self.names.join(","), concurrency = self.concurrency, "hook runner started");
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let tasks = TaskTracker::new();
         let mut backoff = Backoff::default();
@@ -142,7 +142,7 @@ impl HookRunner {
                 Ok(None) => POLL_INTERVAL,
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?wait, "cannot claim hook work");
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot claim hook work");
                     wait
                 }
             };
@@ -212,7 +212,7 @@ impl HookRunner {
             let run_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
             match &result {
                 Ok(transcript) => info!(run_ms, chars = transcript.text.len(), "hook done"),
-                Err(e) => warn!(run_ms, error = %e, outcome, "hook attempt failed"),
+                Err(e) => warn!(run_ms, error = %e, code = e.code(), outcome, "hook attempt failed"),
             }
             let retry_after = match next {
                 Next::RetryAfter(wait) => Some(wait),
