@@ -1,9 +1,12 @@
 //! What an operator reads: the log lines of real ingest and worker processes run with their
-//! default log filter.
+//! default log filter, and their `/metrics` from the first scrape, against the dashboard and
+//! alert rules shipped in `ops/`.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vmpipe_common::metrics::{INGEST, Kind, WORKER};
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
@@ -268,6 +271,211 @@ async fn a_broker_restart_is_a_warning_not_an_error() {
             "{}: {warnings:#?}",
             log.display()
         );
+    }
+    stack.finish().await;
+}
+
+/// The samples of Prometheus text output: (series name, labels text, value).
+fn samples(metrics: &str) -> Vec<(String, String, f64)> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name.to_owned(), labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `le` bounds of the histogram `name`'s first series, `+Inf` left out.
+fn buckets(metrics: &str, name: &str) -> Vec<f64> {
+    let bucket = format!("{name}_bucket");
+    let all = samples(metrics);
+    let first_labels = all
+        .iter()
+        .find(|(n, _, _)| *n == bucket)
+        .map(|(_, labels, _)| labels.split("le=").next().unwrap_or("").to_owned())
+        .unwrap_or_else(|| panic!("no {bucket}"));
+    all.iter()
+        .filter(|(n, labels, _)| *n == bucket && labels.starts_with(&first_labels))
+        .filter_map(|(_, labels, _)| {
+            let le = labels.rsplit_once("le=\"")?.1.trim_end_matches('"');
+            le.parse().ok().filter(|b: &f64| b.is_finite())
+        })
+        .collect()
+}
+
+/// Metric names (`vmpipe_…`, without `_bucket`/`_sum`/`_count`) an expression uses.
+fn names_in(expression: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = expression;
+    while let Some(at) = rest.find("vmpipe_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(name.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every `expr` of the dashboard's panels (JSON).
+fn dashboard_expressions(dashboard: &Value, found: &mut Vec<String>) {
+    match dashboard {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", Value::String(expr)) => found.push(expr.clone()),
+                    (_, value) => dashboard_expressions(value, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| dashboard_expressions(v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_services_export_every_metric_at_zero_with_help_and_the_ops_files_use_only_them() {
+    let mut stack = Stack::start(false).await;
+    let ingest = Service::spawn("ingest", &stack.ingest.settings).await;
+    let mut worker_settings = stack.worker_settings();
+    // A hook a child process is given by its environment: the built-in transcriber.
+    worker_settings.transcriber = vmpipe_common::settings::Transcriber::Pocketsphinx;
+    let hook = vmpipe_common::settings::POCKETSPHINX_HOOK;
+    let worker = Service::spawn("worker", &worker_settings).await;
+    stack.wait_for_schema().await;
+    let (status, ingest_metrics) = ingest.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let mut worker_metrics = String::new();
+    // The worker serves /metrics once its database is migrated.
+    for _ in 0..100 {
+        if let Some((200, text)) = worker.get("/metrics").await {
+            worker_metrics = text;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!worker_metrics.is_empty(), "the worker served /metrics");
+    worker.sigkill().await;
+    ingest.sigkill().await;
+
+    let mut exported = BTreeSet::new();
+    for (service, list, text) in [
+        ("ingest", INGEST, &ingest_metrics),
+        ("worker", WORKER, &worker_metrics),
+    ] {
+        let all = samples(text);
+        for metric in list {
+            let name = metric.name;
+            exported.insert(name.to_owned());
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{service}: no HELP for {name}\n{text}"
+            );
+            let kind = match metric.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram(_) => "histogram",
+            };
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}")),
+                "{service}: {name} is not a {kind}\n{text}"
+            );
+            // Every declared series is there, at 0, before anything happened.
+            let series_name = match metric.kind {
+                Kind::Histogram(_) => format!("{name}_count"),
+                _ => name.to_owned(),
+            };
+            let present: Vec<&(String, String, f64)> =
+                all.iter().filter(|(n, _, _)| *n == series_name).collect();
+            assert!(!present.is_empty(), "{service}: {name} is not exported");
+            assert!(
+                present.iter().all(|(_, _, value)| *value == 0.0),
+                "{service}: {name} is not 0: {present:?}"
+            );
+            for labels in metric.series {
+                let wanted: Vec<String> = labels
+                    .iter()
+                    .map(|(key, value)| format!("{key}=\"{value}\""))
+                    .collect();
+                assert!(
+                    present
+                        .iter()
+                        .any(|(_, l, _)| wanted.iter().all(|w| l.contains(w.as_str()))),
+                    "{service}: {name}{{{}}} is not exported",
+                    wanted.join(",")
+                );
+            }
+            if let Kind::Histogram(declared) = metric.kind {
+                assert_eq!(buckets(text, name), declared, "{service}: {name}'s buckets");
+            }
+        }
+    }
+    // The configured hook's series, at 0; none without a hook label.
+    let hook_label = format!("hook=\"{hook}\"");
+    for outcome in ["done", "retry", "failed"] {
+        let labels = format!("outcome=\"{outcome}\"");
+        assert!(
+            samples(&worker_metrics)
+                .iter()
+                .any(|(n, l, v)| n == "vmpipe_hook_runs_total"
+                    && l.contains(&hook_label)
+                    && l.contains(&labels)
+                    && *v == 0.0),
+            "vmpipe_hook_runs_total{{{hook_label},{labels}}}\n{worker_metrics}"
+        );
+    }
+    for (name, labels, _) in samples(&worker_metrics) {
+        if name.starts_with("vmpipe_hook_run") {
+            assert!(labels.contains(&hook_label), "{name}{{{labels}}}");
+        }
+    }
+    // Lag and hook runs go past a minute; batch sizes are row counts.
+    assert_eq!(
+        buckets(&worker_metrics, "vmpipe_job_lag_seconds").last(),
+        Some(&3600.0)
+    );
+    assert_eq!(
+        buckets(&worker_metrics, "vmpipe_hook_run_seconds").last(),
+        Some(&3600.0)
+    );
+    assert_eq!(
+        buckets(&worker_metrics, "vmpipe_index_batch_rows"),
+        [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
+    );
+
+    // The dashboard and the alert rules use only metrics the services export.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("ops/grafana/vmpipe.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut expressions = Vec::new();
+    dashboard_expressions(&dashboard, &mut expressions);
+    assert!(expressions.len() >= 8, "dashboard panels: {expressions:?}");
+    let alerts = std::fs::read_to_string(root.join("ops/prometheus/alerts.yml")).unwrap();
+    let alert_count = alerts.matches("- alert: ").count();
+    assert!(alert_count >= 6, "alert rules: {alert_count}");
+    for (file, text) in expressions
+        .iter()
+        .map(|e| ("ops/grafana/vmpipe.json", e.as_str()))
+        .chain([("ops/prometheus/alerts.yml", alerts.as_str())])
+    {
+        let used = names_in(text);
+        assert!(!used.is_empty(), "{file}: no vmpipe metric in {text}");
+        let unknown: Vec<&String> = used.difference(&exported).collect();
+        assert!(unknown.is_empty(), "{file} uses {unknown:?}, not exported");
     }
     stack.finish().await;
 }

@@ -65,7 +65,8 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
-        vmpipe_common::metrics::handle();
+        // Every metric exported (at 0) from the start; each hook's below, once they are known.
+        vmpipe_common::metrics::register(vmpipe_common::metrics::WORKER);
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
         let store = FsStore::open(&settings.storage_dir)?;
@@ -144,6 +145,16 @@ impl Worker {
             activity.clone(),
             self.settings.max_audio_secs,
         ));
+        for hook in runner.names() {
+            let hook = || ("hook", hook.clone());
+            for outcome in vmpipe_common::metrics::HOOK_OUTCOMES {
+                vmpipe_common::metrics::register_series(
+                    "vmpipe_hook_runs_total",
+                    &[hook(), ("outcome", (*outcome).to_owned())],
+                );
+            }
+            vmpipe_common::metrics::register_series("vmpipe_hook_run_seconds", &[hook()]);
+        }
         let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
         let context = Arc::new(pipeline::Context {
             settings: self.settings,
