@@ -168,6 +168,12 @@ pub const WORKER: &[Metric] = &[
         &[("outcome", "dead_lettered")],
     ]),
     Metric::new(
+        "vmpipe_voicemails_indexed_total",
+        Kind::Counter,
+        "Voicemails indexed for the first time (new rows). Counts voicemails: a job delivered \
+         again, or a newer upload of the same key, updates its row and does not count.",
+    ),
+    Metric::new(
         "vmpipe_index_duration_seconds",
         Kind::Histogram(SECONDS),
         "Seconds one delivery took to be indexed: reading, probe and upsert.",
