@@ -5,9 +5,9 @@
 //! A store or fetch (anything the storage routes answer) gets one line at `info` when it ends:
 //! `method`, `client`, `key`, `status`, `bytes` (stored or served), `duration_ms`, and for an
 //! error its `code` (the `error` of the JSON body) and `error` (the cause chain). A 5xx is the
-//! same line at `warn` (`request failed`), and so is a 401 or 403 (`request denied`, the
-//! reason in `error`): a failure is logged once, here. `/healthz`, `/readyz` and `/metrics`
-//! are logged at `debug` (a refused `/metrics` at `warn`).
+//! same line at `warn` (`request failed`): a failure is logged once, here. A refusal (401,
+//! 403) is an `info` access line: its warning is the access check's (`routes::check_access`).
+//! `/healthz`, `/readyz` and `/metrics` are logged at `debug`.
 
 use std::time::Instant;
 
@@ -113,10 +113,6 @@ impl RootSpanBuilder for RequestSpan {
         if (500..600).contains(&status) {
             tracing::warn!(parent: &span, method, client, key, status, bytes, duration_ms,
                 request_id, code, error, "request failed");
-        } else if matches!(status, 401 | 403) {
-            // The reason is in `error` (never the path or query: they may hold the secret).
-            tracing::warn!(parent: &span, method, client, key, status, duration_ms, request_id,
-                code, error, "request denied");
         } else if access.is_some() {
             tracing::info!(parent: &span, method, client, key, status, bytes, duration_ms,
                 request_id, code, error, "request");

@@ -12,6 +12,7 @@ mod store;
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use tracing::warn;
 use tracing_actix_web::RequestId;
 use vmpipe_common::Storage;
 
@@ -130,8 +131,11 @@ pub(crate) fn check_access(
         query: req.query_string(),
         authorization,
     };
-    // Logged once, by the request's access line (`request denied`, with the reason).
-    access.check(&presented).map_err(ApiError::Denied)
+    access.check(&presented).map_err(|denied| {
+        // Never the path or query: they may hold the secret.
+        warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        ApiError::Denied(denied)
+    })
 }
 
 /// Checks access, and returns the storage key the request names.
