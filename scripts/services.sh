@@ -2,7 +2,22 @@
 # Makes sure PostgreSQL and RabbitMQ answer on localhost (what the tests and the local run
 # need): starts them if they are installed but down, installs them from Debian's packages if
 # they are missing (needs root). Does nothing when both already answer.
+#
+#   scripts/services.sh [--trust-localhost]
+#
+# --trust-localhost (the test path: scripts/test.sh, CI): on a PostgreSQL this script has just
+# installed, let every local user connect over 127.0.0.1 and ::1 as any role without a password
+# (`trust` in pg_hba.conf), as the tests do. It says so, and it never touches a PostgreSQL that
+# was there before. Without it, a fresh PostgreSQL keeps Debian's password authentication.
 set -euo pipefail
+
+trust_localhost=0
+for arg in "$@"; do
+  case $arg in
+    --trust-localhost) trust_localhost=1 ;;
+    *) echo "usage: $0 [--trust-localhost]" >&2; exit 2 ;;
+  esac
+done
 
 PG_PORT=5432
 AMQP_PORT=5672
@@ -40,10 +55,18 @@ ensure_postgres() {
   fi
   local version
   version=$(ls /etc/postgresql | sort -V | tail -n 1)
-  if [ $fresh = 1 ]; then
-    # The tests connect as postgres over TCP without a password, as on our machines.
-    local hba=/etc/postgresql/$version/main/pg_hba.conf
+  local hba=/etc/postgresql/$version/main/pg_hba.conf
+  if [ $fresh = 1 ] && [ $trust_localhost = 1 ]; then
+    # The tests connect as postgres over TCP without a password.
+    log "test setup: $hba now trusts every connection from 127.0.0.1 and ::1 (any role, no password);"
+    log "  (the file before: $hba.before-vmpipe; put it back and reload PostgreSQL to undo)"
+    as_root cp "$hba" "$hba.before-vmpipe"
     as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  elif [ $fresh = 1 ]; then
+    log "PostgreSQL $version was just installed with password authentication (unchanged)."
+    log "  Give vmpipe a role and a database, and name them in VMPIPE_DATABASE_URL, e.g.:"
+    log "  sudo -u postgres createuser --pwprompt vmpipe && sudo -u postgres createdb -O vmpipe vmpipe"
+    log "  export VMPIPE_DATABASE_URL=postgres://vmpipe:PASSWORD@127.0.0.1:5432/vmpipe"
   fi
   log "starting PostgreSQL $version"
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true

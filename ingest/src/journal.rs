@@ -83,6 +83,13 @@ impl Journal {
         Ok(journal)
     }
 
+    /// The entry [`Journal::write`] makes for `job_id` (whether it is there or not).
+    pub(crate) fn entry(&self, job_id: Uuid) -> Entry {
+        Entry {
+            path: self.dir.join(format!("{}.json", job_id.simple())),
+        }
+    }
+
     /// Entries waiting, without touching the disk.
     pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
@@ -242,7 +249,7 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.count(), 2);
         let pending = journal.pending().await.unwrap();
-        assert_eq!(pending.len(), 2);
+        assert_eq!(pending, vec![journal.entry(first), journal.entry(second)]);
         let read = journal.read(&pending[..1]).await.unwrap();
         assert_eq!(read[0].as_ref().unwrap(), b"1");
         journal.remove(pending[..1].to_vec()).await.unwrap();

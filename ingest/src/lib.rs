@@ -81,6 +81,7 @@ impl Application {
             settings.amqp_url.expose().to_owned(),
             settings.queue.clone(),
             settings.publish_timeout(),
+            settings.publish_degraded_after,
             journal.clone(),
         );
         jobs.first_attempt(FIRST_CONNECT_WAIT).await;
@@ -90,14 +91,10 @@ impl Application {
         };
         let listener = TcpListener::bind(&settings.listen).map_err(listen_error)?;
         let port = listener.local_addr().map_err(listen_error)?.port();
-        let access = access::AccessPolicy {
-            networks: settings.allow_networks.clone(),
-            token: settings
-                .access_token
-                .as_ref()
-                .map(|t| t.expose().to_owned()),
-            basic: settings.basic_auth.as_ref().map(|b| b.expose().to_owned()),
-        };
+        let access = access::AccessPolicy::from_settings(&settings);
+        if let Some(warning) = access.unrestricted() {
+            tracing::warn!(allowed = %settings.allow_networks, "{warning}");
+        }
         let state = web::Data::new(AppState {
             store: Arc::new(store),
             jobs: jobs.clone(),

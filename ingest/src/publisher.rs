@@ -3,26 +3,41 @@
 //! An upload first tries a persistent publish with a publisher confirm, bounded by
 //! `publish_timeout`. If the broker is away, slow or refuses, the job goes to the [`Journal`]
 //! instead, and a background task publishes journaled jobs once a connection is up again.
-//! Either way the job is durable before the upload is answered. A job can reach the queue more
-//! than once (a confirm that arrives after the timeout); the worker's upsert makes that harmless.
+//! Either way the job is durable before the upload is answered.
+//!
+//! A publish that times out keeps going ([`confirms`]): when its confirm comes late, its journal
+//! entry is removed rather than published again. After `VMPIPE_PUBLISH_DEGRADED_AFTER` timeouts
+//! in a row the publisher is degraded ([`degraded`]): uploads are journaled at once, and the
+//! drain (bounded by the same timeout) or a probe finds out when confirms come in time again.
+//! A job can still reach the queue twice (a crash between a late confirm and the entry's
+//! removal, a connection lost with publishes in flight); the worker's upsert makes that
+//! harmless.
 //!
 //! Confirms are pipelined: all uploads publish on one channel, each waiting only for its own
 //! confirm, so many are in flight at once. (Holding jobs back to send them in groups saved
 //! RabbitMQ some CPU per message but cost a third of the rate at 4 clients, as each upload then
 //! also waited for the previous group's round trip.)
 
+mod confirms;
+mod connection;
+mod degraded;
+mod flight;
+mod telemetry;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::future::join_all;
-use lapin::Connection;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use vmpipe_common::VoicemailJob;
-use vmpipe_common::amqp::{self, ConfirmChannel, job_properties, publish_confirmed};
-use vmpipe_common::backoff::Backoff;
+use vmpipe_common::amqp::{ConfirmChannel, job_properties};
 
+use self::confirms::Confirms;
+use self::degraded::ConfirmHealth;
+use self::flight::{PublishFailure, joined};
+use self::telemetry::{JOURNALED_TOTAL, JournalReason, describe_metrics};
 use crate::journal::{Journal, JournalError};
 
 /// Where a job went.
@@ -44,17 +59,49 @@ impl Enqueued {
     }
 }
 
+/// What RabbitMQ looks like to uploads (for `/readyz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BrokerState {
+    /// Connected and confirming in time.
+    Confirming,
+    /// Connected, but not confirming in time: jobs are journaled at once.
+    NotConfirming,
+    /// Turned away for its credentials: jobs are journaled.
+    CredentialsRefused,
+    /// Not connected: jobs are journaled.
+    Unreachable,
+}
+
 /// Why the journal could not be drained.
 #[derive(Debug, thiserror::Error)]
 enum DrainError {
     #[error(transparent)]
-    Publish(#[from] amqp::PublishError),
+    Publish(#[from] PublishFailure),
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
 
 /// Journaled jobs are published this many at a time.
 const JOURNAL_GROUP: usize = 256;
+
+/// How a drain went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drained {
+    /// Nothing to publish (or all of it awaiting its confirm already).
+    Nothing,
+    /// Published and confirmed in time.
+    Published,
+    /// Some confirms did not come in time: their entries wait for them.
+    TimedOut,
+}
+
+/// The publishing channel of one connection.
+#[derive(Clone)]
+struct Link {
+    channel: ConfirmChannel,
+    /// Which connection (counted from 1).
+    generation: u64,
+}
 
 /// Cheap to clone; shared by all request handlers.
 #[derive(Clone)]
@@ -68,7 +115,15 @@ struct Inner {
     publish_timeout: Duration,
     journal: Journal,
     /// The publishing channel while connected.
-    channel: watch::Sender<Option<ConfirmChannel>>,
+    link: watch::Sender<Option<Link>>,
+    /// Connections made so far.
+    generations: AtomicU64,
+    /// Publishes awaiting their confirm.
+    confirms: Confirms,
+    /// Whether confirms come in time.
+    health: ConfirmHealth,
+    /// The connection whose probe is awaiting its confirm (0: none).
+    probing: AtomicU64,
     /// Connection attempts made so far (startup waits for the first).
     attempts: watch::Sender<u64>,
     /// The last attempt was refused for its credentials.
@@ -84,15 +139,21 @@ impl Publisher {
         amqp_url: String,
         queue: String,
         publish_timeout: Duration,
+        degraded_after: u32,
         journal: Journal,
     ) -> (Self, JoinHandle<()>) {
+        describe_metrics();
         let queue = Self {
             inner: Arc::new(Inner {
                 amqp_url,
                 queue,
                 publish_timeout,
                 journal,
-                channel: watch::channel(None).0,
+                link: watch::channel(None).0,
+                generations: AtomicU64::new(0),
+                confirms: Confirms::default(),
+                health: ConfirmHealth::new(degraded_after),
+                probing: AtomicU64::new(0),
                 attempts: watch::channel(0).0,
                 credentials_refused: Default::default(),
                 wake: Notify::new(),
@@ -112,53 +173,90 @@ impl Publisher {
     }
 
     /// Makes `job` (whose JSON is `payload`) durable: confirmed by RabbitMQ, or else written to
-    /// the journal.
+    /// the journal. Degraded, it is journaled without trying.
     pub(crate) async fn enqueue(
         &self,
         job: &VoicemailJob,
         payload: Vec<u8>,
     ) -> Result<Enqueued, JournalError> {
-        let channel = self.inner.channel.borrow().clone();
-        if let Some(channel) = channel {
-            let publish =
-                publish_confirmed(&channel, &self.inner.queue, &payload, job_properties(job));
-            match tokio::time::timeout(self.inner.publish_timeout, publish).await {
-                Ok(Ok(())) => {
-                    metrics::counter!("vmpipe_jobs_published_total", "via" => "confirm")
-                        .increment(1);
-                    return Ok(Enqueued::Published);
-                }
-                Ok(Err(e)) => {
-                    metrics::counter!("vmpipe_publish_failures_total").increment(1);
-                    warn!(job_id = %job.job_id, error = %e, "publish failed; journaling the job");
-                }
-                Err(_) => {
-                    metrics::counter!("vmpipe_publish_failures_total").increment(1);
-                    warn!(job_id = %job.job_id,
-                        timeout_ms = self.inner.publish_timeout.as_millis() as u64,
-                        "no confirm in time; journaling the job");
+        let link = self.inner.link.borrow().clone();
+        let Some(link) = link else {
+            return self
+                .journal(job, payload, JournalReason::Disconnected)
+                .await;
+        };
+        if self.inner.health.is_degraded() {
+            return self.journal(job, payload, JournalReason::Degraded).await;
+        }
+        let payload = Arc::new(payload);
+        let entry = self.inner.journal.entry(job.job_id);
+        let (flight, mut task) = self.launch(&link, entry, payload.clone(), job_properties(job));
+        let failure = match tokio::time::timeout(self.inner.publish_timeout, &mut task).await {
+            Ok(outcome) => {
+                self.inner.confirms.finish(&flight);
+                match joined(outcome) {
+                    Ok(()) => {
+                        self.inner.health.confirmed();
+                        metrics::counter!("vmpipe_jobs_published_total", "via" => "confirm")
+                            .increment(1);
+                        return Ok(Enqueued::Published);
+                    }
+                    Err(e) => e,
                 }
             }
-        }
+            Err(_) => {
+                metrics::counter!("vmpipe_publish_failures_total").increment(1);
+                warn!(job_id = %job.job_id, timeout_ms = self.inner.publish_timeout.as_millis() as u64,
+                    "no confirm in time; journaling the job (its confirm may still come)");
+                self.inner.health.timed_out();
+                let payload = Arc::try_unwrap(payload).unwrap_or_else(|p| p.as_ref().clone());
+                let journaled = self.journal(job, payload, JournalReason::Timeout).await;
+                if journaled.is_err() {
+                    // No entry to tie the confirm to: the upload fails, KAZOO retries.
+                    self.inner.confirms.finish(&flight);
+                } else if self.inner.confirms.detach(&flight) == Some(true) {
+                    // Confirmed while the entry was being written.
+                    self.late_ack(flight.entry().clone()).await;
+                }
+                return journaled;
+            }
+        };
+        metrics::counter!("vmpipe_publish_failures_total").increment(1);
+        warn!(job_id = %job.job_id, error = %failure, "publish failed; journaling the job");
+        let payload = Arc::try_unwrap(payload).unwrap_or_else(|p| p.as_ref().clone());
+        self.journal(job, payload, JournalReason::Failed).await
+    }
+
+    /// Writes `job` to the journal, and wakes the drain.
+    async fn journal(
+        &self,
+        job: &VoicemailJob,
+        payload: Vec<u8>,
+        reason: JournalReason,
+    ) -> Result<Enqueued, JournalError> {
         self.inner.journal.write(job.job_id, payload).await?;
+        metrics::counter!(JOURNALED_TOTAL, "reason" => reason.as_str()).increment(1);
         self.inner.wake.notify_one();
         Ok(Enqueued::Journaled)
     }
 
-    /// Whether a confirmed publish is currently possible.
-    /// Whether RabbitMQ refused the credentials at the last attempt.
-    pub(crate) fn credentials_refused(&self) -> bool {
-        self.inner
-            .credentials_refused
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn is_connected(&self) -> bool {
-        self.inner
-            .channel
+    /// What RabbitMQ looks like to uploads now.
+    pub(crate) fn broker_state(&self) -> BrokerState {
+        let connected = self
+            .inner
+            .link
             .borrow()
             .as_ref()
-            .is_some_and(|c| c.status().connected())
+            .is_some_and(|l| l.channel.status().connected());
+        if connected && self.inner.health.is_degraded() {
+            BrokerState::NotConfirming
+        } else if connected {
+            BrokerState::Confirming
+        } else if self.inner.credentials_refused.load(Ordering::Relaxed) {
+            BrokerState::CredentialsRefused
+        } else {
+            BrokerState::Unreachable
+        }
     }
 
     /// Stops the background task (journaled jobs stay on disk for the next start).
@@ -166,82 +264,14 @@ impl Publisher {
         self.inner.stop.notify_one();
     }
 
-    async fn maintain_connection(self) {
-        let mut backoff = Backoff::default();
-        loop {
-            let attempt = self.connect().await;
-            let refused = attempt.as_ref().is_err_and(amqp::refused_credentials);
-            self.inner
-                .credentials_refused
-                .store(refused, std::sync::atomic::Ordering::Relaxed);
-            self.inner.attempts.send_modify(|n| *n += 1);
-            let stopped = match attempt {
-                Ok((connection, channel)) => {
-                    info!(queue = %self.inner.queue, "connected to RabbitMQ");
-                    backoff.reset();
-                    self.inner.channel.send_replace(Some(channel.clone()));
-                    let stopped = self.serve(&connection, &channel).await;
-                    self.inner.channel.send_replace(None);
-                    // A broken connection may never answer a close: do not wait on it.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        connection.close(200, "ingest stopping".into()),
-                    )
-                    .await;
-                    stopped
-                }
-                Err(e) if refused => {
-                    error!(error = %e, "RabbitMQ refused the credentials in VMPIPE_AMQP_URL; \
-                        uploads are journaled until they are fixed");
-                    false
-                }
-                Err(e) => {
-                    warn!(error = %e, "RabbitMQ unreachable; uploads are journaled until it is back");
-                    false
-                }
-            };
-            if stopped {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = self.inner.stop.notified() => return,
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<(Connection, ConfirmChannel), lapin::Error> {
-        let connection = amqp::connect(&self.inner.amqp_url, "vmpipe-ingest").await?;
-        let channel = ConfirmChannel::open(&connection).await?;
-        amqp::declare_queues(&channel, &self.inner.queue).await?;
-        Ok((connection, channel))
-    }
-
-    /// Drains the journal while the connection lives. Returns true when asked to stop.
-    async fn serve(&self, connection: &Connection, channel: &ConfirmChannel) -> bool {
-        loop {
-            if !connection.status().connected() || !channel.status().connected() {
-                warn!("lost the RabbitMQ connection");
-                return false;
-            }
-            if let Err(e) = self.drain_journal(channel).await {
-                warn!(error = %e, "could not publish journaled jobs");
-                return false;
-            }
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                // Also notices a connection that died while idle.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = self.inner.stop.notified() => return true,
-            }
-        }
-    }
-
-    async fn drain_journal(&self, channel: &ConfirmChannel) -> Result<(), DrainError> {
+    async fn drain_journal(&self, link: &Link) -> Result<Drained, DrainError> {
         let journal = &self.inner.journal;
-        let entries = journal.pending().await?;
+        let confirms = &self.inner.confirms;
+        let mut entries = journal.pending().await?;
+        // Those awaiting a late confirm are not published again.
+        entries.retain(|e| !confirms.in_flight(e, link.generation));
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Drained::Nothing);
         }
         info!(jobs = entries.len(), "publishing journaled jobs");
         // In groups with their confirms in flight together: a round trip per job would make a
@@ -264,21 +294,32 @@ impl Publisher {
             if !unreadable.is_empty() {
                 journal.set_aside(unreadable).await;
             }
-            let published = join_all(readable.into_iter().map(
-                |(entry, properties, payload)| async move {
-                    (
-                        entry,
-                        publish_confirmed(channel, &self.inner.queue, &payload, properties).await,
-                    )
-                },
-            ))
-            .await;
-            let mut confirmed = Vec::with_capacity(published.len());
+            let launched: Vec<_> = readable
+                .into_iter()
+                .map(|(entry, properties, payload)| {
+                    self.launch(link, entry.clone(), Arc::new(payload), properties)
+                })
+                .collect();
+            // The same bound as an upload's publish, for the whole group (sent together).
+            let deadline = tokio::time::Instant::now() + self.inner.publish_timeout;
+            let mut confirmed = Vec::with_capacity(launched.len());
+            let mut late = 0;
             let mut failure = None;
-            for (entry, result) in published {
-                match result {
-                    Ok(()) => confirmed.push(entry.clone()),
-                    Err(e) => failure = Some(DrainError::from(e)),
+            for (flight, mut task) in launched {
+                match tokio::time::timeout_at(deadline, &mut task).await {
+                    Ok(outcome) => {
+                        confirms.finish(&flight);
+                        match joined(outcome) {
+                            Ok(()) => confirmed.push(flight.entry().clone()),
+                            Err(e) => failure = Some(DrainError::from(e)),
+                        }
+                    }
+                    // Left to its task: removed if acked late, published again if not.
+                    Err(_) => match confirms.detach(&flight) {
+                        Some(true) => confirmed.push(flight.entry().clone()),
+                        Some(false) => {}
+                        None => late += 1,
+                    },
                 }
             }
             let count = confirmed.len() as u64;
@@ -288,7 +329,17 @@ impl Publisher {
             if let Some(e) = failure {
                 return Err(e);
             }
+            if late > 0 {
+                metrics::counter!("vmpipe_publish_failures_total").increment(1);
+                warn!(jobs = late, timeout_ms = self.inner.publish_timeout.as_millis() as u64,
+                    "journaled jobs not confirmed in time; they stay journaled until confirmed");
+                self.inner.health.timed_out();
+                return Ok(Drained::TimedOut);
+            }
+            if count > 0 {
+                self.inner.health.confirmed();
+            }
         }
-        Ok(())
+        Ok(Drained::Published)
     }
 }

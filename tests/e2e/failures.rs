@@ -399,19 +399,20 @@ async fn reconcile_enqueues_orphan_files_and_reports_rows_without_files() {
     std::fs::remove_file(stack.ingest.stored_path(&gone[1..])).unwrap();
 
     let settings = stack.worker_settings();
-    let dry = vmpipe_worker::admin::reconcile(&settings, true)
+    let progress = Duration::from_secs(5);
+    let dry = vmpipe_worker::admin::reconcile(&settings, true, false, progress)
         .await
         .unwrap();
-    assert_eq!((dry.files, dry.indexed, dry.enqueued.len()), (4, 2, 2));
+    assert_eq!((dry.files, dry.indexed, dry.enqueued.count), (4, 2, 2));
     assert!(
         stack.queue.next(Duration::from_millis(300)).await.is_none(),
         "a dry run publishes nothing"
     );
-    let report = vmpipe_worker::admin::reconcile(&settings, false)
+    let report = vmpipe_worker::admin::reconcile(&settings, false, false, progress)
         .await
         .unwrap();
-    assert_eq!(report.enqueued.len(), 2);
-    assert_eq!(report.rows_without_file, vec![gone[1..].to_owned()]);
+    assert_eq!(report.enqueued.count, 2);
+    assert_eq!(report.rows_without_file.keys, vec![gone[1..].to_owned()]);
     stack.start_worker().await;
     wait_for_count(
         stack.pool(),

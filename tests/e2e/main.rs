@@ -1,11 +1,16 @@
+mod access;
+mod admin;
 mod audio;
 mod failures;
 mod hooks;
 mod hostile;
 mod hostile_worker;
+mod hung_broker;
 mod ingest;
 mod observability;
 mod ops;
+mod prune;
+mod recovery;
 mod scripting;
 mod tls;
 mod worker;

@@ -239,7 +239,17 @@ async fn prune_reindex_and_dead_letter_listing() {
     let settings = stack.worker_settings();
     let cutoff = chrono::Utc::now() - chrono::Duration::days(90);
     let pause = std::time::Duration::from_millis(10);
-    let dry = vmpipe_worker::admin::prune(&settings, cutoff, false, 1, pause)
+    let mut options = vmpipe_worker::admin::PruneOptions {
+        cutoff,
+        apply: false,
+        batch: 1,
+        pause,
+        include_missing_files: false,
+        force: false,
+        full: false,
+        progress: std::time::Duration::from_secs(5),
+    };
+    let dry = vmpipe_worker::admin::prune(&settings, &options)
         .await
         .unwrap();
     assert_eq!((dry.voicemails, dry.credential_probes), (2, 1));
@@ -248,7 +258,8 @@ async fn prune_reindex_and_dead_letter_listing() {
         4,
         "a dry run deletes nothing"
     );
-    let done = vmpipe_worker::admin::prune(&settings, cutoff, true, 1, pause)
+    options.apply = true;
+    let done = vmpipe_worker::admin::prune(&settings, &options)
         .await
         .unwrap();
     assert_eq!(
@@ -268,7 +279,10 @@ async fn prune_reindex_and_dead_letter_listing() {
         .execute(stack.pool())
         .await
         .unwrap();
-    let reindexed = vmpipe_worker::admin::reindex(&settings).await.unwrap();
+    let reindexed =
+        vmpipe_worker::admin::reindex(&settings, false, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
     assert_eq!((reindexed.rows, reindexed.reprobed), (1, 1));
     let (duration, codec): (Option<i32>, Option<String>) =
         sqlx::query_as("SELECT duration_ms, codec FROM voicemails")
@@ -280,7 +294,9 @@ async fn prune_reindex_and_dead_letter_listing() {
     stack.queue.publish(b"not a job").await;
     let mut listed = Vec::new();
     for _ in 0..100 {
-        listed = vmpipe_worker::admin::dead_letters(&settings).await.unwrap();
+        listed = vmpipe_worker::admin::dead_letters(&settings, &Default::default())
+            .await
+            .unwrap();
         if !listed.is_empty() {
             break;
         }
@@ -293,7 +309,9 @@ async fn prune_reindex_and_dead_letter_listing() {
             .as_deref()
             .is_some_and(|r| r.contains("not a vmpipe job"))
     );
-    let again = vmpipe_worker::admin::dead_letters(&settings).await.unwrap();
+    let again = vmpipe_worker::admin::dead_letters(&settings, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1, "listing leaves them in place");
     stack.finish().await;
 }

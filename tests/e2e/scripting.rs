@@ -9,7 +9,7 @@ use vmpipe_common::settings::SecretUrl;
 use vmpipe_tests::*;
 
 /// `worker ARGS` with `settings`, as a script runs it (pipes, not a terminal).
-fn worker(settings: &Settings, args: &[&str]) -> Command {
+pub(crate) fn worker(settings: &Settings, args: &[&str]) -> Command {
     let mut command = Command::new(binary("worker"));
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("VMPIPE_")) {
         command.env_remove(name);

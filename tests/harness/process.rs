@@ -188,12 +188,15 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             s.publish_timeout_ms.to_string(),
         ),
         (
+            "VMPIPE_PUBLISH_DEGRADED_AFTER",
+            s.publish_degraded_after.to_string(),
+        ),
+        (
             "VMPIPE_WORKER_CONCURRENCY",
             s.worker_concurrency.to_string(),
         ),
         ("VMPIPE_WORKER_LISTEN", s.worker_listen.clone()),
         ("VMPIPE_MAX_DELIVERIES", s.max_deliveries.to_string()),
-        ("VMPIPE_ALLOW_NETWORKS", s.allow_networks.to_string()),
         ("VMPIPE_MAX_UPLOADS", s.max_uploads.to_string()),
         ("VMPIPE_BODY_TIMEOUT_SECS", s.body_timeout_secs.to_string()),
         (
@@ -231,6 +234,13 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
                 s.tls_key.as_ref().map(|p| p.display().to_string()),
             ),
             ("VMPIPE_METRICS_LISTEN", s.metrics_listen.clone()),
+            // Unset stays unset: the default list, and the start-up warning that goes with it.
+            (
+                "VMPIPE_ALLOW_NETWORKS",
+                s.allow_networks
+                    .is_explicit()
+                    .then(|| s.allow_networks.to_string()),
+            ),
         ]
         .into_iter()
         .filter_map(|(k, v)| Some((k.to_owned(), v?))),

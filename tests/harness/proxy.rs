@@ -1,18 +1,22 @@
-//! Fault injection on the network: a TCP proxy that a test cuts and restores between a
-//! service and RabbitMQ or PostgreSQL.
+//! Fault injection on the network: a TCP proxy that a test cuts and restores, or pauses and
+//! resumes, between a service and RabbitMQ or PostgreSQL.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 /// A loopback TCP proxy to `target` that can be cut (every connection dropped, new ones
-/// refused) and restored.
+/// refused) and restored, or paused (nothing forwarded either way, nothing closed: what a
+/// SIGSTOPped server looks like from its clients) and resumed.
 pub struct Proxy {
     pub port: u16,
     open: Arc<AtomicBool>,
+    paused: watch::Sender<bool>,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
 }
@@ -22,23 +26,31 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
+        let paused = watch::channel(false).0;
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let accept = {
             let open = open.clone();
+            let paused = paused.clone();
             let connections = connections.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
+                    let Ok((inbound, _)) = listener.accept().await else {
                         continue;
                     };
                     if !open.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
+                    // A paused server's kernel still completes the handshake.
+                    let paused = paused.subscribe();
                     let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            let (from_client, to_client) = inbound.into_split();
+                            let (from_server, to_server) = outbound.into_split();
+                            tokio::join!(
+                                pump(from_client, to_server, paused.clone()),
+                                pump(from_server, to_client, paused),
+                            );
                         }
                     });
                     connections.lock().unwrap().push(task.abort_handle());
@@ -49,6 +61,7 @@ impl Proxy {
         Self {
             port,
             open,
+            paused,
             connections,
             accept,
         }
@@ -76,6 +89,40 @@ impl Proxy {
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
+
+    /// Stops forwarding bytes in both directions, closing nothing (new connections are taken
+    /// and hang too), until [`Proxy::resume`]: the server looks hung, as under SIGSTOP.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Forwards again, the bytes held during the pause first.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to` while not paused; a chunk read just before a pause is held until the
+/// resume.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        if paused.wait_for(|p| !p).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !p).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for Proxy {

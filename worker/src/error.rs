@@ -15,7 +15,8 @@ pub enum JobError {
     /// later, up to the limit of attempts.
     #[error("{}", reason(.0))]
     Retry(anyhow::Error),
-    /// Shutdown came first: hand the work back; the attempt does not count.
+    /// Shutdown came first (for a job, or the loss of its delivery's channel): hand the work
+    /// back; the attempt does not count.
     #[error("interrupted by shutdown")]
     Interrupted,
 }

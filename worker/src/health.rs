@@ -12,11 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-/// What readiness reports: set by the consumer and by every database write.
+/// What readiness reports about RabbitMQ, set by the consumer (PostgreSQL is asked at each
+/// request).
 #[derive(Debug, Default)]
 pub(crate) struct Health {
+    /// Connected and consuming; false from the moment the connection or channel is lost.
     pub consuming: std::sync::atomic::AtomicBool,
-    pub database_ok: std::sync::atomic::AtomicBool,
     /// RabbitMQ refused the credentials at the last connection attempt.
     pub credentials_refused: std::sync::atomic::AtomicBool,
 }
@@ -33,11 +34,6 @@ impl Health {
     pub(crate) fn set_credentials_refused(&self, refused: bool) {
         self.credentials_refused
             .store(refused, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub(crate) fn set_database_ok(&self, ok: bool) {
-        self.database_ok
-            .store(ok, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

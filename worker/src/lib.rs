@@ -38,10 +38,10 @@ pub async fn migrate(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
     Ok(pool)
 }
 
-/// [`migrate`], retried with backoff while PostgreSQL is unreachable (not when it refuses: a
-/// wrong password or database is a setting to fix).
+/// [`migrate`], retried with backoff (at most a few seconds apart) while PostgreSQL is
+/// unreachable (not when it refuses: a wrong password or database is a setting to fix).
 async fn migrate_when_reachable(settings: &Settings) -> Result<sqlx::PgPool, WorkerError> {
-    let mut backoff = vmpipe_common::backoff::Backoff::default();
+    let mut backoff = vmpipe_common::backoff::Backoff::reconnect();
     loop {
         match migrate(settings).await {
             Err(WorkerError::Database(e)) if index::db::is_transient(&e) => {
@@ -156,11 +156,13 @@ impl Worker {
             vmpipe_common::metrics::register_series("vmpipe_hook_run_seconds", &[hook()]);
         }
         let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
+        let database = index::watch::DatabaseWatch::new(self.pool.clone());
         let context = Arc::new(pipeline::Context {
             settings: self.settings,
             pool: self.pool,
             store: self.store,
             health: Arc::default(),
+            database,
             index,
             has_hooks: !runner.names().is_empty(),
             hook_wake: runner.waker(),

@@ -14,6 +14,10 @@ struct Cli {
     /// Settings file (TOML); VMPIPE_CONFIG names one too.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Seconds between the progress lines of long admin commands (reconcile, reindex,
+    /// prune), logged on standard error; 0 logs one per step.
+    #[arg(long, global = true, default_value_t = 5)]
+    progress_secs: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -29,13 +33,34 @@ enum Command {
         /// Only report; publish nothing.
         #[arg(long)]
         dry_run: bool,
+        /// List every key in the report (by default: counts and the first 20 keys of each list).
+        #[arg(long)]
+        full: bool,
     },
     /// Move the jobs now in the dead-letter queue back to the job queue (after a fix).
     ReplayDead,
-    /// List the dead-lettered jobs (one JSON object per line) without removing them.
-    DeadLetters,
+    /// List the dead-lettered jobs (one JSON object per line), or drop them with --drop.
+    DeadLetters {
+        /// Only those whose reason (the x-vmpipe-error header) contains this text.
+        #[arg(long)]
+        error: Option<String>,
+        /// Only those whose storage key starts with this.
+        #[arg(long)]
+        key: Option<String>,
+        /// Remove the matching ones from the dead-letter queue (the others stay, in their
+        /// order); needs --error or --key, or --all.
+        #[arg(long)]
+        drop: bool,
+        /// With --drop and no filter: drop every dead letter.
+        #[arg(long, requires = "drop")]
+        all: bool,
+    },
     /// Probe every indexed voicemail's file again and rewrite its measured columns.
-    Reindex,
+    Reindex {
+        /// List every missing file in the report (by default: the count and the first 20).
+        #[arg(long)]
+        full: bool,
+    },
     /// Delete voicemails (files and rows) older than an age. A dry run unless --apply.
     Prune {
         /// Age by `received_at`: 90d, 12h, 30m...
@@ -50,15 +75,33 @@ enum Command {
         /// Pause between batches, in milliseconds.
         #[arg(long, default_value_t = 500)]
         pause_ms: u64,
+        /// Delete the rows whose file is missing too (by default they are kept and reported).
+        #[arg(long)]
+        include_missing_files: bool,
+        /// Prune even though most of the old rows' files are missing from the storage
+        /// directory (which otherwise means it is the wrong one).
+        #[arg(long)]
+        force: bool,
+        /// List every kept key in the report (by default: the count and the first 20).
+        #[arg(long)]
+        full: bool,
     },
-    /// Run the hooks (transcribers) for one voicemail now and print their rows; exits non-zero
-    /// if one did not succeed.
+    /// Run the hooks (transcribers) for one voicemail now and print their rows, exiting
+    /// non-zero if one did not succeed; or, with --all, queue them for every voicemail, for a
+    /// running worker to work through.
     Transcribe {
         /// The voicemail's id (voicemails.id) or storage key.
-        voicemail: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        voicemail: Option<String>,
+        /// Queue the hooks for every voicemail (or, with --status, those whose row has it).
+        #[arg(long)]
+        all: bool,
         /// Only this hook (default: every configured one).
         #[arg(long)]
         hook: Option<String>,
+        /// With --all: only voicemails whose row for the hook is in this state.
+        #[arg(long, requires = "all")]
+        status: Option<admin::QueueStatus>,
     },
     /// Measure audio files: one JSON object per line; exits non-zero if any cannot be probed.
     Probe {
@@ -85,7 +128,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         _ => logging::Output::Stderr,
     };
     logging::init(settings.log_format, logs_to);
-    match run(command, &settings).await {
+    let progress = std::time::Duration::from_secs(cli.progress_secs);
+    match run(command, &settings, progress).await {
         // The reader (`| head`, say) went away: not a failure of the command.
         Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
         other => other,
@@ -104,7 +148,11 @@ fn emit(line: impl std::fmt::Display) -> std::io::Result<()> {
     writeln!(std::io::stdout().lock(), "{line}")
 }
 
-async fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
+async fn run(
+    command: Command,
+    settings: &Settings,
+    progress: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
     let settings = settings.clone();
     match command {
         Command::Run => {
@@ -115,21 +163,35 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> 
         Command::Migrate => {
             vmpipe_worker::migrate(&settings).await?.close().await;
         }
-        Command::Reconcile { dry_run } => {
-            let report = admin::reconcile(&settings, dry_run).await?;
+        Command::Reconcile { dry_run, full } => {
+            let report = admin::reconcile(&settings, dry_run, full, progress).await?;
             emit(serde_json::to_string_pretty(&report)?)?;
         }
         Command::ReplayDead => {
             let replayed = admin::replay_dead(&settings).await?;
             emit(serde_json::json!({ "replayed": replayed }))?;
         }
-        Command::DeadLetters => {
-            for dead in admin::dead_letters(&settings).await? {
-                emit(serde_json::to_string(&dead)?)?;
+        Command::DeadLetters {
+            error,
+            key,
+            drop,
+            all,
+        } => {
+            let filter = admin::DeadLetterFilter { error, key };
+            if drop {
+                if filter.is_empty() && !all {
+                    anyhow::bail!("--drop needs --error or --key (or --all to drop every one)");
+                }
+                let dropped = admin::drop_dead_letters(&settings, &filter).await?;
+                emit(serde_json::json!({ "dropped": dropped.dropped, "kept": dropped.kept }))?;
+            } else {
+                for dead in admin::dead_letters(&settings, &filter).await? {
+                    emit(serde_json::to_string(&dead)?)?;
+                }
             }
         }
-        Command::Reindex => {
-            let report = admin::reindex(&settings).await?;
+        Command::Reindex { full } => {
+            let report = admin::reindex(&settings, full, progress).await?;
             emit(serde_json::to_string_pretty(&report)?)?;
         }
         Command::Prune {
@@ -137,14 +199,37 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> 
             apply,
             batch,
             pause_ms,
+            include_missing_files,
+            force,
+            full,
         } => {
             let age = admin::parse_age(&older_than).map_err(anyhow::Error::msg)?;
-            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age)?;
-            let pause = std::time::Duration::from_millis(pause_ms);
-            let report = admin::prune(&settings, cutoff, apply, batch, pause).await?;
+            let options = admin::PruneOptions {
+                cutoff: chrono::Utc::now() - chrono::Duration::from_std(age)?,
+                apply,
+                batch,
+                pause: std::time::Duration::from_millis(pause_ms),
+                include_missing_files,
+                force,
+                full,
+                progress,
+            };
+            let report = admin::prune(&settings, &options).await?;
             emit(serde_json::to_string_pretty(&report)?)?;
         }
-        Command::Transcribe { voicemail, hook } => {
+        Command::Transcribe {
+            voicemail,
+            all,
+            hook,
+            status,
+        } => {
+            if all {
+                for queued in admin::queue_hooks(&settings, hook.as_deref(), status).await? {
+                    emit(serde_json::to_string(&queued)?)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let voicemail = voicemail.expect("required without --all");
             let reports = vmpipe_worker::transcribe(&settings, &voicemail, hook.as_deref()).await?;
             for report in &reports {
                 emit(serde_json::to_string(report)?)?;

@@ -1,7 +1,9 @@
 //! One job, from its message to its row: parse and check the job, probe and hash the stored
 //! file, upsert the row (batched with the others in flight), wake the hook runner. Passing
-//! database failures are waited out here, with backoff, until shutdown; every other failure is
-//! a [`JobError`] saying whether a redelivery can help.
+//! database failures are waited out here (until the database is back, for every job at once:
+//! [`DatabaseWatch`]), and so are shortages of the worker's own resources; every other failure
+//! is a [`JobError`] saying whether a redelivery can help. A job stops early at shutdown, or
+//! when its delivery's channel is gone ([`Stop`]).
 
 use std::io::ErrorKind;
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vmpipe_common::backoff::Backoff;
 use vmpipe_common::job::{
     CREDENTIALS_PROBE_LEN, JOB_SCHEMA_VERSION, RawJob, is_credentials_probe,
@@ -22,7 +24,12 @@ use crate::audio::probe;
 use crate::error::{JobError, ResultExt as _, is_local_shortage};
 use crate::health::Health;
 use crate::index::db::{self, DbError};
+use crate::index::watch::{DatabaseWatch, PROBE_CAP};
 use crate::index::{IndexWriter, VoicemailRow, clamp};
+
+/// A job's first pause after a passing database failure (then doubling, at most the prober's
+/// interval): only a failure the database keeps giving while it answers probes makes it grow.
+const PAUSE_BASE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What every job needs.
 pub(crate) struct Context {
@@ -30,6 +37,8 @@ pub(crate) struct Context {
     pub pool: PgPool,
     pub store: FsStore,
     pub health: Arc<Health>,
+    /// Whether PostgreSQL answers; jobs wait on it together.
+    pub database: Arc<DatabaseWatch>,
     /// Writes the rows, batched (and queues a transcription per hook with each new voicemail).
     pub index: IndexWriter,
     /// Whether there are hooks (then the hook runner is told of new rows).
@@ -40,12 +49,46 @@ pub(crate) struct Context {
     pub activity: Arc<Activity>,
 }
 
-/// Indexes one job. Passing failures are retried here, with backoff, until shutdown.
-pub(crate) async fn process(
-    context: &Context,
-    data: &[u8],
-    shutdown: &CancellationToken,
-) -> Result<(), JobError> {
+/// What ends a job early, with [`JobError::Interrupted`]: shutdown ends its waits (work in
+/// progress finishes, and the job is handed back); the loss of its delivery's channel ends
+/// waits and work alike (nothing done now could be acked, and RabbitMQ delivers the job again).
+#[derive(Clone)]
+pub(crate) struct Stop {
+    pub shutdown: CancellationToken,
+    pub channel_lost: CancellationToken,
+}
+
+impl Stop {
+    /// Whether the delivery's channel is gone.
+    pub(crate) fn channel_lost(&self) -> bool {
+        self.channel_lost.is_cancelled()
+    }
+
+    /// Waits for `future` (a pause, a signal), unless the job must stop first.
+    pub(crate) async fn wait<F: std::future::Future>(
+        &self,
+        future: F,
+    ) -> Result<F::Output, JobError> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(JobError::Interrupted),
+            _ = self.channel_lost.cancelled() => Err(JobError::Interrupted),
+            output = future => Ok(output),
+        }
+    }
+
+    /// Does `work`, unless the channel is lost first (at shutdown, work in progress finishes).
+    async fn work<F: std::future::Future>(&self, work: F) -> Result<F::Output, JobError> {
+        tokio::select! {
+            biased;
+            _ = self.channel_lost.cancelled() => Err(JobError::Interrupted),
+            output = work => Ok(output),
+        }
+    }
+}
+
+/// Indexes one job. Passing failures are waited out here until `stop`.
+pub(crate) async fn process(context: &Context, data: &[u8], stop: &Stop) -> Result<(), JobError> {
     let mut document_dropped = None;
     let job = RawJob::parse(data)
         .abort_with("not a vmpipe job")?
@@ -66,7 +109,7 @@ pub(crate) async fn process(
     let key = StorageKey::parse(&job.storage_key).abort_with("invalid storage key")?;
     let path = context.store.path_of(&key);
     let reading = || format!("reading {}", path.display());
-    let size = match waiting_out_shortages(shutdown, || tokio::fs::metadata(&path)).await? {
+    let size = match waiting_out_shortages(stop, || tokio::fs::metadata(&path)).await? {
         Ok(meta) if meta.is_file() => meta.len(),
         Ok(_) => return Err(file_missing(&path)),
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
@@ -79,12 +122,12 @@ pub(crate) async fn process(
         && size == CREDENTIALS_PROBE_LEN
         && is_credentials_probe_file(
             &job.attachment_name,
-            &waiting_out_shortages(shutdown, || tokio::fs::read(&path))
+            &waiting_out_shortages(stop, || tokio::fs::read(&path))
                 .await?
                 .retry_with(reading())?,
         )
     {
-        return retry_transient(&context.health, shutdown, || async {
+        return retry_transient(&context.database, stop, || async {
             db::record_credential_probe(
                 &context.pool,
                 &job.storage_key,
@@ -99,7 +142,7 @@ pub(crate) async fn process(
 
     let started = std::time::Instant::now();
     let hash = job.sha256.is_none();
-    let (probed, sha256) = waiting_out_shortages(shutdown, || {
+    let (probed, sha256) = waiting_out_shortages(stop, || {
         let file = path.clone();
         async move {
             tokio::task::spawn_blocking(move || {
@@ -119,7 +162,7 @@ pub(crate) async fn process(
         row.sha256 = sha256;
     }
     row.dropped_metadata.extend(document_dropped);
-    let written = retry_transient(&context.health, shutdown, || {
+    let written = retry_transient(&context.database, stop, || {
         context.index.upsert(row.clone())
     })
     .await?;
@@ -143,32 +186,43 @@ pub(crate) async fn process(
     Ok(())
 }
 
-/// Runs `operation` until it succeeds or fails for good, waiting longer after each passing
-/// failure (database restarting, unreachable) instead of spinning.
+/// Runs `operation` (a database write) until it succeeds or fails for good. After a passing
+/// failure (the database restarting, unreachable) the job waits until the database is back, a
+/// signal every waiting job gets at once (see [`DatabaseWatch`]), and at least a short pause
+/// of its own; while the database is known to be down, it does not even try.
 async fn retry_transient<T, F, Fut>(
-    health: &Health,
-    shutdown: &CancellationToken,
+    database: &Arc<DatabaseWatch>,
+    stop: &Stop,
     mut operation: F,
 ) -> Result<T, JobError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, DbError>>,
 {
-    let mut delay = Backoff::default();
+    let mut pause = Backoff::new(PAUSE_BASE, PROBE_CAP);
+    let mut waited = false;
     loop {
-        match operation().await {
+        if !database.is_up() {
+            stop.wait(database.back()).await?;
+        }
+        match stop.work(operation()).await? {
             Ok(value) => {
-                health.set_database_ok(true);
+                database.report_up();
                 return Ok(value);
             }
             Err(e) if e.is_transient() => {
-                health.set_database_ok(false);
-                let wait = delay.next_delay();
-                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database unavailable; will retry");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return Err(JobError::Interrupted),
+                database.report_down(&e);
+                if !waited {
+                    warn!(error = %e, "database unavailable; the job waits for it");
+                    waited = true;
+                } else {
+                    debug!(error = %e, "database unavailable again; the job waits for it");
                 }
+                let pause = pause.next_delay();
+                stop.wait(async {
+                    tokio::join!(tokio::time::sleep(pause), database.back());
+                })
+                .await?;
             }
             Err(e) => return Err(e).abort_with("database refused the row"),
         }
@@ -182,9 +236,9 @@ fn file_missing(path: &Path) -> JobError {
 /// Runs `operation` (file work) until it gets past a shortage of this process's own resources
 /// (file descriptors, memory): the file is there, this worker cannot open it just now. Such a
 /// job waits, unacked, rather than failing (and, failing again, being dead-lettered); other
-/// results are the caller's. Only shutdown ends the wait (the job is then handed back).
+/// results are the caller's. Only `stop` ends the wait.
 async fn waiting_out_shortages<T, F, Fut>(
-    shutdown: &CancellationToken,
+    stop: &Stop,
     mut operation: F,
 ) -> Result<std::io::Result<T>, JobError>
 where
@@ -197,10 +251,7 @@ where
             Err(e) if is_local_shortage(&e) => {
                 let wait = delay.next_delay();
                 warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "out of a local resource; will retry");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return Err(JobError::Interrupted),
-                }
+                stop.wait(tokio::time::sleep(wait)).await?;
             }
             other => return Ok(other),
         }

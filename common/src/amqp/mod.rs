@@ -10,7 +10,7 @@ use lapin::{Connection, ConnectionProperties};
 
 pub use publish::{
     ConfirmChannel, ERROR_HEADER, FAILED_AT_HEADER, PublishError, header_text, job_properties,
-    message_properties, publish_confirmed,
+    message_properties, probe_confirmed, publish_confirmed,
 };
 pub use topology::{dead_letter_queue, declare_queues};
 

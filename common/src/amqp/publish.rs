@@ -99,6 +99,31 @@ pub async fn publish_confirmed(
     }
 }
 
+/// A routing key no queue can have (`amq.` names are the broker's own): what
+/// [`probe_confirmed`] publishes to.
+const PROBE_ROUTING_KEY: &str = "amq.vmpipe.confirm-probe";
+
+/// Publishes an empty message that no queue takes (not `mandatory`: the broker drops it) and
+/// waits for its confirm: a round trip through the same path as a job, which puts nothing on
+/// any queue. A broker that confirms it is confirming again.
+pub async fn probe_confirmed(channel: &ConfirmChannel) -> Result<(), PublishError> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            PROBE_ROUTING_KEY.into(),
+            BasicPublishOptions::default(),
+            b"",
+            BasicProperties::default(),
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(_) => Ok(()),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+        Confirmation::NotRequested => Err(PublishError::NotConfirmed),
+    }
+}
+
 /// A text header of a message ([`ERROR_HEADER`], say).
 pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(name)? {

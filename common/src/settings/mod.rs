@@ -3,6 +3,9 @@
 //!
 //! Every setting is a flat key so that the TOML key and the environment name match one to one:
 //! `max_body = "64MiB"` in the file is `VMPIPE_MAX_BODY=64MiB` in the environment.
+//!
+//! An empty `VMPIPE_*` variable is the same as an unset one (compose's `${VMPIPE_X:-}` passes
+//! an empty string for a setting the operator did not give).
 
 mod hooks;
 mod network;
@@ -18,13 +21,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use hooks::{HookAudio, HookKind, HookSettings, POCKETSPHINX_HOOK, Transcriber};
-pub use network::Networks;
+pub use network::{DEFAULT_NETWORKS, Networks};
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use values::{Base64Mode, ByteSize, LogFormat};
 
 /// The environment variable naming the settings file (not itself a setting).
 pub const CONFIG_FILE_ENV: &str = "VMPIPE_CONFIG";
 const ENV_PREFIX: &str = "VMPIPE_";
+/// Settings only a TOML file can give (tables, not one value).
+const FILE_ONLY: &[&str] = &["hooks"];
 /// The most `max_audio_secs` can be: the seconds of 16 kHz 16-bit mono a WAV file holds.
 pub const MAX_AUDIO_SECS: u64 = (u32::MAX as u64 - 44) / 32_000;
 /// Bounds of `max_document`: a KAZOO document is a few KiB, and ingest holds one per upload.
@@ -53,6 +58,10 @@ pub struct Settings {
     /// `VMPIPE_PUBLISH_TIMEOUT_MS`: how long an upload waits for RabbitMQ's confirm before the
     /// job is written to the local journal instead.
     pub publish_timeout_ms: u64,
+    /// `VMPIPE_PUBLISH_DEGRADED_AFTER`: confirm timeouts in a row after which ingest stops
+    /// waiting for confirms (a hung broker) and journals each job at once, until a publish is
+    /// confirmed in time again.
+    pub publish_degraded_after: u32,
     /// `VMPIPE_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
     /// `VMPIPE_WORKER_CONCURRENCY`: jobs a worker processes at once (its RabbitMQ prefetch).
@@ -62,7 +71,7 @@ pub struct Settings {
     /// `VMPIPE_MAX_DELIVERIES`: deliveries of a failing job before it is dead-lettered.
     pub max_deliveries: u16,
     /// `VMPIPE_ALLOW_NETWORKS`: comma-separated client networks (CIDR) allowed to use ingest;
-    /// empty allows all.
+    /// unset or empty, loopback and the private networks ([`DEFAULT_NETWORKS`]).
     pub allow_networks: Networks,
     /// `VMPIPE_ACCESS_TOKEN`: secret required as the first path segment or `token=` parameter.
     pub access_token: Option<Secret>,
@@ -111,6 +120,7 @@ impl Default for Settings {
             max_body: ByteSize(256 * 1024 * 1024),
             base64: Base64Mode::Auto,
             publish_timeout_ms: 2000,
+            publish_degraded_after: 3,
             log_format: LogFormat::Text,
             worker_concurrency: 64,
             worker_listen: "127.0.0.1:9091".into(),
@@ -160,9 +170,11 @@ impl Settings {
     ) -> Result<Self, SettingsError> {
         let mut builder =
             config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
-        let file = file
-            .map(Path::to_path_buf)
-            .or_else(|| env.get(CONFIG_FILE_ENV).map(PathBuf::from));
+        let file = file.map(Path::to_path_buf).or_else(|| {
+            env.get(CONFIG_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         if let Some(path) = &file {
             let source = config::File::from(path.as_path()).format(config::FileFormat::Toml);
             // Read the file on its own first so that an error names it.
@@ -178,6 +190,7 @@ impl Settings {
         for (name, value) in env {
             if let Some(key) = name.strip_prefix(ENV_PREFIX)
                 && name != CONFIG_FILE_ENV
+                && !value.is_empty()
             {
                 builder = builder.set_override(key.to_ascii_lowercase(), value.as_str())?;
             }
@@ -202,6 +215,11 @@ impl Settings {
         if self.max_uploads == 0 {
             return Err(config::ConfigError::Message(
                 "max_uploads must be at least 1".into(),
+            ));
+        }
+        if self.publish_degraded_after == 0 {
+            return Err(config::ConfigError::Message(
+                "publish_degraded_after must be at least 1".into(),
             ));
         }
         if self.max_deliveries == 0 {
@@ -260,6 +278,22 @@ impl Settings {
             names.push(&hook.name);
         }
         Ok(())
+    }
+
+    /// Every setting's environment variable (`VMPIPE_LISTEN`, …), from the settings themselves,
+    /// and `VMPIPE_CONFIG`; not the settings that only a file can give (`hooks`).
+    pub fn variable_names() -> Vec<String> {
+        let defaults = serde_json::to_value(Settings::default()).expect("settings serialize");
+        let mut names: Vec<String> = defaults
+            .as_object()
+            .expect("settings are a table")
+            .keys()
+            .filter(|key| !FILE_ONLY.contains(&key.as_str()))
+            .map(|key| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()))
+            .chain([CONFIG_FILE_ENV.to_owned()])
+            .collect();
+        names.sort();
+        names
     }
 
     /// The prefix without trailing slashes (`/` becomes empty), ready to strip from paths.

@@ -194,7 +194,68 @@ fn allowed_networks_are_parsed_at_load_time() {
         Settings::load_from(None, &env(&[("VMPIPE_ALLOW_NETWORKS", "10.0.0.0/33")])).unwrap_err();
     assert!(err.to_string().contains("prefix length"), "{err}");
     let s = Settings::load_from(None, &env(&[])).unwrap();
-    assert!(s.allow_networks.is_empty());
+    assert_eq!(s.allow_networks, Networks::default());
+    assert!(!s.allow_networks.is_explicit());
+    assert!(s.allow_networks.contains("127.0.0.1".parse().unwrap()));
+    assert!(!s.allow_networks.contains("203.0.113.9".parse().unwrap()));
+    let s =
+        Settings::load_from(None, &env(&[("VMPIPE_ALLOW_NETWORKS", "0.0.0.0/0,::/0")])).unwrap();
+    assert!(s.allow_networks.is_explicit() && s.allow_networks.admits_everyone());
+}
+
+#[test]
+fn an_empty_variable_is_an_unset_one() {
+    // What compose passes for `${VMPIPE_X:-}` when the operator set nothing.
+    let names = Settings::variable_names();
+    let empty: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "")).collect();
+    let s = Settings::load_from(None, &env(&empty)).unwrap();
+    let defaults = Settings::default();
+    assert_eq!(
+        serde_json::to_value(&s).unwrap(),
+        serde_json::to_value(&defaults).unwrap()
+    );
+    assert!(s.access_token.is_none() && s.basic_auth.is_none() && s.tls_cert.is_none());
+    assert!(!s.allow_networks.is_explicit());
+}
+
+#[test]
+fn variable_names_come_from_the_settings() {
+    let names = Settings::variable_names();
+    for name in [
+        "VMPIPE_LISTEN",
+        "VMPIPE_ALLOW_NETWORKS",
+        "VMPIPE_ACCESS_TOKEN",
+        "VMPIPE_TLS_CERT",
+        "VMPIPE_TLS_KEY",
+        "VMPIPE_CONFIG",
+        "VMPIPE_MAX_AUDIO_SECS",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n == "VMPIPE_HOOKS"), "file only");
+    // Each one is a setting the loader takes (a typo would be refused).
+    let fields = serde_json::to_value(Settings::default()).unwrap();
+    assert_eq!(names.len(), fields.as_object().unwrap().len());
+}
+
+#[test]
+fn docker_compose_passes_every_setting() {
+    // scripts/check-compose.sh checks the resolved file per service; this catches a new
+    // setting missing from the shared environment without docker-compose.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+    let compose = std::fs::read_to_string(&path).unwrap();
+    let missing: Vec<String> = Settings::variable_names()
+        .into_iter()
+        .filter(|name| {
+            !compose
+                .lines()
+                .any(|line| line.trim_start().starts_with(&format!("{name}:")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docker-compose.yml does not pass {missing:?}"
+    );
 }
 
 #[test]
@@ -220,4 +281,15 @@ fn audio_limits_are_checked() {
         let key = name.trim_start_matches("VMPIPE_").to_lowercase();
         assert!(err.to_string().contains(&key), "{name}={value}: {err}");
     }
+}
+
+#[test]
+fn the_publisher_degrades_after_three_confirm_timeouts_unless_told_otherwise() {
+    let s = Settings::load_from(None, &env(&[])).unwrap();
+    assert_eq!(s.publish_degraded_after, 3);
+    let s = Settings::load_from(None, &env(&[("VMPIPE_PUBLISH_DEGRADED_AFTER", "10")])).unwrap();
+    assert_eq!(s.publish_degraded_after, 10);
+    let err =
+        Settings::load_from(None, &env(&[("VMPIPE_PUBLISH_DEGRADED_AFTER", "0")])).unwrap_err();
+    assert!(err.to_string().contains("publish_degraded_after"), "{err}");
 }

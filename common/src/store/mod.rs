@@ -14,6 +14,7 @@ mod file_io;
 mod fs;
 mod fs_writer;
 mod nofollow;
+mod remove;
 
 use std::future::Future;
 use std::io;
@@ -28,6 +29,7 @@ use crate::key::StorageKey;
 pub use file_io::spawn_file_io;
 pub use fs::FsStore;
 pub use fs_writer::sync_dir;
+pub use remove::Removed;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -16,6 +16,9 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 
 use super::StorageError;
 
+/// Tries at making a file's directories and renaming it into them (see [`rename_into`]).
+const RENAME_ATTEMPTS: u32 = 5;
+
 const DIRECTORY: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
@@ -104,23 +107,37 @@ pub(super) fn rename_into(root: &Path, relative: &Path, temp: &Path) -> Result<(
     let Some((name, dirs)) = split(relative) else {
         return Err(StorageError::Conflict(final_path.display().to_string()));
     };
-    let parent = open_dirs(root, &dirs, true).map_err(|walk| match walk {
-        Walk::Absent => StorageError::io(
-            "create directory",
-            &final_path,
-            io::ErrorKind::NotFound.into(),
-        ),
-        Walk::Failed(e) => e,
-    })?;
-    rustix::fs::renameat(CWD, temp, &parent, name).map_err(|e| {
-        let e = io::Error::from(e);
-        // ENOTDIR, EISDIR: one key cannot be both a file and a folder of files.
-        if matches!(e.raw_os_error(), Some(20 | 21)) {
-            StorageError::Conflict(final_path.display().to_string())
-        } else {
-            StorageError::io("rename", &final_path, e)
+    // `worker prune` removes directories it empties: one may go between its creation here and
+    // the rename into it (ENOENT). It is made again, a few times.
+    let mut attempts = 0;
+    let parent = loop {
+        attempts += 1;
+        let parent = match open_dirs(root, &dirs, true) {
+            Ok(parent) => parent,
+            Err(Walk::Absent) if attempts < RENAME_ATTEMPTS => continue,
+            Err(Walk::Absent) => {
+                return Err(StorageError::io(
+                    "create directory",
+                    &final_path,
+                    io::ErrorKind::NotFound.into(),
+                ));
+            }
+            Err(Walk::Failed(e)) => return Err(e),
+        };
+        match rustix::fs::renameat(CWD, temp, &parent, name) {
+            Ok(()) => break parent,
+            Err(rustix::io::Errno::NOENT) if attempts < RENAME_ATTEMPTS && temp.exists() => {}
+            Err(e) => {
+                let e = io::Error::from(e);
+                // ENOTDIR, EISDIR: one key cannot be both a file and a folder of files.
+                return Err(if matches!(e.raw_os_error(), Some(20 | 21)) {
+                    StorageError::Conflict(final_path.display().to_string())
+                } else {
+                    StorageError::io("rename", &final_path, e)
+                });
+            }
         }
-    })?;
+    };
     rustix::fs::fsync(&parent).map_err(|e| {
         let dir = final_path
             .parent()

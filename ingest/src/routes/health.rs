@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, check_access};
 use crate::error::ApiError;
+use crate::publisher::BrokerState;
 
 /// `GET /metrics` on `VMPIPE_LISTEN`: for clients the access policy lets in.
 pub(crate) async fn metrics_endpoint(
@@ -41,21 +42,27 @@ pub(crate) async fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz`: uploads can be accepted: storage is writable, and jobs are either confirmed
-/// by RabbitMQ or journaled on local disk until it is back.
+/// by RabbitMQ or journaled on local disk until it is back. A broker that is away, refuses the
+/// credentials or does not confirm in time (`publisher_degraded`) is reported, but does not
+/// make ingest unready: its uploads are still made durable and answered.
 pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let storage = state.store.check_writable().await;
     // A count kept by the journal: listing it here would let a flood of /readyz (no token is
     // needed) keep the disk busy, with 100k entries.
     let journaled = state.journal.count();
-    let connected = state.jobs.is_connected();
+    let broker = state.jobs.broker_state();
     let body = serde_json::json!({
         "ready": storage.is_ok(),
         "storage": storage.as_ref().map_or_else(|e| e.to_string(), |()| "ok".to_owned()),
-        "rabbitmq": match (connected, state.jobs.credentials_refused()) {
-            (true, _) => "connected",
-            (false, true) => "refused the credentials (VMPIPE_AMQP_URL): jobs are journaled",
-            (false, false) => "unreachable: jobs are journaled",
+        "rabbitmq": match broker {
+            BrokerState::Confirming => "connected",
+            BrokerState::NotConfirming =>
+                "connected but not confirming in time: jobs are journaled at once",
+            BrokerState::CredentialsRefused =>
+                "refused the credentials (VMPIPE_AMQP_URL): jobs are journaled",
+            BrokerState::Unreachable => "unreachable: jobs are journaled",
         },
+        "publisher_degraded": broker == BrokerState::NotConfirming,
         "journaled_jobs": journaled,
     });
     if storage.is_ok() {

@@ -12,11 +12,11 @@ mod store;
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use tracing::warn;
+use tracing::{debug, warn};
 use tracing_actix_web::RequestId;
 use vmpipe_common::Storage;
 
-use crate::access::{AccessPolicy, Presented, TokenAt};
+use crate::access::{AccessPolicy, Denied, Presented, TokenAt};
 use crate::error::ApiError;
 use crate::publisher::Publisher;
 use crate::upload::Limits;
@@ -133,7 +133,13 @@ pub(crate) fn check_access(
     };
     access.check(&presented).map_err(|denied| {
         // Never the path or query: they may hold the secret.
-        warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        if denied == Denied::Network {
+            // Explained once in a while per client, not once per request.
+            access.explain_refusal(presented.peer);
+            debug!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        } else {
+            warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+        }
         ApiError::Denied(denied)
     })
 }

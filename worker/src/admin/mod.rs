@@ -1,13 +1,15 @@
 //! Operator commands, one file each (`worker reconcile`, `replay-dead`, `dead-letters`,
-//! `reindex`, `prune`, `transcribe`, `probe`), sharing how they reach the database, the storage
-//! and RabbitMQ.
+//! `reindex`, `prune`, `transcribe`, `transcribe --all`, `probe`), sharing how they reach the
+//! database, the storage and RabbitMQ, and how their reports stay small ([`report`]).
 
 mod dead_letters;
 mod probe;
 mod prune;
+mod queue_hooks;
 mod reconcile;
 mod reindex;
 mod replay_dead;
+pub mod report;
 mod transcribe;
 
 use lapin::Connection;
@@ -18,9 +20,10 @@ use vmpipe_common::{FsStore, Settings};
 use crate::WorkerError;
 use crate::index::db;
 
-pub use dead_letters::{DeadLetter, dead_letters};
+pub use dead_letters::{DeadLetter, DeadLetterFilter, Dropped, dead_letters, drop_dead_letters};
 pub use probe::probe_files;
-pub use prune::{Pruned, parse_age, prune};
+pub use prune::{PruneOptions, Pruned, parse_age, prune};
+pub use queue_hooks::{QueueStatus, Queued, queue_hooks};
 pub use reconcile::{Reconciliation, reconcile};
 pub use reindex::{Reindexed, reindex};
 pub use replay_dead::replay_dead;

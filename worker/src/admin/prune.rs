@@ -1,96 +1,289 @@
-//! `worker prune`: retention by age, files and rows together, in small batches.
+//! `worker prune`: retention by age, files and rows together, in small batches, with the
+//! checks that keep a wrong storage directory from emptying the index.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
-use tracing::info;
-use vmpipe_common::{Settings, StorageKey};
+use sqlx::PgPool;
+use tracing::{info, warn};
+use vmpipe_common::{FsStore, Settings, StorageKey};
 
-use super::Admin;
+use super::report::{KeyList, Progress};
 use crate::WorkerError;
+use crate::index::db;
+
+/// Rows (older than the cutoff) whose file is looked for before anything is deleted.
+const SAMPLE_ROWS: i64 = 1000;
+
+/// How `worker prune` runs.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Voicemails received before this go.
+    pub cutoff: chrono::DateTime<chrono::Utc>,
+    /// Really delete (otherwise only report).
+    pub apply: bool,
+    /// Files deleted per batch, with `pause` between batches.
+    pub batch: i64,
+    pub pause: Duration,
+    /// Delete the rows whose file is missing too (by default they stay, and are reported).
+    pub include_missing_files: bool,
+    /// Prune even when most of the files looked for are missing.
+    pub force: bool,
+    /// List every key kept in the report (by default the first few).
+    pub full: bool,
+    /// How often a progress line goes to the log (standard error).
+    pub progress: Duration,
+}
 
 /// What `worker prune` found or did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Pruned {
     pub dry_run: bool,
+    /// The storage directory whose files were deleted (absolute).
+    pub storage_dir: PathBuf,
+    /// Voicemails deleted (or that would be, in a dry run), file and row.
     pub voicemails: u64,
+    /// KAZOO credential-probe files deleted (or that would be), file and row.
     pub credential_probes: u64,
     pub bytes: u64,
+    /// Rows deleted whose file was already gone (`--include-missing-files`).
     pub files_already_gone: u64,
+    /// Rows older than the cutoff kept because their file is missing.
+    pub rows_without_file_kept: u64,
+    pub kept: KeyList,
+    /// Directories removed because pruning emptied them.
+    pub directories_removed: u64,
 }
 
 /// Retention: deletes voicemails (file, then row) and credential-probe files received before
-/// `cutoff`, in small batches with a pause between them. Deleting many files at once makes
+/// the cutoff, in small batches with a pause between them. Deleting many files at once makes
 /// new files slow to create for minutes on some file systems (ext4 without a journal is 5-9x
 /// slower), which would stall uploads.
-pub async fn prune(
+///
+/// A row whose file is missing is kept unless `include_missing_files`; and prune refuses to
+/// start when the storage directory is relative, has no voicemails while old rows exist, or
+/// lacks the files of most old rows (unless `force`): the signs of a wrong storage directory.
+pub async fn prune(settings: &Settings, options: &PruneOptions) -> Result<Pruned, WorkerError> {
+    let voicemails = storage_root(&settings.storage_dir)?;
+    let pool = db::connect(settings.database_url.expose(), 2).await?;
+    db::migrate(&pool).await?;
+    let result = prune_with(&pool, settings, &voicemails, options).await;
+    pool.close().await;
+    result
+}
+
+async fn prune_with(
+    pool: &PgPool,
     settings: &Settings,
-    cutoff: chrono::DateTime<chrono::Utc>,
-    apply: bool,
-    batch: i64,
-    pause: std::time::Duration,
+    voicemails: &Path,
+    options: &PruneOptions,
 ) -> Result<Pruned, WorkerError> {
-    let Admin { pool, store } = Admin::open(settings).await?;
+    let old = sqlx::query_scalar::<_, i64>(
+        "SELECT (SELECT count(*) FROM voicemails WHERE received_at < $1)
+              + (SELECT count(*) FROM credential_probes WHERE received_at < $1)",
+    )
+    .bind(options.cutoff)
+    .fetch_one(pool)
+    .await?;
+    let store = check_storage(pool, settings, voicemails, old, options).await?;
     let mut report = Pruned {
-        dry_run: !apply,
-        ..Pruned::default()
+        dry_run: !options.apply,
+        storage_dir: settings.storage_dir.clone(),
+        voicemails: 0,
+        credential_probes: 0,
+        bytes: 0,
+        files_already_gone: 0,
+        rows_without_file_kept: 0,
+        kept: KeyList::new(options.full),
+        directories_removed: 0,
     };
-    for table in ["voicemails", "credential_probes"] {
-        let select = match table {
-            "voicemails" => {
-                "SELECT storage_key FROM voicemails WHERE received_at < $1 AND storage_key > $2 ORDER BY storage_key LIMIT $3"
-            }
-            _ => {
-                "SELECT storage_key FROM credential_probes WHERE received_at < $1 AND storage_key > $2 ORDER BY storage_key LIMIT $3"
-            }
-        };
+    let mut progress = Progress::every(options.progress);
+    for table in [Table::Voicemails, Table::CredentialProbes] {
         let mut after = String::new();
         loop {
-            let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
-                .bind(cutoff)
+            let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(table.select()))
+                .bind(options.cutoff)
                 .bind(&after)
-                .bind(batch.max(1))
-                .fetch_all(&pool)
+                .bind(options.batch.max(1))
+                .fetch_all(pool)
                 .await?;
             let Some(last) = keys.last() else { break };
             after = last.clone();
-            for key in &keys {
-                let path = StorageKey::parse(key).map(|k| store.path_of(&k)).ok();
-                let size = path
-                    .as_ref()
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .map_or(0, |m| m.len());
-                report.bytes += size;
-                if apply && let Some(path) = &path {
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            report.files_already_gone += 1
-                        }
-                        Err(e) => return Err(WorkerError::Io(path.display().to_string(), e)),
-                    }
-                }
-            }
-            if apply {
-                let delete = match table {
-                    "voicemails" => "DELETE FROM voicemails WHERE storage_key = ANY($1)",
-                    _ => "DELETE FROM credential_probes WHERE storage_key = ANY($1)",
+            let mut delete = Vec::with_capacity(keys.len());
+            for key in keys {
+                let parsed = StorageKey::parse(&key).ok();
+                let size = match &parsed {
+                    Some(parsed) => store.stored_size(parsed)?,
+                    None => None,
                 };
-                sqlx::query(sqlx::AssertSqlSafe(delete))
-                    .bind(&keys)
-                    .execute(&pool)
+                if size.is_none() && !options.include_missing_files {
+                    report.rows_without_file_kept += 1;
+                    report.kept.push(key);
+                    continue;
+                }
+                report.bytes += size.unwrap_or(0);
+                let mut gone = size.is_none();
+                if options.apply
+                    && let Some(parsed) = &parsed
+                {
+                    // Also for a missing file: its directories may be empty now.
+                    let removed = store.remove(parsed)?;
+                    gone = !removed.file;
+                    report.directories_removed += removed.directories as u64;
+                }
+                if gone {
+                    report.files_already_gone += 1;
+                }
+                delete.push(key);
+            }
+            if options.apply && !delete.is_empty() {
+                sqlx::query(sqlx::AssertSqlSafe(table.delete()))
+                    .bind(&delete)
+                    .execute(pool)
                     .await?;
             }
-            match table {
-                "voicemails" => report.voicemails += keys.len() as u64,
-                _ => report.credential_probes += keys.len() as u64,
+            *table.count(&mut report) += delete.len() as u64;
+            if progress.due() {
+                info!(
+                    voicemails = report.voicemails,
+                    credential_probes = report.credential_probes,
+                    rows_without_file_kept = report.rows_without_file_kept,
+                    of = old,
+                    "prune progress"
+                );
             }
-            if apply {
-                tokio::time::sleep(pause).await;
+            if options.apply && !delete.is_empty() {
+                tokio::time::sleep(options.pause).await;
             }
         }
     }
-    pool.close().await;
-    info!(?report, "prune finished");
+    if report.rows_without_file_kept > 0 {
+        warn!(
+            rows = report.rows_without_file_kept,
+            "rows older than the cutoff kept: their file is missing (--include-missing-files deletes them)"
+        );
+    }
+    info!(
+        dry_run = report.dry_run,
+        voicemails = report.voicemails,
+        credential_probes = report.credential_probes,
+        bytes = report.bytes,
+        directories_removed = report.directories_removed,
+        "prune finished"
+    );
     Ok(report)
+}
+
+#[derive(Clone, Copy)]
+enum Table {
+    Voicemails,
+    CredentialProbes,
+}
+
+impl Table {
+    fn select(self) -> &'static str {
+        match self {
+            Table::Voicemails => {
+                "SELECT storage_key FROM voicemails WHERE received_at < $1 AND storage_key > $2 ORDER BY storage_key LIMIT $3"
+            }
+            Table::CredentialProbes => {
+                "SELECT storage_key FROM credential_probes WHERE received_at < $1 AND storage_key > $2 ORDER BY storage_key LIMIT $3"
+            }
+        }
+    }
+
+    fn delete(self) -> &'static str {
+        match self {
+            Table::Voicemails => "DELETE FROM voicemails WHERE storage_key = ANY($1)",
+            Table::CredentialProbes => "DELETE FROM credential_probes WHERE storage_key = ANY($1)",
+        }
+    }
+
+    fn count(self, report: &mut Pruned) -> &mut u64 {
+        match self {
+            Table::Voicemails => &mut report.voicemails,
+            Table::CredentialProbes => &mut report.credential_probes,
+        }
+    }
+}
+
+/// `{storage_dir}/voicemails`, when `storage_dir` is absolute: prune deletes, and a relative
+/// directory (`./data`, the default) depends on where the command happens to run.
+fn storage_root(storage_dir: &Path) -> Result<PathBuf, WorkerError> {
+    if !storage_dir.is_absolute() {
+        let here = std::env::current_dir()
+            .map(|cwd| cwd.join(storage_dir).display().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        return Err(WorkerError::Refused(format!(
+            "VMPIPE_STORAGE_DIR is relative ({}, {here} from here): prune deletes files and rows, \
+             so it needs the absolute storage directory ingest writes (VMPIPE_STORAGE_DIR=/var/lib/vmpipe/data, say)",
+            storage_dir.display()
+        )));
+    }
+    Ok(storage_dir.join("voicemails"))
+}
+
+/// Refuses a storage directory that looks wrong for the `old` rows about to be pruned: no
+/// voicemails at all, or (unless `force`) the files of most of a sample of them missing.
+async fn check_storage(
+    pool: &PgPool,
+    settings: &Settings,
+    voicemails: &Path,
+    old: i64,
+    options: &PruneOptions,
+) -> Result<FsStore, WorkerError> {
+    let dir = settings.storage_dir.display();
+    let empty = match std::fs::read_dir(voicemails) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(WorkerError::Io(voicemails.display().to_string(), e)),
+    };
+    if old == 0 {
+        return Ok(FsStore::open(&settings.storage_dir)?);
+    }
+    if empty {
+        return Err(WorkerError::Refused(format!(
+            "the storage directory looks wrong: {dir} has no voicemails (no files in {}), \
+             while {old} rows are older than the cutoff; is VMPIPE_STORAGE_DIR the directory ingest writes?",
+            voicemails.display()
+        )));
+    }
+    let store = FsStore::open(&settings.storage_dir)?;
+    let sample: Vec<String> = sqlx::query_scalar(
+        "SELECT storage_key FROM (
+            SELECT storage_key FROM voicemails WHERE received_at < $1
+            UNION ALL SELECT storage_key FROM credential_probes WHERE received_at < $1) AS old
+         ORDER BY random() LIMIT $2",
+    )
+    .bind(options.cutoff)
+    .bind(SAMPLE_ROWS)
+    .fetch_all(pool)
+    .await?;
+    let mut missing = 0;
+    for key in &sample {
+        let present = match StorageKey::parse(key) {
+            Ok(key) => store.stored_size(&key)?.is_some(),
+            Err(_) => false,
+        };
+        if !present {
+            missing += 1;
+        }
+    }
+    if missing * 2 > sample.len() {
+        let message = format!(
+            "the storage directory looks wrong: {missing} of {} rows older than the cutoff \
+             (a random sample) have no file in {}; is VMPIPE_STORAGE_DIR the directory ingest writes? \
+             (--force prunes anyway)",
+            sample.len(),
+            voicemails.display()
+        );
+        if !options.force {
+            return Err(WorkerError::Refused(message));
+        }
+        warn!("{message}; pruning anyway (--force)");
+    }
+    Ok(store)
 }
 
 /// `90d`, `12h`, `30m`, `45s`, or plain seconds.

@@ -3,33 +3,42 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
-use tracing::warn;
+use tracing::{info, warn};
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
 use vmpipe_common::{FsStore, PathFacts, Settings, StorageKey, UploadMode, VoicemailJob, amqp};
 
+use super::report::{KeyList, Progress};
 use super::{Admin, open_channel};
 use crate::WorkerError;
 
-/// What `worker reconcile` found.
-#[derive(Debug, Default, Serialize)]
+/// What `worker reconcile` found. Its lists hold the first keys only, unless asked for in full.
+#[derive(Debug, Serialize)]
 pub struct Reconciliation {
     /// Voicemail files in storage.
     pub files: u64,
     /// Files that already had a row.
     pub indexed: u64,
     /// Files without a row, for which a job was published (or would be, in a dry run).
-    pub enqueued: Vec<String>,
+    pub enqueued: KeyList,
     /// Rows whose file is no longer in storage.
-    pub rows_without_file: Vec<String>,
+    pub rows_without_file: KeyList,
     /// Files whose name is not a storage key vmpipe writes (put there by hand).
-    pub skipped: Vec<String>,
+    pub skipped: KeyList,
 }
 
 /// Compares storage with the index: enqueues a job for every stored file that has no row, and
 /// reports rows whose file is gone. The safety net for anything that slipped through.
-pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Reconciliation, WorkerError> {
+/// `full`: every key in the report's lists (else the first few); `progress`: how often a
+/// progress line is logged.
+pub async fn reconcile(
+    settings: &Settings,
+    dry_run: bool,
+    full: bool,
+    progress: Duration,
+) -> Result<Reconciliation, WorkerError> {
     let Admin { pool, store } = Admin::open(settings).await?;
     let rows: Vec<String> = sqlx::query_scalar(
         "SELECT storage_key FROM voicemails UNION ALL SELECT storage_key FROM credential_probes",
@@ -39,13 +48,27 @@ pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Reconciliat
     pool.close().await;
     let mut known: HashSet<String> = rows.into_iter().collect();
 
-    let mut report = Reconciliation::default();
+    let mut report = Reconciliation {
+        files: 0,
+        indexed: 0,
+        enqueued: KeyList::new(full),
+        rows_without_file: KeyList::new(full),
+        skipped: KeyList::new(full),
+    };
     let root = store.voicemail_root().to_path_buf();
     let mut missing = Vec::new();
+    let mut ticks = Progress::every(progress);
     walk(&root, &mut |path| {
+        if ticks.due() {
+            info!(
+                files = report.files,
+                without_row = missing.len(),
+                "reconcile progress: walking storage"
+            );
+        }
         let relative = path.strip_prefix(&root).expect("below root");
         let Some(name) = relative.to_str() else {
-            report.skipped.push(relative.to_string_lossy().into_owned());
+            report.skipped.push(relative.to_string_lossy());
             return;
         };
         match StorageKey::parse(name) {
@@ -57,31 +80,56 @@ pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Reconciliat
                     missing.push(key);
                 }
             }
-            _ => report.skipped.push(name.to_owned()),
+            _ => report.skipped.push(name),
         }
     })?;
-    report.rows_without_file = known.into_iter().collect();
-    report.rows_without_file.sort();
+    let mut gone: Vec<String> = known.into_iter().collect();
+    gone.sort();
+    for key in gone {
+        report.rows_without_file.push(key);
+    }
 
     let channel = if dry_run || missing.is_empty() {
         None
     } else {
         Some(open_channel(settings).await?)
     };
+    let to_enqueue = missing.len();
     for key in missing {
         if let Some((_, channel)) = &channel {
             let job = job_for_stored_file(&store, &key)?;
             let properties = amqp::job_properties(&job);
             amqp::publish_confirmed(channel, &settings.queue, &job.to_json(), properties).await?;
         }
-        report.enqueued.push(key.as_str().to_owned());
+        report.enqueued.push(key.as_str());
+        if ticks.due() {
+            info!(
+                enqueued = report.enqueued.count,
+                of = to_enqueue,
+                dry_run,
+                "reconcile progress: enqueuing"
+            );
+        }
     }
     if let Some((connection, _)) = channel {
         let _ = connection.close(200, "reconcile done".into()).await;
     }
-    for key in &report.rows_without_file {
-        warn!(storage_key = %key, "row without a file in storage");
+    if !report.rows_without_file.is_empty() {
+        warn!(
+            rows = report.rows_without_file.count,
+            first = ?report.rows_without_file.keys.first(),
+            "rows without a file in storage (listed in the report)"
+        );
     }
+    info!(
+        files = report.files,
+        indexed = report.indexed,
+        enqueued = report.enqueued.count,
+        rows_without_file = report.rows_without_file.count,
+        skipped = report.skipped.count,
+        dry_run,
+        "reconcile finished"
+    );
     Ok(report)
 }
 

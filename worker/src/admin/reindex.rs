@@ -1,27 +1,46 @@
 //! `worker reindex`: probes every indexed file again and rewrites its measured columns.
 
+use std::time::Duration;
+
 use serde::Serialize;
+use tracing::info;
 use vmpipe_common::{Settings, StorageKey};
 
 use super::Admin;
+use super::report::{KeyList, Progress};
 use crate::WorkerError;
 use crate::audio::probe;
 use crate::index::ProbeColumns;
 
 /// What `worker reindex` did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Reindexed {
     pub rows: u64,
     pub reprobed: u64,
-    pub files_missing: Vec<String>,
+    pub files_missing: KeyList,
 }
 
 /// Probes every indexed voicemail's file again and rewrites its measured columns (after an
 /// upgrade of the probe, say). KAZOO's metadata in the rows is kept.
-pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
+///
+/// `full`: every missing file in the report (else the first few); `progress`: how often a
+/// progress line is logged.
+pub async fn reindex(
+    settings: &Settings,
+    full: bool,
+    progress: Duration,
+) -> Result<Reindexed, WorkerError> {
     let Admin { pool, store } = Admin::open(settings).await?;
     probe::set_timeout(settings.probe_timeout());
-    let mut report = Reindexed::default();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM voicemails")
+        .fetch_one(&pool)
+        .await?;
+    let mut ticks = Progress::every(progress);
+    let mut report = Reindexed {
+        rows: 0,
+        reprobed: 0,
+        files_missing: KeyList::new(full),
+    };
     let mut after = String::new();
     loop {
         let keys: Vec<String> = sqlx::query_scalar(
@@ -34,6 +53,15 @@ pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
         after = last.clone();
         for key in keys {
             report.rows += 1;
+            if ticks.due() {
+                info!(
+                    rows = report.rows,
+                    reprobed = report.reprobed,
+                    files_missing = report.files_missing.count,
+                    of = total,
+                    "reindex progress"
+                );
+            }
             let Ok(parsed) = StorageKey::parse(&key) else {
                 continue;
             };
@@ -65,5 +93,11 @@ pub async fn reindex(settings: &Settings) -> Result<Reindexed, WorkerError> {
         }
     }
     pool.close().await;
+    info!(
+        rows = report.rows,
+        reprobed = report.reprobed,
+        files_missing = report.files_missing.count,
+        "reindex finished"
+    );
     Ok(report)
 }

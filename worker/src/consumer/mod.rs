@@ -6,6 +6,11 @@
 //! [`settle::settle`] from its outcome and delivery count. A job waiting to be retried stays
 //! unacked, so a crash or shutdown hands it back to RabbitMQ.
 //!
+//! When the connection or channel is lost, the consumer sees its stream end and says so at
+//! once (not ready, a warning), even while the jobs in hand wait on the database: those jobs
+//! are let go (RabbitMQ delivers them again), never "acked" on the dead channel. A settlement
+//! counts only if RabbitMQ took it.
+//!
 //! [`pipeline`]: crate::pipeline
 
 mod settle;
@@ -19,11 +24,12 @@ use lapin::types::{AMQPValue, FieldTable};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use vmpipe_common::amqp::{self, ConfirmChannel, ERROR_HEADER, FAILED_AT_HEADER, PublishError};
 use vmpipe_common::backoff::Backoff;
 
-use crate::pipeline::{Context, process};
+use crate::error::JobError;
+use crate::pipeline::{Context, Stop, process};
 use settle::{Outcome, Settlement, settle, should_process};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +38,22 @@ pub(crate) enum ConsumeError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ ended the consumer")]
     ConsumerEnded,
+    /// The connection or channel went away after consuming had started (already logged).
+    #[error("RabbitMQ connection lost")]
+    Lost,
 }
 
-/// Consumes until `shutdown`, reconnecting to RabbitMQ with backoff when the connection drops.
+/// Consumes until `shutdown`, reconnecting to RabbitMQ with backoff (at most a few seconds
+/// apart) when the connection drops.
 pub(crate) async fn consume(context: Arc<Context>, shutdown: CancellationToken) {
-    let mut delay = Backoff::default();
+    let mut delay = Backoff::reconnect();
     loop {
         let result = consume_once(&context, &shutdown).await;
         context.health.set_consuming(false);
         match result {
             Ok(()) => return,
+            // It had connected: the first reconnect comes soon.
+            Err(ConsumeError::Lost) => delay.reset(),
             Err(ConsumeError::Amqp(e)) if amqp::refused_credentials(&e) => {
                 context.health.set_credentials_refused(true);
                 error!(error = %e, "RabbitMQ refused the credentials in VMPIPE_AMQP_URL; retrying");
@@ -81,30 +93,54 @@ async fn consume_once(
     context.health.set_consuming(true);
 
     let tasks = TaskTracker::new();
-    let result = loop {
+    let stop = Stop {
+        shutdown: shutdown.clone(),
+        channel_lost: CancellationToken::new(),
+    };
+    let ended = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => break None,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let context = context.clone();
                     let dead_letters = dead_letters.clone();
-                    let shutdown = shutdown.clone();
+                    let stop = stop.clone();
                     tasks.spawn(async move {
-                        handle_delivery(&context, &dead_letters, delivery, &shutdown).await;
+                        handle_delivery(&context, &dead_letters, delivery, &stop).await;
                     });
                 }
-                Some(Err(e)) => break Err(ConsumeError::Amqp(e)),
-                None => break Err(ConsumeError::ConsumerEnded),
+                Some(Err(e)) => break Some(ConsumeError::Amqp(e)),
+                None => break Some(ConsumeError::ConsumerEnded),
             }
         }
     };
-    // Stop new deliveries, let the jobs in hand finish (their acks need the channel open).
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
     tasks.close();
-    tasks.wait().await;
-    let _ = connection.close(200, "worker stopping".into()).await;
+    let result = match ended {
+        None => {
+            // Stop new deliveries, let the jobs in hand finish (their acks need the channel).
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            tasks.wait().await;
+            Ok(())
+        }
+        Some(error) => {
+            // Nothing in hand can be settled any more: say so now, and let the jobs go rather
+            // than finish them for an ack that cannot happen.
+            context.health.set_consuming(false);
+            stop.channel_lost.cancel();
+            warn!(error = %error, jobs_in_hand = tasks.len(),
+                "RabbitMQ connection lost; the jobs in hand are let go (RabbitMQ delivers them again); reconnecting");
+            tasks.wait().await;
+            Err(ConsumeError::Lost)
+        }
+    };
+    // A broken connection may never answer a close: do not wait on it.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        connection.close(200, "worker stopping".into()),
+    )
+    .await;
     result
 }
 
@@ -112,7 +148,7 @@ async fn handle_delivery(
     context: &Context,
     dead_letters: &ConfirmChannel,
     delivery: Delivery,
-    shutdown: &CancellationToken,
+    stop: &Stop,
 ) {
     let message_id = delivery
         .properties
@@ -127,16 +163,20 @@ async fn handle_delivery(
         let deliveries = delivery_count(&delivery) + 1;
         let max = u64::from(context.settings.max_deliveries);
         let outcome = if should_process(deliveries, max) {
-            match process(context, &delivery.data, shutdown).await {
+            match process(context, &delivery.data, stop).await {
                 Ok(()) => Outcome::Indexed,
+                Err(JobError::Interrupted) if stop.channel_lost() => Outcome::ChannelLost,
                 Err(error) => Outcome::Failed(error),
             }
         } else {
             Outcome::NeverCompleted
         };
         let settlement = settle(&outcome, deliveries, max);
-        metrics::counter!("vmpipe_jobs_total", "outcome" => settlement.metric_label()).increment(1);
-        let settled = match settlement {
+        let settled = match &settlement {
+            Settlement::LetGo => {
+                debug!("job let go: its channel is gone, RabbitMQ delivers it again");
+                Ok(false)
+            }
             Settlement::Ack => delivery.ack(BasicAckOptions::default()).await,
             Settlement::Requeue => requeue(&delivery).await,
             Settlement::RetryAfter(wait) => {
@@ -144,11 +184,10 @@ async fn handle_delivery(
                     warn!(error = %reason, code = reason.code(), deliveries,
                         retry_in_ms = wait.as_millis() as u64, "job failed; it will be retried");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => {}
+                match stop.wait(tokio::time::sleep(*wait)).await {
+                    Err(_) if stop.channel_lost() => Ok(false),
+                    _ => requeue(&delivery).await,
                 }
-                requeue(&delivery).await
             }
             Settlement::DeadLetter(reason) => {
                 let code = match &outcome {
@@ -157,7 +196,7 @@ async fn handle_delivery(
                 };
                 warn!(%reason, code, "job can never succeed; dead-lettering it");
                 let queue = amqp::dead_letter_queue(&context.settings.queue);
-                match dead_letter(dead_letters, &queue, &delivery, &reason).await {
+                match dead_letter(dead_letters, &queue, &delivery, reason).await {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                     Err(e) => {
                         // The queue's own dead-letter route still keeps it (without the reason).
@@ -167,10 +206,25 @@ async fn handle_delivery(
                 }
             }
         };
-        if let Err(e) = settled {
-            // The channel is gone: RabbitMQ redelivers the job, and the upsert makes that harmless.
-            warn!(error = %e, "could not settle the delivery; it will be redelivered");
-        }
+        // Only what RabbitMQ took counts: `Ok(false)` is an acker whose channel is gone.
+        let abandoned = Settlement::LetGo.metric_label();
+        let label = match settled {
+            Ok(true) => settlement.metric_label(),
+            Ok(false) if settlement == Settlement::LetGo => abandoned,
+            Ok(false) => {
+                warn!(
+                    settlement = settlement.metric_label(),
+                    "could not settle the delivery: its channel is gone; RabbitMQ delivers it again"
+                );
+                abandoned
+            }
+            Err(e) => {
+                warn!(error = %e, settlement = settlement.metric_label(),
+                    "could not settle the delivery; RabbitMQ delivers it again");
+                abandoned
+            }
+        };
+        metrics::counter!("vmpipe_jobs_total", "outcome" => label).increment(1);
     }
     .instrument(span)
     .await

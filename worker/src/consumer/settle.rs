@@ -17,6 +17,9 @@ pub(super) enum Outcome {
     /// Not processed: every earlier delivery ended without an ack (the worker was killed while
     /// processing it, over and over), and this one is past the limit.
     NeverCompleted,
+    /// Stopped because the delivery's channel is gone: nothing can be settled, and RabbitMQ
+    /// delivers it again.
+    ChannelLost,
 }
 
 /// How a delivery is settled.
@@ -30,6 +33,8 @@ pub(super) enum Settlement {
     RetryAfter(Duration),
     /// Move it to the dead-letter queue with this reason, then ack it.
     DeadLetter(String),
+    /// Nothing: its channel is gone (RabbitMQ delivers it again).
+    LetGo,
 }
 
 impl Settlement {
@@ -40,6 +45,7 @@ impl Settlement {
             Settlement::Requeue => "requeued",
             Settlement::RetryAfter(_) => "retried",
             Settlement::DeadLetter(_) => "dead_lettered",
+            Settlement::LetGo => "abandoned",
         }
     }
 }
@@ -53,6 +59,7 @@ pub(super) fn should_process(deliveries: u64, max: u64) -> bool {
 pub(super) fn settle(outcome: &Outcome, deliveries: u64, max: u64) -> Settlement {
     match outcome {
         Outcome::Indexed => Settlement::Ack,
+        Outcome::ChannelLost => Settlement::LetGo,
         Outcome::Failed(JobError::Interrupted) => Settlement::Requeue,
         Outcome::Failed(JobError::Retry(_)) if deliveries < max => {
             Settlement::RetryAfter(Backoff::after_attempts(deliveries))
@@ -126,6 +133,13 @@ mod tests {
             reason.starts_with("delivered 6 times without completing"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_job_whose_channel_is_gone_is_let_go_whatever_its_count() {
+        assert_eq!(settle(&Outcome::ChannelLost, 1, 5), Settlement::LetGo);
+        assert_eq!(settle(&Outcome::ChannelLost, 9, 5), Settlement::LetGo);
+        assert_eq!(Settlement::LetGo.metric_label(), "abandoned");
     }
 
     #[test]

@@ -48,6 +48,12 @@ impl IndexWriter {
 async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // A job that stopped waiting (its delivery's channel is gone) wants no row written
+        // for an ack that cannot follow: RabbitMQ delivers it again.
+        batch.retain(|pending| !pending.written.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         metrics::histogram!("vmpipe_index_batch_rows").record(batch.len() as f64);
         let rows: Vec<&VoicemailRow> = batch.iter().map(|p| &p.row).collect();
         match db::upsert_voicemails(&pool, &rows, &hooks).await {
