@@ -331,8 +331,11 @@ impl Publisher {
             }
             if late > 0 {
                 metrics::counter!("vmpipe_publish_failures_total").increment(1);
-                warn!(jobs = late, timeout_ms = self.inner.publish_timeout.as_millis() as u64,
-                    "journaled jobs not confirmed in time; they stay journaled until confirmed");
+                warn!(
+                    jobs = late,
+                    timeout_ms = self.inner.publish_timeout.as_millis() as u64,
+                    "journaled jobs not confirmed in time; they stay journaled until confirmed"
+                );
                 self.inner.health.timed_out();
                 return Ok(Drained::TimedOut);
             }
