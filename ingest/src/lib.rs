@@ -72,7 +72,8 @@ impl Application {
     /// Opens storage and the journal, starts the RabbitMQ connection task and binds the port.
     /// Must be called inside a tokio runtime.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        vmpipe_common::metrics::handle();
+        // Every metric exported (at 0) from the start.
+        vmpipe_common::metrics::register(vmpipe_common::metrics::INGEST);
         let store = FsStore::open(&settings.storage_dir)?;
         let removed = store.remove_stale_temp_files(STALE_UPLOAD_AGE)?;
         if removed > 0 {

@@ -11,6 +11,7 @@ mod hostile;
 mod hostile_worker;
 mod hung_broker;
 mod ingest;
+mod observability;
 mod ops;
 mod prune;
 mod recovery;

@@ -32,6 +32,7 @@ pub(super) async fn store(
         return Err(ApiError::KeyTooShort(segments.len()));
     }
     let key = StorageKey::from_segments(segments)?;
+    crate::request_span::note_key(req, key.as_str());
     let writer = state.store.create(&key);
     let (writer, received) = upload::receive(req, payload, writer, &state.limits).await?;
     let committed = writer.commit().await?;
@@ -99,10 +100,11 @@ pub(super) async fn store(
         size_bytes = job.size_bytes,
         upload_mode = job.upload_mode.as_str(),
         job_id = %job.job_id,
-        ?enqueued,
+        enqueued = enqueued.as_str(),
         "voicemail stored"
     );
     metrics::counter!("vmpipe_upload_bytes_total").increment(job.size_bytes);
+    crate::request_span::note_bytes(req, job.size_bytes);
     let response = HttpResponse::Created().json(serde_json::json!({
         "storage_key": job.storage_key,
         "size_bytes": job.size_bytes,
