@@ -15,4 +15,4 @@ pub mod store;
 pub use job::{PathFacts, UploadMode, VoicemailJob};
 pub use key::{KeyError, StorageKey};
 pub use settings::Settings;
-pub use store::{FsStore, ObjectWriter, Storage, StorageError, StoredObject};
+pub use store::{Committed, FsStore, ObjectWriter, Revoked, Storage, StorageError, StoredObject};

@@ -1,6 +1,7 @@
 //! Log setup for every binary: structured logs with `tracing`, readable text by default, JSON
-//! lines for log pipelines. `RUST_LOG` filters (default `info`). Terminal colours only when the
-//! logs go to a terminal.
+//! lines for log pipelines. `RUST_LOG` filters (default [`DEFAULT_FILTER`]: vmpipe's own lines
+//! at `info`, its dependencies' only from `warn`). Terminal colours only when the logs go to a
+//! terminal.
 
 use std::io::IsTerminal;
 
@@ -17,8 +18,18 @@ pub enum Output {
     Stderr,
 }
 
+/// The filter when `RUST_LOG` is not set: `info`, but the dependencies' `info` lines (actix's
+/// worker start and stop, sqlx's migration notices, symphonia's format probing) are noise to an
+/// operator, and lapin's own `error` lines on a lost connection say again what vmpipe already
+/// logs as a warning ("lost the RabbitMQ connection", "reconnecting"). `RUST_LOG` replaces the
+/// whole filter (`RUST_LOG=info` shows them all again, `RUST_LOG=info,lapin=debug` lapin's).
+/// A target matches every module path it begins (`actix` is `actix_server`, `actix_web`...).
+pub const DEFAULT_FILTER: &str =
+    "info,actix=warn,sqlx=warn,symphonia=warn,lapin=off,amq_protocol=warn,rustls=warn";
+
 pub fn init(format: LogFormat, output: Output) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let colours = match output {
         Output::Stdout => std::io::stdout().is_terminal(),
         Output::Stderr => std::io::stderr().is_terminal(),

@@ -53,8 +53,25 @@ pub(crate) enum ApiError {
     KeyConflict(#[source] StorageError),
     #[error("storage failed")]
     Storage(#[source] StorageError),
+    #[error("storage is full: the job for this file could not be recorded")]
+    JournalFull(#[source] JournalError),
     #[error("could not record the job for this file")]
-    Journal(#[from] JournalError),
+    Journal(#[source] JournalError),
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        let full = match &e {
+            JournalError::Io { source, .. } => vmpipe_common::store::is_storage_full(source),
+            JournalError::Storage(StorageError::Full(_)) => true,
+            _ => false,
+        };
+        if full {
+            ApiError::JournalFull(e)
+        } else {
+            ApiError::Journal(e)
+        }
+    }
 }
 
 impl From<StorageError> for ApiError {
@@ -83,7 +100,7 @@ impl ApiError {
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::BodyDeadline(_) => "body_deadline",
-            ApiError::StorageFull(_) => "storage_full",
+            ApiError::StorageFull(_) | ApiError::JournalFull(_) => "storage_full",
             ApiError::KeyConflict(_) => "key_conflict",
             ApiError::Storage(_) => "storage_error",
             ApiError::Journal(_) => "journal_error",
@@ -109,7 +126,7 @@ impl ResponseError for ApiError {
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BodyTimeout(_) | ApiError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::StorageFull(_) | ApiError::JournalFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::KeyConflict(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) | ApiError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -116,11 +116,19 @@ impl Journal {
         blocking(move || {
             let temp = dir.join(format!("{}.tmp", job_id.simple()));
             let path = dir.join(format!("{}.json", job_id.simple()));
-            let mut file = fs::File::create(&temp).map_err(io_err("create", &temp))?;
-            file.write_all(&payload).map_err(io_err("write", &temp))?;
-            file.sync_data().map_err(io_err("fsync", &temp))?;
-            fs::rename(&temp, &path).map_err(io_err("rename", &path))?;
-            Ok(sync_dir(&dir)?)
+            let written = (|| {
+                let mut file = fs::File::create(&temp).map_err(io_err("create", &temp))?;
+                file.write_all(&payload).map_err(io_err("write", &temp))?;
+                file.sync_data().map_err(io_err("fsync", &temp))?;
+                fs::rename(&temp, &path).map_err(io_err("rename", &path))?;
+                Ok(sync_dir(&dir)?)
+            })();
+            if written.is_err() {
+                // Not recorded (the upload is refused): no part of the entry stays behind.
+                let _ = fs::remove_file(&temp);
+                let _ = fs::remove_file(&path);
+            }
+            written
         })
         .await?;
         self.add_to_count(1);

@@ -34,6 +34,7 @@ pub use crate::upload::fuzz_multipart;
 use crate::journal::Journal;
 use crate::publisher::Publisher;
 use crate::routes::{AppState, health};
+use crate::server::Drain;
 use crate::upload::Limits;
 
 /// How long startup waits for RabbitMQ before serving anyway (jobs are journaled meanwhile).
@@ -63,13 +64,16 @@ pub struct Application {
     port: u16,
     jobs: Publisher,
     publisher_task: JoinHandle<()>,
+    drain: Drain,
+    drain_period: Duration,
 }
 
 impl Application {
     /// Opens storage and the journal, starts the RabbitMQ connection task and binds the port.
     /// Must be called inside a tokio runtime.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        vmpipe_common::metrics::handle();
+        // Every metric exported (at 0) from the start.
+        vmpipe_common::metrics::register(vmpipe_common::metrics::INGEST);
         let store = FsStore::open(&settings.storage_dir)?;
         let removed = store.remove_stale_temp_files(STALE_UPLOAD_AGE)?;
         if removed > 0 {
@@ -110,6 +114,8 @@ impl Application {
             metrics_elsewhere: settings.metrics_listen().is_some(),
             uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
         });
+        let drain = Drain::default();
+        let drain_data = web::Data::new(drain.clone());
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
@@ -117,6 +123,8 @@ impl Application {
         let app = move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(drain_data.clone())
+                .wrap(middleware::from_fn(server::close_when_draining))
                 .wrap(TracingLogger::<request_span::RequestSpan>::new())
                 .wrap(middleware::from_fn(server::track))
                 .route("/healthz", web::get().to(health::healthz))
@@ -130,7 +138,7 @@ impl Application {
             .disable_signals()
             .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
         let mut builder =
-            server::listen(builder, "ingest", listener, tls, app).map_err(listen_error)?;
+            server::listen(builder, "ingest", listener, tls, &drain, app).map_err(listen_error)?;
         if let Some(addr) = settings.metrics_listen() {
             let metrics_error = |source| StartupError::Listen {
                 addr: addr.to_owned(),
@@ -142,7 +150,7 @@ impl Application {
                     .route("/metrics", web::get().to(health::metrics_text))
                     .default_service(web::to(health::not_found))
             };
-            builder = server::listen(builder, "metrics", listener, None, metrics)
+            builder = server::listen(builder, "metrics", listener, None, &drain, metrics)
                 .map_err(metrics_error)?;
             info!(addr, "metrics on their own address");
         }
@@ -154,6 +162,8 @@ impl Application {
             port,
             jobs,
             publisher_task,
+            drain,
+            drain_period: settings.drain_period(),
         })
     }
 
@@ -162,13 +172,27 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled (the binary cancels it on SIGINT or SIGTERM), then
-    /// stops gracefully: no new connections, and the uploads in flight finish, with their
-    /// publishes, for up to 30 s. Journaled jobs stay on disk for the next start.
+    /// stops gracefully: first a drain (`VMPIPE_DRAIN_SECS`: `/readyz` is 503, requests are
+    /// still served, each answer says `Connection: close`), then no new connections, idle ones
+    /// closed, and the uploads in flight finish, with their publishes, for up to 30 s.
+    /// Journaled jobs stay on disk for the next start.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle = self.server.handle();
+        let (drain, drain_period) = (self.drain, self.drain_period);
         let stopper = tokio::spawn(async move {
             shutdown.cancelled().await;
-            info!("stopping: finishing the uploads in flight");
+            drain.start_draining();
+            if !drain_period.is_zero() {
+                info!(
+                    drain_secs = drain_period.as_secs(),
+                    "stopping: /readyz is 503, still serving; answers say Connection: close"
+                );
+                tokio::time::sleep(drain_period).await;
+            }
+            info!(
+                "stopping: no new connections, idle ones closed; finishing the uploads in flight"
+            );
+            drain.close_idle();
             handle.stop(true).await;
         });
         let result = self.server.await;

@@ -37,7 +37,7 @@ use vmpipe_common::amqp::{ConfirmChannel, job_properties};
 use self::confirms::Confirms;
 use self::degraded::ConfirmHealth;
 use self::flight::{PublishFailure, joined};
-use self::telemetry::{JOURNALED_TOTAL, JournalReason, describe_metrics};
+use self::telemetry::{JOURNALED_TOTAL, JournalReason};
 use crate::journal::{Journal, JournalError};
 
 /// Where a job went.
@@ -47,6 +47,16 @@ pub(crate) enum Enqueued {
     Published,
     /// Written to the local journal, to be published later.
     Journaled,
+}
+
+impl Enqueued {
+    /// As logged (`enqueued` of the `voicemail stored` line).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Enqueued::Published => "published",
+            Enqueued::Journaled => "journaled",
+        }
+    }
 }
 
 /// What RabbitMQ looks like to uploads (for `/readyz`).
@@ -132,7 +142,6 @@ impl Publisher {
         degraded_after: u32,
         journal: Journal,
     ) -> (Self, JoinHandle<()>) {
-        describe_metrics();
         let queue = Self {
             inner: Arc::new(Inner {
                 amqp_url,
@@ -196,7 +205,7 @@ impl Publisher {
             }
             Err(_) => {
                 metrics::counter!("vmpipe_publish_failures_total").increment(1);
-                warn!(job_id = %job.job_id, timeout = ?self.inner.publish_timeout,
+                warn!(job_id = %job.job_id, timeout_ms = self.inner.publish_timeout.as_millis() as u64,
                     "no confirm in time; journaling the job (its confirm may still come)");
                 self.inner.health.timed_out();
                 let payload = Arc::try_unwrap(payload).unwrap_or_else(|p| p.as_ref().clone());
@@ -321,8 +330,11 @@ impl Publisher {
             }
             if late > 0 {
                 metrics::counter!("vmpipe_publish_failures_total").increment(1);
-                warn!(jobs = late, timeout = ?self.inner.publish_timeout,
-                    "journaled jobs not confirmed in time; they stay journaled until confirmed");
+                warn!(
+                    jobs = late,
+                    timeout_ms = self.inner.publish_timeout.as_millis() as u64,
+                    "journaled jobs not confirmed in time; they stay journaled until confirmed"
+                );
                 self.inner.health.timed_out();
                 return Ok(Drained::TimedOut);
             }

@@ -1,6 +1,8 @@
 mod access;
 mod admin;
 mod audio;
+mod disk_full;
+mod drain;
 mod failures;
 mod hook_leases;
 mod hook_queueing;
@@ -9,6 +11,7 @@ mod hostile;
 mod hostile_worker;
 mod hung_broker;
 mod ingest;
+mod observability;
 mod ops;
 mod prune;
 mod recovery;

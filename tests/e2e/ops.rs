@@ -120,6 +120,7 @@ async fn metrics_count_what_happened_and_a_request_id_runs_from_put_to_row() {
     assert_eq!(sample(&w, "vmpipe_index_duration_seconds_count", &[]), 3.0);
     assert_eq!(sample(&w, "vmpipe_probe_duration_seconds_count", &[]), 3.0);
     assert_eq!(sample(&w, "vmpipe_job_lag_seconds_count", &[]), 3.0);
+    assert_eq!(sample(&w, "vmpipe_voicemails_indexed_total", &[]), 3.0);
 
     // One request id: ingest's log line, the worker's log line, the row.
     let request_id: String =
@@ -147,6 +148,43 @@ async fn metrics_count_what_happened_and_a_request_id_runs_from_put_to_row() {
     for line in [stored.unwrap(), indexed.unwrap()] {
         serde_json::from_str::<serde_json::Value>(line).expect("JSON log lines");
     }
+
+    // The same voicemail stored again (KAZOO saving it anew): one delivery more, not one
+    // voicemail more.
+    let document = mailbox_message("d", "m0.wav");
+    let att = Attachment {
+        document_id: "d",
+        name: "m0.wav",
+        content_type: "audio/wav",
+        data: &audio,
+        document: &document,
+    };
+    let r = kazoo
+        .store(
+            Verb::Put,
+            &format!("/{ACCOUNT}/doc0/m0.wav"),
+            Body::Raw,
+            &att,
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let deadline = std::time::Instant::now() + WAIT;
+    let w = loop {
+        let (_, w) = worker.get("/metrics").await.unwrap();
+        if sample(&w, "vmpipe_jobs_total", &["outcome=\"indexed\""]) >= 4.0 {
+            break w;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second job was not indexed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        sample(&w, "vmpipe_voicemails_indexed_total", &[]),
+        3.0,
+        "{w}"
+    );
     worker.sigkill().await;
     ingest.sigkill().await;
     stack.finish().await;

@@ -70,6 +70,8 @@ impl TestIngest {
             max_body: ByteSize(options.max_body),
             base64: options.base64,
             publish_timeout_ms: 2000,
+            // Stopped by the test, not restarted behind a load balancer.
+            drain_secs: 0,
             ..Settings::default()
         };
         if let Some(tweak) = options.tweak {

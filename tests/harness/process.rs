@@ -53,7 +53,7 @@ impl Service {
         settings: &Settings,
         log: Option<&std::path::Path>,
     ) -> Self {
-        Self::spawn_with_env(binary_name, settings, &[], log).await
+        Self::spawn_with_logs(binary_name, settings, log, Some("info,lapin=off")).await
     }
 
     /// Like [`Service::spawn_logging`], with more variables (`VMPIPE_CONFIG`, say).
@@ -62,6 +62,27 @@ impl Service {
         settings: &Settings,
         env: &[(&str, String)],
         log: Option<&std::path::Path>,
+    ) -> Self {
+        Self::start(binary_name, settings, env, log, Some("info,lapin=off")).await
+    }
+
+    /// Like [`Service::spawn_logging`], with `RUST_LOG` set to `filter`, or not set at all
+    /// (`None`: the binary's own default filter, as an operator runs it).
+    pub async fn spawn_with_logs(
+        binary_name: &str,
+        settings: &Settings,
+        log: Option<&std::path::Path>,
+        filter: Option<&str>,
+    ) -> Self {
+        Self::start(binary_name, settings, &[], log, filter).await
+    }
+
+    async fn start(
+        binary_name: &str,
+        settings: &Settings,
+        env: &[(&str, String)],
+        log: Option<&std::path::Path>,
+        filter: Option<&str>,
     ) -> Self {
         let health_port = free_port();
         let mut settings = settings.clone();
@@ -85,10 +106,11 @@ impl Service {
             .kill_on_drop(true);
         if let Some(log) = log {
             let file = std::fs::File::create(log).expect("log file");
-            command
-                .env("VMPIPE_LOG_FORMAT", "json")
-                .env("RUST_LOG", "info,lapin=off")
-                .stdout(file);
+            command.env("VMPIPE_LOG_FORMAT", "json").stdout(file);
+            match filter {
+                Some(filter) => command.env("RUST_LOG", filter),
+                None => command.env_remove("RUST_LOG"),
+            };
         }
         let child = command.spawn().expect("spawn service");
         let service = Self { child, health_port };
@@ -217,6 +239,7 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             s.upload_deadline_secs.to_string(),
         ),
         ("VMPIPE_MAX_DOCUMENT", s.max_document.0.to_string()),
+        ("VMPIPE_DRAIN_SECS", s.drain_secs.to_string()),
         ("VMPIPE_BASE64", format!("{:?}", s.base64).to_lowercase()),
         (
             "VMPIPE_TRANSCRIBER",

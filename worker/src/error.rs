@@ -22,6 +22,15 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// The error's code in log lines (`code=`): what happens to the work next.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobError::Abort(_) => "abort",
+            JobError::Retry(_) => "retry",
+            JobError::Interrupted => "interrupted",
+        }
+    }
+
     /// Gives up because of `cause`.
     pub fn abort(cause: impl Into<anyhow::Error>) -> Self {
         JobError::Abort(cause.into())

@@ -46,7 +46,7 @@ async fn migrate_when_reachable(settings: &Settings) -> Result<sqlx::PgPool, Wor
         match migrate(settings).await {
             Err(WorkerError::Database(e)) if index::db::is_transient(&e) => {
                 let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "PostgreSQL unreachable; waiting for it");
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "PostgreSQL unreachable; waiting for it");
                 tokio::time::sleep(wait).await;
             }
             other => return other,
@@ -65,7 +65,8 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
-        vmpipe_common::metrics::handle();
+        // Every metric exported (at 0) from the start; each hook's below, once they are known.
+        vmpipe_common::metrics::register(vmpipe_common::metrics::WORKER);
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
         let store = FsStore::open(&settings.storage_dir)?;
@@ -149,6 +150,16 @@ impl Worker {
                 self.settings.worker_id.as_deref(),
             )),
         );
+        for hook in runner.names() {
+            let hook = || ("hook", hook.clone());
+            for outcome in vmpipe_common::metrics::HOOK_OUTCOMES {
+                vmpipe_common::metrics::register_series(
+                    "vmpipe_hook_runs_total",
+                    &[hook(), ("outcome", (*outcome).to_owned())],
+                );
+            }
+            vmpipe_common::metrics::register_series("vmpipe_hook_run_seconds", &[hook()]);
+        }
         let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
         let database = index::watch::DatabaseWatch::new(self.pool.clone());
         let context = Arc::new(pipeline::Context {

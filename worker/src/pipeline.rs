@@ -250,7 +250,7 @@ where
         match operation().await {
             Err(e) if is_local_shortage(&e) => {
                 let wait = delay.next_delay();
-                warn!(error = %e, retry_in = ?wait, "out of a local resource; will retry");
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "out of a local resource; will retry");
                 stop.wait(tokio::time::sleep(wait)).await?;
             }
             other => return Ok(other),

@@ -32,6 +32,9 @@ const ENV_PREFIX: &str = "VMPIPE_";
 const FILE_ONLY: &[&str] = &["hooks"];
 /// The most `max_audio_secs` can be: the seconds of 16 kHz 16-bit mono a WAV file holds.
 pub const MAX_AUDIO_SECS: u64 = (u32::MAX as u64 - 44) / 32_000;
+/// Longest drain of a stopping ingest: a supervisor waits for the stop (compose's
+/// `stop_grace_period`, systemd's `TimeoutStopSec`) and kills what takes longer.
+const MAX_DRAIN_SECS: u64 = 300;
 /// Bounds of `max_document`: a KAZOO document is a few KiB, and ingest holds one per upload.
 const MIN_DOCUMENT: u64 = 1024;
 const MAX_DOCUMENT: u64 = 16 * 1024 * 1024;
@@ -87,6 +90,10 @@ pub struct Settings {
     /// `VMPIPE_UPLOAD_DEADLINE_SECS`: longest time a whole request body may take to arrive,
     /// however steadily it trickles (then 408).
     pub upload_deadline_secs: u64,
+    /// `VMPIPE_DRAIN_SECS`: on SIGTERM or SIGINT, how long ingest keeps serving (with
+    /// `/readyz` at 503 and `Connection: close` on every answer) before it stops accepting and
+    /// closes idle connections. 0: no drain.
+    pub drain_secs: u64,
     /// `VMPIPE_MAX_DOCUMENT`: largest KAZOO document (the JSON part of a multipart upload) that is
     /// kept; a larger one is dropped, and the file still stored.
     pub max_document: ByteSize,
@@ -139,6 +146,7 @@ impl Default for Settings {
             body_timeout_secs: 30,
             // The largest body (256 MiB by default) at about 1 Mbit/s takes 36 min.
             upload_deadline_secs: 2400,
+            drain_secs: 5,
             max_document: ByteSize(64 * 1024),
             metrics_listen: None,
             transcriber: Transcriber::None,
@@ -248,6 +256,11 @@ impl Settings {
                 "upload_deadline_secs must be at least 1".into(),
             ));
         }
+        if self.drain_secs > MAX_DRAIN_SECS {
+            return Err(config::ConfigError::Message(format!(
+                "drain_secs must be at most {MAX_DRAIN_SECS}"
+            )));
+        }
         if !(MIN_DOCUMENT..=MAX_DOCUMENT).contains(&self.max_document.0) {
             return Err(config::ConfigError::Message(format!(
                 "max_document must be between {MIN_DOCUMENT} and {MAX_DOCUMENT} bytes"
@@ -316,6 +329,11 @@ impl Settings {
 
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// `VMPIPE_DRAIN_SECS` as a duration.
+    pub fn drain_period(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
     }
 
     pub fn probe_timeout(&self) -> Duration {

@@ -300,3 +300,12 @@ fn the_publisher_degrades_after_three_confirm_timeouts_unless_told_otherwise() {
         Settings::load_from(None, &env(&[("VMPIPE_PUBLISH_DEGRADED_AFTER", "0")])).unwrap_err();
     assert!(err.to_string().contains("publish_degraded_after"), "{err}");
 }
+
+#[test]
+fn the_drain_defaults_to_five_seconds_and_is_bounded() {
+    assert_eq!(Settings::load_from(None, &env(&[])).unwrap().drain_secs, 5);
+    let s = Settings::load_from(None, &env(&[("VMPIPE_DRAIN_SECS", "0")])).unwrap();
+    assert_eq!(s.drain_period(), std::time::Duration::ZERO);
+    let err = Settings::load_from(None, &env(&[("VMPIPE_DRAIN_SECS", "301")])).unwrap_err();
+    assert!(err.to_string().contains("drain_secs"), "{err}");
+}

@@ -187,6 +187,7 @@ fn is_absent(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::fs_writer::{MIN_WRITE_CHUNK, WRITE_CHUNK, piece_size};
+    use super::super::{Committed, Revoked};
     use super::*;
     use bytes::Bytes;
     use futures_util::StreamExt;
@@ -236,6 +237,41 @@ mod tests {
         w.commit().await.unwrap();
         assert_eq!(read_all(&store, &k).await.unwrap(), b"second");
         assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    async fn commit(store: &FsStore, k: &StorageKey, data: &'static [u8]) -> Box<dyn Committed> {
+        let mut w = store.create(k);
+        w.write(Bytes::from_static(data)).await.unwrap();
+        w.commit().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_revoked_commit_leaves_the_key_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let k = key("acct/doc/msg.mp3");
+        // A new key: taken back, nothing is stored.
+        let first = commit(&store, &k, b"first").await;
+        assert_eq!(read_all(&store, &k).await.unwrap(), b"first");
+        assert_eq!(first.revoke().await.unwrap(), Revoked::Removed);
+        assert_eq!(read_all(&store, &k).await, None);
+        // A replacement taken back: the version it replaced is back.
+        commit(&store, &k, b"first").await.keep().await.unwrap();
+        let second = commit(&store, &k, b"second").await;
+        assert_eq!(read_all(&store, &k).await.unwrap(), b"second");
+        assert_eq!(
+            temp_files(dir.path()),
+            1,
+            "the replaced version, kept aside"
+        );
+        assert_eq!(second.revoke().await.unwrap(), Revoked::Restored);
+        assert_eq!(read_all(&store, &k).await.unwrap(), b"first");
+        // A commit replaced by a newer upload before it is taken back: the newer one stays.
+        let third = commit(&store, &k, b"third").await;
+        commit(&store, &k, b"fourth").await.keep().await.unwrap();
+        assert_eq!(third.revoke().await.unwrap(), Revoked::Superseded);
+        assert_eq!(read_all(&store, &k).await.unwrap(), b"fourth");
+        assert_eq!(temp_files(dir.path()), 0, "no link left behind");
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::file_io::blocking;
-use super::{BoxFuture, ObjectWriter, StorageError, nofollow};
+use super::placed::Placed;
+use super::{BoxFuture, Committed, ObjectWriter, StorageError, nofollow};
 
 /// Uploads are written to disk once this much has arrived: a voicemail-sized upload costs one
 /// trip to the blocking pool (each trip is two context switches, and ingest is CPU-bound under
@@ -142,22 +143,32 @@ impl ObjectWriter for FsWriter {
         })
     }
 
-    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>> {
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<Box<dyn Committed>, StorageError>> {
         Box::pin(async move {
             let (file, buffer, temp_path) = self.take_state();
             let relative = self.relative.clone();
             let root = self.voicemail_root.clone();
-            blocking(move || {
+            // Where the version this one replaces is kept until the upload decides.
+            let previous = temp_path.with_extension("prev");
+            let placed = blocking(move || {
                 let file = write_out(file, &buffer, &temp_path)?;
                 file.sync_data()
                     .map_err(|e| StorageError::io("fsync", &temp_path, e))?;
+                let id = nofollow::file_id(&file)
+                    .map_err(|e| StorageError::io("stat", &temp_path, e.into()))?;
                 drop(file);
                 // Its directories made durably, never through a link (see nofollow.rs).
-                nofollow::rename_into(&root, &relative, &temp_path)
+                let kept = nofollow::rename_into(&root, &relative, &temp_path, id, &previous)?;
+                Ok(Placed {
+                    root,
+                    relative,
+                    id,
+                    previous: kept.then_some(previous),
+                })
             })
             .await?;
             self.committed = true;
-            Ok(())
+            Ok(Box::new(placed) as Box<dyn Committed>)
         })
     }
 }

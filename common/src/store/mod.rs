@@ -14,6 +14,7 @@ mod file_io;
 mod fs;
 mod fs_writer;
 mod nofollow;
+mod placed;
 mod remove;
 
 use std::future::Future;
@@ -54,10 +55,15 @@ pub enum StorageError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Whether `e` says the file system is full (ENOSPC) or a quota is used up (EDQUOT).
+pub fn is_storage_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28 | 122))
+}
+
 impl StorageError {
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         // ENOSPC and EDQUOT: tell the client to come back later rather than "broken".
-        if matches!(source.raw_os_error(), Some(28 | 122)) {
+        if is_storage_full(&source) {
             return StorageError::Full(source);
         }
         StorageError::Io {
@@ -96,6 +102,30 @@ pub trait Storage: Send + Sync + 'static {
 pub trait ObjectWriter: Send {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
 
-    /// Makes the file durable and visible under its key, replacing any previous version.
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>>;
+    /// Makes the file durable and visible under its key, replacing any previous version, until
+    /// the upload decides with the [`Committed`] it returns.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<Box<dyn Committed>, StorageError>>;
+}
+
+/// A committed file whose upload is not answered yet: kept once its job is recorded, revoked
+/// when it cannot be (a file is never visible under a key without its job). Dropping it keeps
+/// the file.
+pub trait Committed: Send + std::fmt::Debug {
+    /// The file stays.
+    fn keep(self: Box<Self>) -> BoxFuture<'static, Result<(), StorageError>>;
+
+    /// Takes the commit back: the version it replaced is put back, or the key is empty again.
+    /// A newer version that another upload stored meanwhile is left alone.
+    fn revoke(self: Box<Self>) -> BoxFuture<'static, Result<Revoked, StorageError>>;
+}
+
+/// What taking a commit back did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// The key had no file before: it has none again.
+    Removed,
+    /// The version it replaced is back.
+    Restored,
+    /// Another upload of the key replaced it meanwhile (or it is gone): left alone.
+    Superseded,
 }

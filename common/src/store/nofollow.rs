@@ -13,8 +13,9 @@ use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
-use super::StorageError;
+use super::{Revoked, StorageError};
 
 /// Tries at making a file's directories and renaming it into them (see [`rename_into`]).
 const RENAME_ATTEMPTS: u32 = 5;
@@ -100,9 +101,30 @@ fn classify(dir: &OwnedFd, name: &OsStr, path: &Path, error: io::Error) -> Walk 
     }
 }
 
-/// Renames `temp` to `relative` below `root` (its directories created as needed), then fsyncs
-/// the directory it went into. A link at `relative` itself is replaced, not followed.
-pub(super) fn rename_into(root: &Path, relative: &Path, temp: &Path) -> Result<(), StorageError> {
+/// A file's device and inode.
+pub(super) type FileId = (u64, u64);
+
+pub(super) fn file_id(file: &File) -> Result<FileId, rustix::io::Errno> {
+    rustix::fs::fstat(file).map(|stat| id_of(&stat))
+}
+
+// `st_dev` and `st_ino` are not u64 on every target.
+#[allow(clippy::unnecessary_cast)]
+fn id_of(stat: &rustix::fs::Stat) -> FileId {
+    (stat.st_dev as u64, stat.st_ino as u64)
+}
+
+/// Renames `temp` (the file `id`) to `relative` below `root` (its directories created as
+/// needed), then fsyncs the directory it went into. A link at `relative` itself is replaced,
+/// not followed. The version it replaces, if any, is first hard-linked to `keep_previous`, so
+/// that the commit can be taken back ([`take_back`]); returns whether there was one.
+pub(super) fn rename_into(
+    root: &Path,
+    relative: &Path,
+    temp: &Path,
+    id: FileId,
+    keep_previous: &Path,
+) -> Result<bool, StorageError> {
     let final_path = root.join(relative);
     let Some((name, dirs)) = split(relative) else {
         return Err(StorageError::Conflict(final_path.display().to_string()));
@@ -110,7 +132,7 @@ pub(super) fn rename_into(root: &Path, relative: &Path, temp: &Path) -> Result<(
     // `worker prune` removes directories it empties: one may go between its creation here and
     // the rename into it (ENOENT). It is made again, a few times.
     let mut attempts = 0;
-    let parent = loop {
+    let (parent, kept) = loop {
         attempts += 1;
         let parent = match open_dirs(root, &dirs, true) {
             Ok(parent) => parent,
@@ -124,10 +146,27 @@ pub(super) fn rename_into(root: &Path, relative: &Path, temp: &Path) -> Result<(
             }
             Err(Walk::Failed(e)) => return Err(e),
         };
-        match rustix::fs::renameat(CWD, temp, &parent, name) {
-            Ok(()) => break parent,
-            Err(rustix::io::Errno::NOENT) if attempts < RENAME_ATTEMPTS && temp.exists() => {}
+        let kept = match rustix::fs::linkat(&parent, name, CWD, keep_previous, AtFlags::empty()) {
+            Ok(()) => true,
+            // Nothing stored there yet; or a directory (EPERM), which the rename refuses below.
+            Err(e) if e == Errno::NOENT || e == Errno::PERM => false,
             Err(e) => {
+                return Err(StorageError::io(
+                    "link the previous version",
+                    &final_path,
+                    e.into(),
+                ));
+            }
+        };
+        match rustix::fs::renameat(CWD, temp, &parent, name) {
+            Ok(()) => break (parent, kept),
+            Err(e) => {
+                if kept {
+                    let _ = std::fs::remove_file(keep_previous);
+                }
+                if e == Errno::NOENT && attempts < RENAME_ATTEMPTS && temp.exists() {
+                    continue;
+                }
                 let e = io::Error::from(e);
                 // ENOTDIR, EISDIR: one key cannot be both a file and a folder of files.
                 return Err(if matches!(e.raw_os_error(), Some(20 | 21)) {
@@ -138,12 +177,79 @@ pub(super) fn rename_into(root: &Path, relative: &Path, temp: &Path) -> Result<(
             }
         }
     };
+    if let Err(e) = rustix::fs::fsync(&parent) {
+        // Not durable: not committed either.
+        let previous = kept.then_some(keep_previous);
+        let _ = take_back(root, relative, id, previous);
+        let dir = final_path
+            .parent()
+            .map_or_else(PathBuf::new, Path::to_path_buf);
+        return Err(StorageError::io("fsync directory", &dir, e.into()));
+    }
+    Ok(kept)
+}
+
+/// Takes back the commit of the file `id` at `relative` below `root`: `previous` (a link to
+/// the version it replaced) is put back, or else the file is removed; the directory is fsynced.
+/// A file that is not `id` any more (a newer upload of the same key) is left alone.
+pub(super) fn take_back(
+    root: &Path,
+    relative: &Path,
+    id: FileId,
+    previous: Option<&Path>,
+) -> Result<Revoked, StorageError> {
+    let final_path = root.join(relative);
+    let forget_previous = || {
+        if let Some(previous) = previous {
+            let _ = std::fs::remove_file(previous);
+        }
+    };
+    let Some((name, dirs)) = split(relative) else {
+        forget_previous();
+        return Ok(Revoked::Superseded);
+    };
+    let parent = match open_dirs(root, &dirs, false) {
+        Ok(parent) => parent,
+        Err(Walk::Absent) => {
+            forget_previous();
+            return Ok(Revoked::Superseded);
+        }
+        Err(Walk::Failed(e)) => {
+            forget_previous();
+            return Err(e);
+        }
+    };
+    let current = match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => id_of(&stat),
+        Err(e) if e == Errno::NOENT => (0, 0),
+        Err(e) => {
+            forget_previous();
+            return Err(StorageError::io("stat", &final_path, e.into()));
+        }
+    };
+    if current != id {
+        forget_previous();
+        return Ok(Revoked::Superseded);
+    }
+    let revoked = match previous {
+        Some(previous) => rustix::fs::renameat(CWD, previous, &parent, name)
+            .map(|()| Revoked::Restored)
+            .map_err(|e| StorageError::io("put back the previous version", &final_path, e.into())),
+        None => rustix::fs::unlinkat(&parent, name, AtFlags::empty())
+            .map(|()| Revoked::Removed)
+            .map_err(|e| StorageError::io("remove", &final_path, e.into())),
+    };
+    if revoked.is_err() {
+        forget_previous();
+    }
+    let revoked = revoked?;
     rustix::fs::fsync(&parent).map_err(|e| {
         let dir = final_path
             .parent()
             .map_or_else(PathBuf::new, Path::to_path_buf);
         StorageError::io("fsync directory", &dir, e.into())
-    })
+    })?;
+    Ok(revoked)
 }
 
 /// Opens the regular file at `relative` below `root`; `None` when there is none (or only a

@@ -221,8 +221,11 @@ mod tests {
                 });
                 barrier.wait();
                 let relative = std::path::PathBuf::from(format!("acct/d{i}/new.mp3"));
-                nofollow::rename_into(&root, &relative, &temp)
+                let id = nofollow::file_id(&fs::File::open(&temp).unwrap()).unwrap();
+                let previous = temp.with_extension("prev");
+                let kept = nofollow::rename_into(&root, &relative, &temp, id, &previous)
                     .unwrap_or_else(|e| panic!("upload {i}: {e}"));
+                assert!(!kept, "upload {i}: nothing was stored at its key before");
                 pruning.join().unwrap();
             });
             assert_eq!(

@@ -1,5 +1,5 @@
-//! ingest's publisher metrics: jobs journaled (one per voicemail, by why), late confirms, and
-//! their HELP texts, every series present at 0 from the start.
+//! The names of ingest's publisher metrics: jobs journaled (one per voicemail, by why) and late
+//! confirms. They are declared, with their HELP texts, in `vmpipe_common::metrics::INGEST`.
 
 /// Why a job was journaled (the `reason` of `vmpipe_jobs_journaled_total`).
 #[derive(Clone, Copy, Debug)]
@@ -15,7 +15,8 @@ pub(super) enum JournalReason {
 }
 
 impl JournalReason {
-    pub(super) const ALL: [Self; 4] = [
+    #[cfg(test)]
+    const ALL: [Self; 4] = [
         Self::Disconnected,
         Self::Timeout,
         Self::Failed,
@@ -35,25 +36,27 @@ impl JournalReason {
 pub(super) const JOURNALED_TOTAL: &str = "vmpipe_jobs_journaled_total";
 pub(super) const LATE_CONFIRMS_TOTAL: &str = "vmpipe_publish_late_confirms_total";
 
-/// HELP texts, and every series at 0 from the start.
-pub(super) fn describe_metrics() {
-    metrics::describe_counter!(
-        JOURNALED_TOTAL,
-        "Jobs written to the local journal instead of being confirmed by RabbitMQ at upload \
-         time, by reason (disconnected, timeout, failed, degraded); one per voicemail"
-    );
-    for reason in JournalReason::ALL {
-        metrics::counter!(JOURNALED_TOTAL, "reason" => reason.as_str()).increment(0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason is exported at 0 from the start, because it is declared with the metric.
+    #[test]
+    fn every_reason_is_declared() {
+        let metric = vmpipe_common::metrics::INGEST
+            .iter()
+            .find(|m| m.name == JOURNALED_TOTAL)
+            .expect("declared");
+        for reason in JournalReason::ALL {
+            assert!(
+                metric.series.contains(&&[("reason", reason.as_str())][..]),
+                "{reason:?}"
+            );
+        }
+        assert!(
+            vmpipe_common::metrics::INGEST
+                .iter()
+                .any(|m| m.name == LATE_CONFIRMS_TOTAL)
+        );
     }
-    metrics::describe_counter!(
-        LATE_CONFIRMS_TOTAL,
-        "Journaled jobs whose publish RabbitMQ confirmed after the publish timeout: their \
-         journal entry was removed instead of being published again"
-    );
-    metrics::counter!(LATE_CONFIRMS_TOTAL).increment(0);
-    metrics::describe_gauge!(
-        super::degraded::DEGRADED_GAUGE,
-        "1 while RabbitMQ is connected but not confirming in time \
-         (VMPIPE_PUBLISH_DEGRADED_AFTER timeouts in a row): uploads are journaled at once"
-    );
 }

@@ -6,15 +6,19 @@
 //! key has no `/` between its copies and is halved first ([`undouble`]). The query string is
 //! informational and ignored. Only 200 counts as success to KAZOO.
 
-use actix_web::HttpResponse;
 use actix_web::body::SizedStream;
+use actix_web::{HttpRequest, HttpResponse};
 use vmpipe_common::KeyError;
 use vmpipe_common::key::{decode_path, validate_segments};
 
 use super::AppState;
 use crate::error::ApiError;
 
-pub(super) async fn fetch(raw_key: &str, state: &AppState) -> Result<HttpResponse, ApiError> {
+pub(super) async fn fetch(
+    req: &HttpRequest,
+    raw_key: &str,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     let segments = match decode_path(raw_key) {
         Err(KeyError::Empty) => return Err(ApiError::NotFound),
         other => other?,
@@ -26,7 +30,9 @@ pub(super) async fn fetch(raw_key: &str, state: &AppState) -> Result<HttpRespons
         return Err(ApiError::NotFound);
     };
     metrics::counter!("vmpipe_fetches_total", "outcome" => "found").increment(1);
+    crate::request_span::note_key(req, key.as_str());
     let object = state.store.open(&key).await?.ok_or(ApiError::NotFound)?;
+    crate::request_span::note_bytes(req, object.size);
     Ok(HttpResponse::Ok()
         // KAZOO ignores the response type (it kept the one it uploaded with); this is for people.
         .content_type(key.content_type().unwrap_or("application/octet-stream"))

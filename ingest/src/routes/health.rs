@@ -11,6 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::{AppState, check_access};
 use crate::error::ApiError;
 use crate::publisher::BrokerState;
+use crate::server::Drain;
 
 /// `GET /metrics` on `VMPIPE_LISTEN`: for clients the access policy lets in.
 pub(crate) async fn metrics_endpoint(
@@ -44,15 +45,20 @@ pub(crate) async fn healthz() -> HttpResponse {
 /// `GET /readyz`: uploads can be accepted: storage is writable, and jobs are either confirmed
 /// by RabbitMQ or journaled on local disk until it is back. A broker that is away, refuses the
 /// credentials or does not confirm in time (`publisher_degraded`) is reported, but does not
-/// make ingest unready: its uploads are still made durable and answered.
-pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// make ingest unready: its uploads are still made durable and answered. 503 from the moment
+/// ingest is told to stop (it still serves during its drain, for clients that have not noticed
+/// yet).
+pub(crate) async fn readyz(state: web::Data<AppState>, drain: web::Data<Drain>) -> HttpResponse {
+    let stopping = drain.is_draining();
     let storage = state.store.check_writable().await;
     // A count kept by the journal: listing it here would let a flood of /readyz (no token is
     // needed) keep the disk busy, with 100k entries.
     let journaled = state.journal.count();
     let broker = state.jobs.broker_state();
+    let ready = storage.is_ok() && !stopping;
     let body = serde_json::json!({
-        "ready": storage.is_ok(),
+        "ready": ready,
+        "stopping": stopping,
         "storage": storage.as_ref().map_or_else(|e| e.to_string(), |()| "ok".to_owned()),
         "rabbitmq": match broker {
             BrokerState::Confirming => "connected",
@@ -65,7 +71,7 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "publisher_degraded": broker == BrokerState::NotConfirming,
         "journaled_jobs": journaled,
     });
-    if storage.is_ok() {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -49,10 +49,13 @@ pub(crate) async fn dispatch(
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
+    // A store or fetch: one access line when it ends (see request_span.rs).
+    crate::request_span::note_request(&req, None);
     if header_bytes > MAX_HEADER_BYTES {
         return Err(ApiError::HeadersTooLarge);
     }
     let requested = authorized_key(&req, &state)?;
+    crate::request_span::note_key(&req, requested.raw());
     match *req.method() {
         Method::PUT | Method::POST => {
             let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
@@ -78,7 +81,7 @@ pub(crate) async fn dispatch(
             }
             result.map(|(response, _)| response)
         }
-        Method::GET | Method::HEAD => fetch::fetch(requested.raw(), &state).await,
+        Method::GET | Method::HEAD => fetch::fetch(&req, requested.raw(), &state).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }

@@ -1,8 +1,10 @@
 //! `PUT|POST {prefix}/{key…}`: the upload is streamed into storage and committed, then its job
-//! is made durable (confirmed by RabbitMQ or journaled), and only then answered 201.
+//! is made durable (confirmed by RabbitMQ or journaled), and only then answered 201. A job that
+//! cannot be made durable (the journal's disk full while RabbitMQ is away) takes the commit
+//! back: no file is visible under a key without its job, and KAZOO retries the upload.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_actix_web::RequestId;
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
 use vmpipe_common::key::decode_path;
@@ -30,9 +32,10 @@ pub(super) async fn store(
         return Err(ApiError::KeyTooShort(segments.len()));
     }
     let key = StorageKey::from_segments(segments)?;
+    crate::request_span::note_key(req, key.as_str());
     let writer = state.store.create(&key);
     let (writer, received) = upload::receive(req, payload, writer, &state.limits).await?;
-    writer.commit().await?;
+    let committed = writer.commit().await?;
 
     let facts = PathFacts::from_segments(key.segments());
     let info = received.info;
@@ -73,16 +76,35 @@ pub(super) async fn store(
         Some(document) => document.splice_into(job.to_json()),
         None => job.to_json(),
     };
-    let enqueued = state.jobs.enqueue(&job, payload).await?;
+    let enqueued = match state.jobs.enqueue(&job, payload).await {
+        Ok(enqueued) => enqueued,
+        Err(e) => {
+            let e = ApiError::from(e);
+            match committed.revoke().await {
+                Ok(revoked) => warn!(storage_key = %key, error_code = e.code(), error = %e,
+                    cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
+                    ?revoked, "the job could not be recorded: upload refused and taken back"),
+                Err(undo) => error!(storage_key = %key, error_code = e.code(), error = %e,
+                    undo_error = %undo,
+                    "the job could not be recorded, nor the file taken back: run `worker reconcile`"),
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = committed.keep().await {
+        // Only the link to the replaced version is left over; removed with stale temp files.
+        warn!(storage_key = %key, error = %e, "could not remove the replaced version's link");
+    }
     info!(
         storage_key = %job.storage_key,
         size_bytes = job.size_bytes,
         upload_mode = job.upload_mode.as_str(),
         job_id = %job.job_id,
-        ?enqueued,
+        enqueued = enqueued.as_str(),
         "voicemail stored"
     );
     metrics::counter!("vmpipe_upload_bytes_total").increment(job.size_bytes);
+    crate::request_span::note_bytes(req, job.size_bytes);
     let response = HttpResponse::Created().json(serde_json::json!({
         "storage_key": job.storage_key,
         "size_bytes": job.size_bytes,

@@ -13,7 +13,8 @@
 //! `Content-Length` of body. Bytes after that (a pipelined request) wait until the response is
 //! done; they then start the next head's clock. It also escapes request-targets on the way
 //! ([`super::head`]) and gives actix-http's own empty-bodied errors vmpipe's JSON body
-//! ([`super::answers`]).
+//! ([`super::answers`]). When ingest stops, it closes its connection once idle between
+//! requests, never with a request's byte received ([`super::drain`]).
 
 use std::cell::Cell;
 use std::io;
@@ -27,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::answers;
+use super::drain::Closing;
 use super::head::HeadScan;
 
 /// How long a request head may take, from its first byte.
@@ -99,10 +101,12 @@ pub(crate) struct Gate<T> {
     unflushed: bool,
     /// The gate's own bytes, written before anything else.
     out: BytesMut,
+    /// Ingest is stopping: an idle connection closes (see [`super::drain`]).
+    closing: Closing,
 }
 
 impl<T> Gate<T> {
-    pub(crate) fn new(io: T) -> Self {
+    pub(crate) fn new(io: T, closing: Closing) -> Self {
         let shared = Shared {
             phase: Cell::new(Phase::Head {
                 started: Some(Instant::now()),
@@ -121,6 +125,7 @@ impl<T> Gate<T> {
             tail: Vec::new(),
             unflushed: false,
             out: BytesMut::new(),
+            closing,
         }
     }
 
@@ -260,6 +265,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<T> {
                     }
                     if this.held.is_empty() {
                         match this.fill(cx) {
+                            // Idle between requests, no byte of a next one here, and ingest
+                            // is stopping: the connection ends (actix sees the end of input).
+                            Poll::Pending if started.is_none() && this.closing.poll_now(cx) => {
+                                return Poll::Ready(Ok(()));
+                            }
                             Poll::Pending => return this.wait(started, cx),
                             Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
                             Poll::Ready(Ok(_)) => {

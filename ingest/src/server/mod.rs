@@ -6,6 +6,7 @@
 //! request of a connection.
 
 mod answers;
+mod drain;
 mod gate;
 mod head;
 mod track;
@@ -15,7 +16,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use actix_http::{HttpService, Request, Response, body::MessageBody};
-use actix_server::{GracefulShutdownSignal, ServerBuilder};
+use actix_server::ServerBuilder;
 use actix_service::{
     IntoServiceFactory, ServiceFactory, ServiceFactoryExt, fn_service, map_config,
 };
@@ -25,6 +26,7 @@ use actix_web::rt::net::TcpStream;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub(crate) use drain::{Drain, close_when_draining};
 use gate::Gate;
 pub(crate) use track::track;
 
@@ -35,12 +37,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(150);
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Adds a listener on `listener` serving the app `factory` makes (one per worker thread), over
-/// TLS when `tls` is set.
+/// TLS when `tls` is set. Its connections close when `drain` says (see [`drain`]).
 pub(crate) fn listen<F, I, S, B>(
     builder: ServerBuilder,
     name: &str,
     listener: TcpListener,
     tls: Option<ServerConfig>,
+    drain: &Drain,
     factory: F,
 ) -> std::io::Result<ServerBuilder>
 where
@@ -54,26 +57,31 @@ where
     <S::Service as actix_service::Service<Request>>::Future: 'static,
     B: MessageBody + 'static,
 {
-    let shutdown = builder.graceful_shutdown_signal();
+    let drain = drain.clone();
     match tls {
         None => builder.listen(name, listener, move || {
-            fn_service(|io: TcpStream| async move {
-                let peer = io.peer_addr().ok();
-                Ok::<_, ()>((Gate::new(io), peer))
+            let drain = drain.clone();
+            fn_service(move |io: TcpStream| {
+                let closing = drain.closing();
+                async move {
+                    let peer = io.peer_addr().ok();
+                    Ok::<_, ()>((Gate::new(io, closing), peer))
+                }
             })
-            .and_then(http(&factory, &shutdown))
+            .and_then(http(&factory))
         }),
         Some(config) => {
             let acceptor = Acceptor::new(config);
             builder.listen(name, listener, move || {
+                let drain = drain.clone();
                 acceptor
                     .clone()
                     .map_err(|_| ())
-                    .map(|io: TlsStream<TcpStream>| {
+                    .map(move |io: TlsStream<TcpStream>| {
                         let peer = io.get_ref().0.peer_addr().ok();
-                        (Gate::new(io), peer)
+                        (Gate::new(io, drain.closing()), peer)
                     })
-                    .and_then(http(&factory, &shutdown))
+                    .and_then(http(&factory))
             })
         }
     }
@@ -82,7 +90,6 @@ where
 /// HTTP/1 over a gated connection, for one worker thread's copy of the app.
 fn http<T, F, I, S, B>(
     factory: &F,
-    shutdown: &GracefulShutdownSignal,
 ) -> impl ServiceFactory<
     (Gate<T>, Option<SocketAddr>),
     Config = (),
@@ -102,7 +109,6 @@ where
     <S::Service as actix_service::Service<Request>>::Future: 'static,
     B: MessageBody + 'static,
 {
-    let shutdown = shutdown.clone();
     let app = factory()
         .into_factory()
         .map_err(|e| e.into().error_response());
@@ -111,10 +117,9 @@ where
         // The gate times every head, the first one included, and answers with JSON.
         .client_request_timeout(Duration::ZERO)
         .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-        .graceful_shutdown_signal(move || {
-            let shutdown = shutdown.clone();
-            async move { shutdown.notified().await }
-        })
+        // No graceful-shutdown signal for actix-http: it would close every idle connection at
+        // once, and drop a request whose bytes had arrived. The gates close idle connections
+        // themselves, between requests (see drain.rs).
         .on_connect_ext(|io: &Gate<T>, data: &mut Extensions| {
             data.insert(io.handle());
         })

@@ -278,9 +278,11 @@ pub fn fuzz_multipart(content_type: &str, body: &[u8], base64: Base64Mode) -> Re
         }
         fn commit(
             self: Box<Self>,
-        ) -> vmpipe_common::store::BoxFuture<'static, Result<(), vmpipe_common::StorageError>>
-        {
-            Box::pin(async { Ok(()) })
+        ) -> vmpipe_common::store::BoxFuture<
+            'static,
+            Result<Box<dyn vmpipe_common::Committed>, vmpipe_common::StorageError>,
+        > {
+            Box::pin(async { Err(vmpipe_common::StorageError::Conflict("never stored".into())) })
         }
     }
     let Ok(mime) = content_type.parse::<mime::Mime>() else {

@@ -181,7 +181,8 @@ async fn handle_delivery(
             Settlement::Requeue => requeue(&delivery).await,
             Settlement::RetryAfter(wait) => {
                 if let Outcome::Failed(reason) = &outcome {
-                    warn!(%reason, deliveries, retry_in = ?wait, "job failed; it will be retried");
+                    warn!(error = %reason, code = reason.code(), deliveries,
+                        retry_in_ms = wait.as_millis() as u64, "job failed; it will be retried");
                 }
                 match stop.wait(tokio::time::sleep(*wait)).await {
                     Err(_) if stop.channel_lost() => Ok(false),
@@ -189,7 +190,11 @@ async fn handle_delivery(
                 }
             }
             Settlement::DeadLetter(reason) => {
-                warn!(%reason, "job can never succeed; dead-lettering it");
+                let code = match &outcome {
+                    Outcome::Failed(error) => error.code(),
+                    _ => "never_completed",
+                };
+                warn!(%reason, code, "job can never succeed; dead-lettering it");
                 let queue = amqp::dead_letter_queue(&context.settings.queue);
                 match dead_letter(dead_letters, &queue, &delivery, reason).await {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,

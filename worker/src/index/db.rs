@@ -89,15 +89,16 @@ impl From<sqlx::Error> for DbError {
 ///
 /// In the same statement, queues a `transcriptions` row for each of `hooks`: a new one for a
 /// new voicemail, a reset one when the audio is newer than the one transcribed, nothing when a
-/// job is merely delivered again. Returns the storage keys whose row was written.
+/// job is merely delivered again. Returns the storage keys whose row was written, each with
+/// whether its row is new (a voicemail indexed for the first time).
 pub(crate) async fn upsert_voicemails(
     pool: &PgPool,
     rows: &[&VoicemailRow],
     hooks: &[String],
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<(String, bool)>, sqlx::Error> {
     // The rows travel as one JSON array that PostgreSQL reads with the table's own row type:
     // one parameter whatever the batch size.
-    sqlx::query_scalar(
+    sqlx::query_as(
         "WITH incoming AS (
             SELECT DISTINCT ON (storage_key) *
             FROM jsonb_populate_recordset(NULL::voicemails, $1)
@@ -148,7 +149,8 @@ pub(crate) async fn upsert_voicemails(
                 metadata = EXCLUDED.metadata,
                 dropped_metadata = EXCLUDED.dropped_metadata
             WHERE voicemails.received_at <= EXCLUDED.received_at
-            RETURNING id, storage_key, received_at
+            -- xmax is 0 on a row this statement inserted (not on one it updated).
+            RETURNING id, storage_key, received_at, (xmax = 0) AS inserted
         ), queued AS (
             INSERT INTO transcriptions (voicemail_id, hook, audio_received_at)
             SELECT indexed.id, hook, indexed.received_at FROM indexed, unnest($2::text[]) AS hook
@@ -158,7 +160,7 @@ pub(crate) async fn upsert_voicemails(
                 attempt_id = NULL, audio_received_at = EXCLUDED.audio_received_at
             WHERE transcriptions.audio_received_at < EXCLUDED.audio_received_at
         )
-        SELECT storage_key FROM indexed",
+        SELECT storage_key, inserted FROM indexed",
     )
     .bind(Json(rows))
     .bind(hooks)

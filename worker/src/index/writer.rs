@@ -58,8 +58,11 @@ async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Rec
         let rows: Vec<&VoicemailRow> = batch.iter().map(|p| &p.row).collect();
         match db::upsert_voicemails(&pool, &rows, &hooks).await {
             Ok(written) => {
+                count_new_voicemails(&written);
                 for pending in batch.drain(..) {
-                    let was_written = written.contains(&pending.row.storage_key);
+                    let was_written = written
+                        .iter()
+                        .any(|(key, _)| *key == pending.row.storage_key);
                     let _ = pending.written.send(Ok(was_written));
                 }
             }
@@ -74,7 +77,10 @@ async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Rec
                     for pending in batch.drain(..) {
                         let result = db::upsert_voicemails(&pool, &[&pending.row], &hooks)
                             .await
-                            .map(|written| !written.is_empty())
+                            .map(|written| {
+                                count_new_voicemails(&written);
+                                !written.is_empty()
+                            })
                             .map_err(DbError::from);
                         let _ = pending.written.send(result);
                     }
@@ -82,4 +88,11 @@ async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Rec
             }
         }
     }
+}
+
+/// Counts the voicemails indexed for the first time: a job delivered again, or a newer upload
+/// of the same key, updates its row and is not counted.
+fn count_new_voicemails(written: &[(String, bool)]) {
+    let new = written.iter().filter(|(_, inserted)| *inserted).count() as u64;
+    metrics::counter!("vmpipe_voicemails_indexed_total").increment(new);
 }

@@ -138,7 +138,12 @@ impl HookRunner {
             .iter()
             .map(|hook| (hook.name().to_owned(), self.concurrency_of(hook.as_ref())))
             .collect();
-        info!(hooks = ?concurrency, worker_id = %self.identity.name, pid = self.identity.pid,
+        let listed = concurrency
+            .iter()
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        info!(hooks = %listed, worker_id = %self.identity.name, pid = self.identity.pid,
             "hook runner started");
         match self.queue.hand_back_previous(&self.identity).await {
             Ok(0) => {}
@@ -212,7 +217,7 @@ impl HookRunner {
                 Ok(None) => POLL_INTERVAL,
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?wait, "cannot claim hook work");
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot claim hook work");
                     wait
                 }
             };
@@ -288,7 +293,7 @@ impl HookRunner {
             let run_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
             match &result {
                 Ok(transcript) => info!(run_ms, chars = transcript.text.len(), "hook done"),
-                Err(e) => warn!(run_ms, error = %e, outcome, "hook attempt failed"),
+                Err(e) => warn!(run_ms, error = %e, code = e.code(), outcome, "hook attempt failed"),
             }
             let retry_after = match next {
                 Next::RetryAfter(wait) => Some(wait),

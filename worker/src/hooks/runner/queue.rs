@@ -208,7 +208,7 @@ impl TranscriptionQueue {
                 }
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?wait, "cannot record the hook's outcome");
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record the hook's outcome");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => return,
