@@ -117,8 +117,9 @@ pub const INGEST: &[Metric] = &[
     Metric::new(
         "vmpipe_publish_failures_total",
         Kind::Counter,
-        "Publishes during an upload that failed or got no confirm in time (that job was \
-         journaled). Not counted while no connection is up: see vmpipe_journal_jobs.",
+        "Publishes that failed or got no confirm in time: an upload's (its job was journaled) \
+         or a group of the journal's drain (left in the journal). Not counted while no \
+         connection is up: see vmpipe_jobs_journaled_total.",
     ),
     Metric::new(
         "vmpipe_journal_jobs",

@@ -114,7 +114,11 @@ impl Publisher {
             if result.is_ok() && started.elapsed() <= this.inner.publish_timeout {
                 this.inner.health.confirmed();
             }
-            debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "confirm probe");
+            debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                ok = result.is_ok(),
+                "confirm probe"
+            );
             let _ = this.inner.probing.compare_exchange(
                 generation,
                 0,

@@ -136,9 +136,9 @@ pub(crate) fn check_access(
         if denied == Denied::Network {
             // Explained once in a while per client, not once per request.
             access.explain_refusal(presented.peer);
-            debug!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+            debug!(reason = %denied, peer = %presented.peer.map_or_else(String::new, |ip| ip.to_string()), method = %req.method(), "request denied");
         } else {
-            warn!(reason = %denied, peer = ?presented.peer, method = %req.method(), "request denied");
+            warn!(reason = %denied, peer = %presented.peer.map_or_else(String::new, |ip| ip.to_string()), method = %req.method(), "request denied");
         }
         ApiError::Denied(denied)
     })

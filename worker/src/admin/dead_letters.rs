@@ -95,8 +95,12 @@ pub async fn drop_dead_letters(
             let dead = describe(message);
             if filter.matches(&dead) {
                 message.delivery.ack(BasicAckOptions::default()).await?;
-                info!(job_id = ?dead.job_id, storage_key = ?dead.storage_key,
-                    reason = ?dead.reason, "dead letter dropped");
+                info!(
+                    job_id = dead.job_id.as_deref().unwrap_or(""),
+                    storage_key = dead.storage_key.as_deref().unwrap_or(""),
+                    reason = dead.reason.as_deref().unwrap_or(""),
+                    "dead letter dropped"
+                );
                 report.dropped += 1;
             } else {
                 report.kept += 1;

@@ -117,7 +117,11 @@ pub async fn reconcile(
     if !report.rows_without_file.is_empty() {
         warn!(
             rows = report.rows_without_file.count,
-            first = ?report.rows_without_file.keys.first(),
+            first = report
+                .rows_without_file
+                .keys
+                .first()
+                .map_or("", String::as_str),
             "rows without a file in storage (listed in the report)"
         );
     }
