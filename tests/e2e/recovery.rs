@@ -270,3 +270,49 @@ async fn rabbitmq_lost_while_postgresql_is_down_is_noticed_at_once_and_counted_o
     worker.sigkill().await;
     stack.finish().await;
 }
+
+/// RabbitMQ hangs: its connection stays open and nothing is answered (what a SIGSTOPped or
+/// wedged broker looks like). The worker's `/readyz` says so within seconds instead of
+/// "consuming", is ready again once the broker answers, and consumes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_rabbitmq_makes_the_worker_unready_until_it_answers_again() {
+    let mut stack = Stack::start(false).await;
+    let amqp_proxy = Proxy::start(url_addr(&amqp_url())).await;
+    let mut settings = stack.worker_settings();
+    settings.amqp_url = SecretUrl(amqp_proxy.url_for(&amqp_url()));
+    let worker = Service::spawn("worker", &settings).await;
+    stack.wait_for_schema().await;
+    let ready = time_until(WAIT, async || {
+        worker.get("/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(ready.is_some(), "ready before the hang");
+
+    amqp_proxy.pause();
+    let noticed = time_until(Duration::from_secs(30), async || {
+        worker.get("/readyz").await.is_some_and(|(status, body)| {
+            status == 503 && body.contains(r#""rabbitmq":"connected but not answering""#)
+        })
+    })
+    .await;
+    eprintln!("recovery: RabbitMQ hung: the worker's /readyz said so after {noticed:?}");
+    let last = worker.get("/readyz").await;
+    amqp_proxy.resume();
+    let noticed = noticed.unwrap_or_else(|| panic!("/readyz during the hang: {last:?}"));
+    assert!(
+        noticed <= Duration::from_secs(15),
+        "noticed after {noticed:?}"
+    );
+
+    let back = time_until(Duration::from_secs(30), async || {
+        worker.get("/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    eprintln!("recovery: RabbitMQ answering again: ready after {back:?}");
+    assert!(back.is_some(), "ready again once RabbitMQ answers");
+    let pool = stack.pool().clone();
+    upload(&stack.ingest.client(), "h", 0..2, &wav_pcm16(8000, 300)).await;
+    wait_for_count(&pool, "SELECT count(*) FROM voicemails", 2, WAIT).await;
+    worker.sigkill().await;
+    stack.finish().await;
+}

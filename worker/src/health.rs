@@ -20,6 +20,9 @@ pub(crate) struct Health {
     pub consuming: std::sync::atomic::AtomicBool,
     /// RabbitMQ refused the credentials at the last connection attempt.
     pub credentials_refused: std::sync::atomic::AtomicBool,
+    /// Connected, but RabbitMQ did not answer the last sign-of-life request in time (a hung
+    /// broker): not ready until it answers.
+    pub unanswered: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
@@ -29,6 +32,13 @@ impl Health {
         if on {
             self.set_credentials_refused(false);
         }
+        self.set_unanswered(false);
+    }
+
+    /// Whether RabbitMQ left the last sign-of-life request unanswered; returns what it was.
+    pub(crate) fn set_unanswered(&self, unanswered: bool) -> bool {
+        self.unanswered
+            .swap(unanswered, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn set_credentials_refused(&self, refused: bool) {
@@ -150,11 +160,13 @@ async fn readiness(server: &HealthServer) -> (u16, &'static str, String) {
         None => false,
     };
     let consuming = server.health.consuming.load(Ordering::Relaxed);
-    let ready = database && consuming;
+    let unanswered = server.health.unanswered.load(Ordering::Relaxed);
+    let ready = database && consuming && !unanswered;
     let body = serde_json::json!({
         "ready": ready,
         "database": if database { "ok" } else { "unreachable" },
         "rabbitmq": match (consuming, server.health.credentials_refused.load(Ordering::Relaxed)) {
+            (true, _) if unanswered => "connected but not answering",
             (true, _) => "consuming",
             (false, true) => "refused the credentials (VMPIPE_AMQP_URL)",
             (false, false) => "not connected",

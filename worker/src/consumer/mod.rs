@@ -13,6 +13,7 @@
 //!
 //! [`pipeline`]: crate::pipeline
 
+mod liveness;
 mod settle;
 
 use futures_util::StreamExt;
@@ -91,6 +92,11 @@ async fn consume_once(
         .await?;
     info!(queue = %settings.queue, concurrency = settings.worker_concurrency, "consuming jobs");
     context.health.set_consuming(true);
+    let watchdog = tokio::spawn(liveness::watch(
+        connection.create_channel().await?,
+        settings.queue.clone(),
+        context.health.clone(),
+    ));
 
     let tasks = TaskTracker::new();
     let stop = Stop {
@@ -135,6 +141,7 @@ async fn consume_once(
             Err(ConsumeError::Lost)
         }
     };
+    watchdog.abort();
     // A broken connection may never answer a close: do not wait on it.
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(2),

@@ -193,7 +193,7 @@ impl HookRunner {
         let hook = std::slice::from_ref(&self.names[index]);
         let slots = Arc::new(Semaphore::new(concurrency));
         let tasks = TaskTracker::new();
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::reconnect();
         loop {
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot.expect("never closed"),

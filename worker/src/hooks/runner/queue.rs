@@ -160,7 +160,7 @@ impl TranscriptionQueue {
         retry_after: Option<Duration>,
         shutdown: &CancellationToken,
     ) {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::reconnect();
         loop {
             let written = match &result {
                 Ok(transcript) => {
