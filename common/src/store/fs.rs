@@ -2,10 +2,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -73,10 +74,17 @@ impl FsStore {
             }
         });
         for entry in entries {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+            // The later of its modification and its change: a `.prev` hard link of an old
+            // voicemail keeps the file's old mtime, but its ctime is when it was linked (an
+            // upload of another ingest sharing this storage may still need it).
+            let old = entry.metadata().is_ok_and(|m| {
+                let changed =
+                    UNIX_EPOCH + Duration::from_secs(u64::try_from(m.ctime()).unwrap_or_default());
+                let touched = m
+                    .modified()
+                    .map_or(changed, |modified| modified.max(changed));
+                now.duration_since(touched).unwrap_or_default() >= min_age
+            });
             if old && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
@@ -374,5 +382,47 @@ mod tests {
         assert_eq!(store.find_prefix(dir_only).await.unwrap(), None);
         let unknown = decode_path("acct/nope/a.mp3").unwrap();
         assert_eq!(store.find_prefix(unknown).await.unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use super::*;
+
+    /// A `.prev` link made a moment ago to an old voicemail keeps the file's old mtime; the
+    /// sweep of a starting ingest must leave it to the upload that may still put it back.
+    #[test]
+    fn a_fresh_link_to_an_old_file_is_not_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let old = dir.path().join("old.mp3");
+        fs::write(&old, b"old").unwrap();
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        let shard = dir.path().join("tmp/0");
+        fs::create_dir_all(&shard).unwrap();
+        let link = shard.join("upload.prev");
+        fs::hard_link(&old, &link).unwrap();
+        let stale = shard.join("abandoned.part");
+        fs::write(&stale, b"x").unwrap();
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+
+        let removed = store
+            .remove_stale_temp_files(Duration::from_secs(3600))
+            .unwrap();
+        assert!(link.exists(), "the fresh link stays");
+        // The abandoned file's ctime is now too (set_modified changes it): nothing old here.
+        assert_eq!(removed, 0);
+        assert!(stale.exists());
+        assert!(store.remove_stale_temp_files(Duration::ZERO).unwrap() >= 2);
     }
 }

@@ -66,6 +66,9 @@ fn open_dirs(root: &Path, dirs: &[&OsStr], create: bool) -> Result<OwnedFd, Walk
                     })?,
                     // Made by a concurrent upload meanwhile.
                     Err(e) if e == rustix::io::Errno::EXIST => {}
+                    // The directory it goes in was removed meanwhile (`worker prune` empties
+                    // directories): the walk starts again.
+                    Err(e) if e == rustix::io::Errno::NOENT => return Err(Walk::Absent),
                     Err(e) => {
                         return Err(Walk::Failed(StorageError::io(
                             "create directory",

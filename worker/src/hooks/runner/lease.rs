@@ -22,6 +22,11 @@ use super::queue::TranscriptionQueue;
 pub(super) const LEASE: Duration = Duration::from_secs(15);
 /// How often a worker renews the leases of its runs.
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(3);
+/// A run is handed back by a restarted worker only once its lease has gone unrenewed this long
+/// (two heartbeats missed): its process is gone, not a live namesake's.
+pub(super) const UNRENEWED: Duration = Duration::from_secs(2 * 3);
+/// When a starting worker looks again for its previous process's runs.
+pub(super) const HAND_BACK_AFTER: Duration = Duration::from_secs(2 * 3 + 1);
 
 /// Who runs an attempt: the worker's stable name, and this process.
 #[derive(Clone, Debug)]

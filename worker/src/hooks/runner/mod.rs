@@ -145,14 +145,19 @@ impl HookRunner {
             .join(",");
         info!(hooks = %listed, worker_id = %self.identity.name, pid = self.identity.pid,
             "hook runner started");
-        match self.queue.hand_back_previous(&self.identity).await {
-            Ok(0) => {}
-            Ok(handed) => info!(
-                runs = handed,
-                "handed back the hook runs this worker's previous process left running"
-            ),
-            // Their leases expire instead.
-            Err(e) => warn!(error = %e, "cannot hand back this worker's previous hook runs"),
+        // Twice: at once for runs whose lease went unrenewed long ago, then once the runs of a
+        // process that just died have missed two heartbeats (a live process with the same name
+        // and pid, in another PID namespace, renews its own meanwhile and keeps them).
+        self.hand_back_previous().await;
+        {
+            let runner = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(lease::HAND_BACK_AFTER) => runner.hand_back_previous().await,
+                    _ = stop.cancelled() => {}
+                }
+            });
         }
         let heartbeat = {
             let runner = self.clone();
@@ -180,6 +185,18 @@ impl HookRunner {
         schedulers.wait().await;
         let _ = heartbeat.await;
         info!("hook runner stopped");
+    }
+
+    async fn hand_back_previous(&self) {
+        match self.queue.hand_back_previous(&self.identity).await {
+            Ok(0) => {}
+            Ok(handed) => info!(
+                runs = handed,
+                "handed back the hook runs this worker's previous process left running"
+            ),
+            // Their leases expire instead.
+            Err(e) => warn!(error = %e, "cannot hand back this worker's previous hook runs"),
+        }
     }
 
     /// The scheduler of the hook at `index`: claims its due rows, `concurrency` at a time.

@@ -120,10 +120,12 @@ impl TranscriptionQueue {
         let leased: Vec<(i64, Uuid, Option<i32>)> = sqlx::query_as(
             "SELECT id, attempt_id, leased_pid FROM transcriptions
              WHERE status = 'running' AND leased_by = $1 AND leased_instance IS DISTINCT FROM $2
-               AND attempt_id IS NOT NULL",
+               AND attempt_id IS NOT NULL
+               AND next_attempt_at < now() + $3 * interval '1 second'",
         )
         .bind(&me.name)
         .bind(me.instance)
+        .bind((super::lease::LEASE - super::lease::UNRENEWED).as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         let (ids, attempts): (Vec<i64>, Vec<Uuid>) = leased
