@@ -129,3 +129,14 @@ pub enum Revoked {
     /// Another upload of the key replaced it meanwhile (or it is gone): left alone.
     Superseded,
 }
+
+impl Revoked {
+    /// For logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Revoked::Removed => "removed",
+            Revoked::Restored => "restored",
+            Revoked::Superseded => "superseded",
+        }
+    }
+}

@@ -10,9 +10,43 @@ use vmpipe_common::job::JOB_SCHEMA_VERSION;
 use vmpipe_common::key::decode_path;
 use vmpipe_common::{PathFacts, StorageKey, UploadMode, VoicemailJob};
 
+use vmpipe_common::store::Committed;
+
 use super::AppState;
 use crate::error::ApiError;
+use crate::publisher::{Enqueued, Publisher};
 use crate::upload;
+
+/// Makes `job` durable (confirmed or journaled) and keeps the commit, or takes the commit back
+/// when the job cannot be recorded.
+async fn record_job(
+    jobs: Publisher,
+    committed: Box<dyn Committed>,
+    key: StorageKey,
+    job: VoicemailJob,
+    payload: Vec<u8>,
+) -> Result<(Enqueued, VoicemailJob), ApiError> {
+    let enqueued = match jobs.enqueue(&job, payload).await {
+        Ok(enqueued) => enqueued,
+        Err(e) => {
+            let e = ApiError::from(e);
+            match committed.revoke().await {
+                Ok(revoked) => warn!(storage_key = %key, error_code = e.code(), error = %e,
+                    cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
+                    revoked = revoked.as_str(), "the job could not be recorded: upload refused and taken back"),
+                Err(undo) => error!(storage_key = %key, error_code = e.code(), error = %e,
+                    undo_error = %undo,
+                    "the job could not be recorded, nor the file taken back: run `worker reconcile`"),
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = committed.keep().await {
+        // Only the link to the replaced version is left over; removed with stale temp files.
+        warn!(storage_key = %key, error = %e, "could not remove the replaced version's link");
+    }
+    Ok((enqueued, job))
+}
 
 /// The fewest segments a stored key has (KAZOO's shortest layout is three).
 const MIN_STORE_SEGMENTS: usize = 2;
@@ -76,25 +110,16 @@ pub(super) async fn store(
         Some(document) => document.splice_into(job.to_json()),
         None => job.to_json(),
     };
-    let enqueued = match state.jobs.enqueue(&job, payload).await {
-        Ok(enqueued) => enqueued,
-        Err(e) => {
-            let e = ApiError::from(e);
-            match committed.revoke().await {
-                Ok(revoked) => warn!(storage_key = %key, error_code = e.code(), error = %e,
-                    cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
-                    ?revoked, "the job could not be recorded: upload refused and taken back"),
-                Err(undo) => error!(storage_key = %key, error_code = e.code(), error = %e,
-                    undo_error = %undo,
-                    "the job could not be recorded, nor the file taken back: run `worker reconcile`"),
-            }
-            return Err(e);
-        }
+    // A task of its own: a client that goes away (the request's future dropped) must not stop
+    // it between the commit and the job being recorded, or the commit being taken back.
+    let recorded =
+        actix_web::rt::spawn(record_job(state.jobs.clone(), committed, key, job, payload));
+    let (enqueued, job) = match recorded.await {
+        Ok(recorded) => recorded?,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is stopping.
+        Err(_) => return Err(ApiError::Busy),
     };
-    if let Err(e) = committed.keep().await {
-        // Only the link to the replaced version is left over; removed with stale temp files.
-        warn!(storage_key = %key, error = %e, "could not remove the replaced version's link");
-    }
     info!(
         storage_key = %job.storage_key,
         size_bytes = job.size_bytes,
