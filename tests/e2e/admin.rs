@@ -194,20 +194,8 @@ async fn transcribe_all_queues_a_hook_for_every_voicemail_and_a_worker_runs_each
     let audio = wav_pcm16(8000, 300);
     let names = ["t0.wav", "t1.wav", "t2.wav"];
     for name in names {
-        let document = mailbox_message("d", name);
-        let att = Attachment {
-            document_id: "d",
-            name,
-            content_type: "audio/wav",
-            data: &audio,
-            document: &document,
-        };
         stack
-            .put(
-                &format!("/{ACCOUNT}/doc-{name}/{name}"),
-                Body::Multipart,
-                &att,
-            )
+            .put_wav(&format!("/{ACCOUNT}/doc-{name}/{name}"), name, &audio)
             .await;
     }
     wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 3, WAIT).await;

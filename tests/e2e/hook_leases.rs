@@ -89,15 +89,6 @@ async fn start_worker(stack: &mut Stack, config: &Path, id: &str) -> Service {
     worker
 }
 
-async fn upload(stack: &Stack, name: &str) {
-    let r = stack
-        .ingest
-        .client()
-        .store_voicemail(ACCOUNT, name, &wav_pcm16(8000, 300), "audio/wav")
-        .await;
-    assert_eq!(r.status, 201, "{name}");
-}
-
 /// Checks, once every run is done: each voicemail's hook completed exactly once, each start was
 /// an attempt of its own (its own attempt id, counted in `attempts`).
 async fn assert_each_completed_once(stack: &Stack, dir: &Path, names: &[&str]) {
@@ -160,7 +151,7 @@ async fn a_killed_worker_takes_its_hooks_along_and_its_restart_runs_them_again()
     let mut stack = Stack::start(false).await;
     let names = ["kill-a.wav", "kill-b.wav"];
     for name in names {
-        upload(&stack, name).await;
+        stack.upload_wav(ACCOUNT, name).await;
     }
     let id = format!("restarting-{}", hex32());
     let kills = 3;
@@ -212,7 +203,7 @@ async fn another_worker_takes_a_dead_worker_s_run_over_within_the_lease() {
     let config = hooks_file(dir, &[recording_hook(dir)]);
     std::fs::write(dir.join("slow"), "").unwrap();
     let mut stack = Stack::start(false).await;
-    upload(&stack, "takeover.wav").await;
+    stack.upload_wav(ACCOUNT, "takeover.wav").await;
     let first = start_worker(&mut stack, &config, &format!("first-{}", hex32())).await;
     wait_for_lines(&dir.join("children"), 1, Duration::from_secs(60)).await;
     // The heartbeat renews the lease (15 s) while the run goes on: 7 s later, more than 10 s

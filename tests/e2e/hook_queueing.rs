@@ -10,15 +10,6 @@ use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
 
-async fn upload(stack: &Stack, name: &str) {
-    let r = stack
-        .ingest
-        .client()
-        .store_voicemail(ACCOUNT, name, &wav_pcm16(8000, 300), "audio/wav")
-        .await;
-    assert_eq!(r.status, 201, "{name}");
-}
-
 async fn count(stack: &Stack, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(stack.pool())
@@ -54,7 +45,7 @@ async fn a_slow_hook_does_not_hold_up_a_fast_one() {
     let started = Instant::now();
     let names = ["q1.wav", "q2.wav", "q3.wav"];
     for name in names {
-        upload(&stack, name).await;
+        stack.upload_wav(ACCOUNT, name).await;
     }
     for name in names {
         let row = stack
@@ -185,7 +176,7 @@ async fn a_json_answer_without_text_is_a_failed_attempt() {
         ..stack.worker_settings()
     };
     stack.start_worker_with(settings).await;
-    upload(&stack, "json.wav").await;
+    stack.upload_wav(ACCOUNT, "json.wav").await;
     for (hook, says) in [
         (
             "printer",

@@ -16,20 +16,8 @@ async fn stored(names: &[(&str, &str)], recent: &[&str]) -> Stack {
     let stack = Stack::start(true).await;
     let audio = wav_pcm16(8000, 300);
     for (account, name) in names {
-        let document = mailbox_message("d", name);
-        let att = Attachment {
-            document_id: "d",
-            name,
-            content_type: "audio/wav",
-            data: &audio,
-            document: &document,
-        };
         stack
-            .put(
-                &format!("/{account}/doc-{name}/{name}"),
-                Body::Multipart,
-                &att,
-            )
+            .put_wav(&format!("/{account}/doc-{name}/{name}"), name, &audio)
             .await;
     }
     let count = names.len() as i64;

@@ -17,15 +17,9 @@ async fn upload(client: &Kazoo, tag: &str, range: std::ops::Range<usize>, audio:
     for i in range {
         let name = format!("{tag}{i}.wav");
         let path = format!("/{ACCOUNT}/202612-{i:032x}/{name}");
-        let document = mailbox_message("d", &name);
-        let att = Attachment {
-            document_id: "d",
-            name: &name,
-            content_type: "audio/wav",
-            data: audio,
-            document: &document,
-        };
-        let r = client.store(Verb::Put, &path, Body::Multipart, &att).await;
+        let r = client
+            .store_voicemail_at(&path, "d", &name, audio, "audio/wav")
+            .await;
         assert_eq!(r.status, 201, "PUT {path}");
     }
 }

@@ -88,16 +88,30 @@ impl Kazoo {
         content_type: &str,
     ) -> Response {
         let document_id = format!("202611-{}", hex32());
-        let document = mailbox_message(&document_id, name);
+        let path = format!("/{account}/{document_id}/{name}");
+        self.store_voicemail_at(&path, &document_id, name, audio, content_type)
+            .await
+    }
+
+    /// A voicemail as KAZOO stores it (a multipart PUT of its mailbox document, whose id is
+    /// `document_id`, then the audio `name`), at `path`.
+    pub async fn store_voicemail_at(
+        &self,
+        path: &str,
+        document_id: &str,
+        name: &str,
+        audio: &[u8],
+        content_type: &str,
+    ) -> Response {
+        let document = mailbox_message(document_id, name);
         let att = Attachment {
-            document_id: &document_id,
+            document_id,
             name,
             content_type,
             data: audio,
             document: &document,
         };
-        let path = format!("/{account}/{document_id}/{name}");
-        self.store(Verb::Put, &path, Body::Multipart, &att).await
+        self.store(Verb::Put, path, Body::Multipart, &att).await
     }
 
     /// KAZOO's credentials probe, as it stores it when a storage document is saved: a

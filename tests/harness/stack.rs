@@ -117,6 +117,26 @@ impl Stack {
         assert_eq!(r.status, 201, "PUT {path}");
     }
 
+    /// A WAV voicemail stored as KAZOO does, at `path` (document id `d`); asserts the 201.
+    pub async fn put_wav(&self, path: &str, name: &str, audio: &[u8]) {
+        let r = self
+            .ingest
+            .client()
+            .store_voicemail_at(path, "d", name, audio, "audio/wav")
+            .await;
+        assert_eq!(r.status, 201, "PUT {path}");
+    }
+
+    /// A WAV voicemail of 300 ms stored as KAZOO does under `account`; asserts the 201.
+    pub async fn upload_wav(&self, account: &str, name: &str) {
+        let r = self
+            .ingest
+            .client()
+            .store_voicemail(account, name, &crate::wav_pcm16(8000, 300), "audio/wav")
+            .await;
+        assert_eq!(r.status, 201, "{name}");
+    }
+
     pub async fn finish(mut self) {
         self.stop_worker().await;
         if let Some(pool) = self.pool.take() {
