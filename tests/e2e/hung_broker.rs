@@ -16,19 +16,6 @@ const HANG: Duration = Duration::from_secs(12);
 /// Confirm timeouts in a row before ingest stops waiting (the default).
 const DEGRADED_AFTER: usize = 3;
 
-/// The sum of the samples `name{labels…}` in Prometheus text output (0 when absent).
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(series, _)| {
-            series.split('{').next() == Some(name) && labels.iter().all(|l| series.contains(l))
-        })
-        .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .sum()
-}
-
 /// Uploads one voicemail; its latency.
 async fn upload(kazoo: &Kazoo, audio: &[u8], i: usize) -> Duration {
     let name = format!("hung{i}.wav");

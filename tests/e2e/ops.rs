@@ -5,20 +5,6 @@ use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
 
-/// The value of the sample `name{labels…}` in Prometheus text output (0 when absent).
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            let series = line.rsplit_once(' ').map_or("", |(s, _)| s);
-            let metric = series.split('{').next().unwrap_or("");
-            metric == name && labels.iter().all(|l| series.contains(l))
-        })
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened_and_a_request_id_runs_from_put_to_row() {
     let mut stack = Stack::start(false).await;

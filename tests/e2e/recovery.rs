@@ -45,17 +45,6 @@ async fn time_until(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> 
     }
 }
 
-/// The value of the sample `name{…label…}` in Prometheus text output (0 when absent).
-fn sample(metrics: &str, name: &str, label: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(series, _)| series.split('{').next() == Some(name) && series.contains(label))
-        .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .sum()
-}
-
 /// Jobs wait on PostgreSQL for 40 s while more arrive; once it is back, every row is written
 /// within seconds (one "database is back" signal wakes them all), not after each job's own
 /// backoff (up to 30 s) runs out.
@@ -225,7 +214,7 @@ async fn rabbitmq_lost_while_postgresql_is_down_is_noticed_at_once_and_counted_o
         let Some((200, metrics)) = worker.get("/metrics").await else {
             return false;
         };
-        let now = sample(&metrics, "vmpipe_jobs_total", r#"outcome="indexed""#);
+        let now = sample(&metrics, "vmpipe_jobs_total", &[r#"outcome="indexed""#]);
         let stable = now == indexed;
         indexed = now;
         stable && worker.get("/readyz").await.is_some_and(|(s, _)| s == 200)
@@ -233,7 +222,7 @@ async fn rabbitmq_lost_while_postgresql_is_down_is_noticed_at_once_and_counted_o
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = worker.get("/metrics").await.expect("metrics").1;
-    let indexed = sample(&metrics, "vmpipe_jobs_total", r#"outcome="indexed""#);
+    let indexed = sample(&metrics, "vmpipe_jobs_total", &[r#"outcome="indexed""#]);
     eprintln!(
         "recovery: after both returned: all rows after {all:?}, settled {settled:?}, vmpipe_jobs_total{{outcome=\"indexed\"}} = {indexed} for 15 voicemails"
     );

@@ -13,6 +13,7 @@ pub mod audio;
 pub mod database;
 pub mod ingest;
 pub mod kazoo;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod queue;
@@ -27,6 +28,7 @@ pub use kazoo::{
     ALL_BODIES, Attachment, Body, Kazoo, VOICEMAIL_FETCH_QUERY, Verb, encode_body, kazoo_boundary,
     mailbox_message, start_partial_put,
 };
+pub use metrics::sample;
 pub use process::{Service, binary, free_port, http_get, process_running, settings_env};
 pub use proxy::{Proxy, url_addr};
 pub use queue::{TestQueue, amqp_url};
