@@ -60,7 +60,7 @@ async fn main() {
     let settings = Settings {
         database_url: SecretUrl(database.url.clone()),
         transcriber: if transcribe {
-            Transcriber::Pocketsphinx
+            Transcriber::Whisper
         } else {
             Transcriber::None
         },

@@ -49,7 +49,7 @@ async fn pocketsphinx_transcribes_a_spoken_voicemail() {
 
     let mut stack = Stack::start(false).await;
     let settings = vmpipe_common::Settings {
-        transcriber: Transcriber::Pocketsphinx,
+        transcriber: Transcriber::Whisper,
         ..stack.worker_settings()
     };
     stack.start_worker_with(settings).await;

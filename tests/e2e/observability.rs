@@ -351,8 +351,8 @@ async fn fresh_services_export_every_metric_at_zero_with_help_and_the_ops_files_
     let ingest = Service::spawn("ingest", &stack.ingest.settings).await;
     let mut worker_settings = stack.worker_settings();
     // A hook a child process is given by its environment: the built-in transcriber.
-    worker_settings.transcriber = vmpipe_common::settings::Transcriber::Pocketsphinx;
-    let hook = vmpipe_common::settings::POCKETSPHINX_HOOK;
+    worker_settings.transcriber = vmpipe_common::settings::Transcriber::Whisper;
+    let hook = vmpipe_common::settings::WHISPER_HOOK;
     let worker = Service::spawn("worker", &worker_settings).await;
     stack.wait_for_schema().await;
     let (status, ingest_metrics) = ingest.get("/metrics").await.unwrap();

@@ -49,6 +49,7 @@ impl Hook for SpeechRatio {
                 text: format!("speech in {:.0}% of {seconds:.1} s", speech * 100.0),
                 language: None,
                 confidence: Some(speech),
+                segments: None,
             })
         })
     }

@@ -18,11 +18,9 @@ mod index;
 mod pipeline;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
-use vmpipe_common::settings::Transcriber;
+use tracing::info;
 use vmpipe_common::{FsStore, Settings};
 
 pub use admin::transcribe;
@@ -69,6 +67,7 @@ impl Worker {
         vmpipe_common::metrics::register(vmpipe_common::metrics::WORKER);
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
+        hooks::start_all(&hooks).await.map_err(WorkerError::Hook)?;
         let store = FsStore::open(&settings.storage_dir)?;
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
             .await
@@ -124,19 +123,6 @@ impl Worker {
     /// hook runs in progress are handed back for later.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let activity = Arc::new(activity::Activity::default());
-        if self.settings.transcriber == Transcriber::Pocketsphinx {
-            // Early word of a missing engine, checked off the start-up path.
-            let activity = activity.clone();
-            tokio::spawn(async move {
-                activity
-                    .wait_quiet(Duration::from_secs(1), Duration::from_secs(60))
-                    .await;
-                if let Err(problem) = hooks::pocketsphinx_available().await {
-                    error!(%problem, "VMPIPE_TRANSCRIBER=pocketsphinx, but PocketSphinx cannot \
-                        run: voicemails are indexed, their transcriptions fail until it is installed");
-                }
-            });
-        }
         let runner = Arc::new(
             hooks::runner::HookRunner::new(
                 self.pool.clone(),

@@ -6,15 +6,54 @@ use serde::{Deserialize, Serialize};
 
 use super::{Secret, SecretUrl};
 
-/// The hook name the built-in PocketSphinx transcriber records its results under.
-pub const POCKETSPHINX_HOOK: &str = "pocketsphinx";
+/// The hook name the built-in Whisper transcriber records its results under.
+pub const WHISPER_HOOK: &str = "whisper";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `VMPIPE_TRANSCRIBER`: the built-in transcriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transcriber {
     None,
-    /// PocketSphinx (the `pocketsphinx` Python package and its English model), run by `python3`.
-    Pocketsphinx,
+    /// Whisper on faster-whisper (CTranslate2), in a long-lived engine process per worker,
+    /// run by `VMPIPE_PYTHON`; recorded as hook `whisper`.
+    Whisper,
+}
+
+impl<'de> Deserialize<'de> for Transcriber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.to_ascii_lowercase().as_str() {
+            "none" | "" => Ok(Self::None),
+            "whisper" => Ok(Self::Whisper),
+            "pocketsphinx" => Err(serde::de::Error::custom(
+                "transcriber \"pocketsphinx\" was retired (it got 84 % of the words of telephone \
+                 speech wrong): use transcriber = \"whisper\" (VMPIPE_TRANSCRIBER=whisper), see the \
+                 README's \"Transcription and hooks\"",
+            )),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown transcriber {other:?}: \"none\" or \"whisper\""
+            ))),
+        }
+    }
+}
+
+/// `VMPIPE_WHISPER_DEVICE`: where the Whisper engine runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhisperDevice {
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU (CTranslate2's CUDA build, cuBLAS and cuDNN installed).
+    Cuda,
+}
+
+impl WhisperDevice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
 }
 
 /// One `[[hooks]]` table of the settings file.
@@ -122,4 +161,38 @@ pub enum HookAudio {
     Original,
     /// Decoded to 16 kHz mono 16-bit PCM WAV, what most speech engines want.
     Wav16k,
+}
+
+/// The Whisper settings' own checks (whether the engine can load the model is checked when the
+/// worker starts it).
+pub(super) fn validate_whisper(settings: &super::Settings) -> Result<(), String> {
+    if settings.whisper_model.trim().is_empty() {
+        return Err("whisper_model must name a model directory or an installed model".into());
+    }
+    let language = settings.whisper_language.as_str();
+    let language_ok = language == "auto"
+        || ((2..=3).contains(&language.len()) && language.chars().all(|c| c.is_ascii_lowercase()));
+    if !language_ok {
+        return Err(format!(
+            "whisper_language must be \"auto\" or a language code (en, de, fr, ...): {language:?}"
+        ));
+    }
+    let compute_ok = !settings.whisper_compute_type.is_empty()
+        && settings
+            .whisper_compute_type
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !compute_ok {
+        return Err(format!(
+            "whisper_compute_type must be default, int8, int8_float16, float16, float32, ...: {:?}",
+            settings.whisper_compute_type
+        ));
+    }
+    if settings.whisper_concurrency == 0 {
+        return Err("whisper_concurrency must be at least 1".into());
+    }
+    if settings.python.trim().is_empty() {
+        return Err("python must name a Python interpreter".into());
+    }
+    Ok(())
 }

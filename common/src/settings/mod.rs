@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use hooks::{HookAudio, HookKind, HookSettings, POCKETSPHINX_HOOK, Transcriber};
+pub use hooks::{HookAudio, HookKind, HookSettings, Transcriber, WHISPER_HOOK, WhisperDevice};
 pub use network::{DEFAULT_NETWORKS, Networks};
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use values::{Base64Mode, ByteSize, LogFormat};
@@ -38,6 +38,8 @@ const MAX_DRAIN_SECS: u64 = 300;
 /// Bounds of `max_document`: a KAZOO document is a few KiB, and ingest holds one per upload.
 const MIN_DOCUMENT: u64 = 1024;
 const MAX_DOCUMENT: u64 = 16 * 1024 * 1024;
+/// The Whisper model when none is set: the one the Docker image carries.
+pub const DEFAULT_WHISPER_MODEL: &str = "base";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,8 +103,26 @@ pub struct Settings {
     /// checks. Unset: `/metrics` is on `VMPIPE_LISTEN`, behind the same checks as uploads.
     pub metrics_listen: Option<String>,
     /// `VMPIPE_TRANSCRIBER`: built-in transcriber run on every new voicemail: `none` or
-    /// `pocketsphinx`.
+    /// `whisper`.
     pub transcriber: Transcriber,
+    /// `VMPIPE_WHISPER_MODEL`: a directory holding a CTranslate2 Whisper model, or the name of
+    /// a model installed with the engine (the Docker image's are fetched when it is built).
+    /// Never downloaded at run time.
+    pub whisper_model: String,
+    /// `VMPIPE_WHISPER_LANGUAGE`: `auto` (detected per voicemail) or a language code (`en`, `de`).
+    pub whisper_language: String,
+    /// `VMPIPE_WHISPER_DEVICE`: `cpu` or `cuda`.
+    pub whisper_device: WhisperDevice,
+    /// `VMPIPE_WHISPER_COMPUTE_TYPE`: CTranslate2's compute type; `default` is `int8` on the CPU
+    /// and `float16` on CUDA.
+    pub whisper_compute_type: String,
+    /// `VMPIPE_WHISPER_CONCURRENCY`: voicemails the engine transcribes at once (the model is
+    /// loaded once and shared).
+    pub whisper_concurrency: u16,
+    /// `VMPIPE_WHISPER_THREADS`: CPU threads per transcription; 0 lets CTranslate2 choose.
+    pub whisper_threads: u16,
+    /// `VMPIPE_PYTHON`: the Python interpreter that has the Whisper engine installed (a venv's).
+    pub python: String,
     /// `VMPIPE_HOOK_CONCURRENCY`: runs of each hook a worker performs at once (a hook's own
     /// `concurrency` overrides it); each hook has its own, so hooks never queue behind each other.
     pub hook_concurrency: u16,
@@ -150,6 +170,13 @@ impl Default for Settings {
             max_document: ByteSize(64 * 1024),
             metrics_listen: None,
             transcriber: Transcriber::None,
+            whisper_model: DEFAULT_WHISPER_MODEL.into(),
+            whisper_language: "auto".into(),
+            whisper_device: WhisperDevice::Cpu,
+            whisper_compute_type: "default".into(),
+            whisper_concurrency: 1,
+            whisper_threads: 0,
+            python: "python3".into(),
             hook_concurrency: 2,
             worker_id: None,
             probe_timeout_ms: 10_000,
@@ -288,16 +315,17 @@ impl Settings {
                 "max_audio_secs must be 1 to {MAX_AUDIO_SECS} (a 16 kHz WAV holds at most 4 GiB)"
             )));
         }
+        hooks::validate_whisper(self).map_err(config::ConfigError::Message)?;
         let mut names: Vec<&str> = Vec::new();
-        if self.transcriber == Transcriber::Pocketsphinx {
-            names.push(POCKETSPHINX_HOOK);
+        if self.transcriber == Transcriber::Whisper {
+            names.push(WHISPER_HOOK);
         }
         for hook in &self.hooks {
             hook.validate()
                 .map_err(|e| config::ConfigError::Message(format!("hook {:?}: {e}", hook.name)))?;
             if names.contains(&hook.name.as_str()) {
                 return Err(config::ConfigError::Message(format!(
-                    "two hooks are named {:?} (the built-in transcriber takes {POCKETSPHINX_HOOK:?})",
+                    "two hooks are named {:?} (the built-in transcriber takes {WHISPER_HOOK:?})",
                     hook.name
                 )));
             }

@@ -96,10 +96,10 @@ fn hooks_come_from_the_settings_file() {
     std::fs::write(
         &file,
         r#"
-transcriber = "pocketsphinx"
+transcriber = "whisper"
 
 [[hooks]]
-name = "whisper"
+name = "whisper-cpp"
 kind = "command"
 command = ["whisper-cli", "-f", "{audio}"]
 audio = "wav16k"
@@ -115,7 +115,7 @@ headers = { Authorization = "Bearer s3cret" }
     )
     .unwrap();
     let s = Settings::load_from(Some(&file), &env(&[("VMPIPE_HOOK_CONCURRENCY", "4")])).unwrap();
-    assert_eq!(s.transcriber, Transcriber::Pocketsphinx);
+    assert_eq!(s.transcriber, Transcriber::Whisper);
     assert_eq!(s.hook_concurrency, 4);
     assert_eq!(s.hooks.len(), 2);
     let whisper = &s.hooks[0];
@@ -150,7 +150,7 @@ fn bad_hooks_are_refused_with_their_name() {
             "name",
         ),
         (
-            "transcriber = \"pocketsphinx\"\n[[hooks]]\nname = \"pocketsphinx\"\nkind = \"command\"\ncommand = [\"x\"]\n",
+            "transcriber = \"whisper\"\n[[hooks]]\nname = \"whisper\"\nkind = \"command\"\ncommand = [\"x\"]\n",
             "two hooks",
         ),
         (

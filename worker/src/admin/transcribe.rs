@@ -16,6 +16,12 @@ pub async fn transcribe(
     only: Option<&str>,
 ) -> Result<Vec<TranscriptionReport>, WorkerError> {
     let hooks = hooks::from_settings(settings).map_err(WorkerError::Hook)?;
+    let chosen: Vec<_> = hooks
+        .iter()
+        .filter(|hook| only.is_none_or(|name| hook.name() == name))
+        .cloned()
+        .collect();
+    hooks::start_all(&chosen).await.map_err(WorkerError::Hook)?;
     let Admin { pool, store } = Admin::open(settings).await?;
     let runner = HookRunner::new(
         pool.clone(),

@@ -22,15 +22,10 @@ use std::process::Stdio;
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use vmpipe_common::settings::POCKETSPHINX_HOOK;
 
-use super::supervise::{HOOK_NICENESS, spawn_supervised};
+use super::supervise::spawn_supervised;
 use super::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
 use crate::error::ResultExt as _;
-
-/// The PocketSphinx transcriber, run with `python3 -c`; kept in the repository as
-/// `hooks/pocketsphinx.py`.
-pub(super) const POCKETSPHINX_SCRIPT: &str = include_str!("../../../hooks/pocketsphinx.py");
 
 /// Most of a transcript fits in far less; more is a runaway program.
 const MAX_STDOUT: u64 = 1 << 20;
@@ -52,26 +47,6 @@ impl CommandHook {
             argv,
             policy,
         }
-    }
-
-    /// The built-in transcriber (`VMPIPE_TRANSCRIBER=pocketsphinx`).
-    pub(super) fn pocketsphinx() -> Self {
-        Self::new(
-            POCKETSPHINX_HOOK,
-            vec![
-                "python3".into(),
-                "-c".into(),
-                POCKETSPHINX_SCRIPT.into(),
-                "{audio}".into(),
-            ],
-            HookPolicy {
-                audio: HookAudio::Wav16k,
-                timeout: std::time::Duration::from_secs(600),
-                max_attempts: 3,
-                retry_delay: std::time::Duration::from_secs(60),
-                concurrency: None,
-            },
-        )
     }
 
     async fn execute(&self, input: &HookInput) -> Result<Transcript, HookError> {
@@ -177,16 +152,6 @@ fn low_priority(program: &str) -> Command {
     }
 }
 
-/// Nice 10 on top (children inherit it), for systems without `chrt`.
-fn renice(child: &tokio::process::Child) {
-    if let Some(pid) = child
-        .id()
-        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
-    {
-        let _ = rustix::process::setpriority_process(Some(pid), HOOK_NICENESS);
-    }
-}
-
 /// `chrt`, which starts a program under the `SCHED_IDLE` policy: it then only gets CPU time
 /// nothing else wants, which nice alone does not achieve.
 fn idle_launcher() -> Option<&'static std::path::Path> {
@@ -198,32 +163,6 @@ fn idle_launcher() -> Option<&'static std::path::Path> {
             .find(|candidate| candidate.is_file())
     })
     .as_deref()
-}
-
-/// Whether `python3` can import PocketSphinx (checked once at start-up, to warn early).
-pub(crate) async fn pocketsphinx_available() -> Result<(), String> {
-    // At hook priority: it would otherwise compete with a backlog being indexed at start-up.
-    let mut check = low_priority("python3");
-    check
-        .args(["-c", "import pocketsphinx"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let output = async {
-        let child = check.spawn()?;
-        renice(&child);
-        child.wait_with_output().await
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(30), output).await {
-        Ok(Ok(output)) if output.status.success() => Ok(()),
-        Ok(Ok(output)) => Err(format!(
-            "python3 cannot import pocketsphinx (pip install pocketsphinx): {}",
-            tail(&String::from_utf8_lossy(&output.stderr), 300)
-        )),
-        Ok(Err(e)) => Err(format!("cannot run python3: {e}")),
-        Err(_) => Err("python3 -c 'import pocketsphinx' did not finish in 30 s".into()),
-    }
 }
 
 /// Kills the process group when dropped (the run ended, failed or timed out).

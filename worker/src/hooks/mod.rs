@@ -14,8 +14,8 @@ mod program;
 pub(crate) mod runner;
 mod supervise;
 mod webhook;
+mod whisper;
 
-pub(crate) use command::pocketsphinx_available;
 pub use runner::{RunnerError, TranscriptionReport};
 
 use std::path::PathBuf;
@@ -37,6 +37,12 @@ pub trait Hook: Send + Sync {
     /// Audio format, timeout and retries.
     fn policy(&self) -> HookPolicy {
         HookPolicy::default()
+    }
+
+    /// Gets ready to run (loads a model, say): called once by `Worker::build` and
+    /// `worker transcribe`, before any run; an error stops the worker at start-up.
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Produces the transcript. It may take long (it runs on its own task, and is dropped at
@@ -121,11 +127,24 @@ pub struct HookInput {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Transcript {
     pub text: String,
+    /// A language code (`en`, `de`), or as the engine named it.
     #[serde(default)]
     pub language: Option<String>,
     /// 0 to 1.
     #[serde(default)]
     pub confidence: Option<f64>,
+    /// The transcript by segment, in order (`transcriptions.segments`); `None` when the hook
+    /// reports none, empty when it found no speech.
+    #[serde(default)]
+    pub segments: Option<Vec<Segment>>,
+}
+
+/// A stretch of a transcript and where it was said, in milliseconds from the start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub text: String,
 }
 
 /// A hook's JSON answer (a command's output, a webhook's body) as a transcript: an object with
@@ -163,8 +182,8 @@ pub type HookError = crate::error::JobError;
 /// An error is a setting that cannot work (it stops the worker at start-up).
 pub(crate) fn from_settings(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn Hook>>> {
     let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
-    if settings.transcriber == Transcriber::Pocketsphinx {
-        hooks.push(Arc::new(command::CommandHook::pocketsphinx()));
+    if settings.transcriber == Transcriber::Whisper {
+        hooks.push(Arc::new(whisper::WhisperHook::new(settings)));
     }
     for hook in &settings.hooks {
         let policy = HookPolicy::from_settings(hook);
@@ -187,4 +206,14 @@ pub(crate) fn from_settings(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn H
         });
     }
     Ok(hooks)
+}
+
+/// Gets every hook ready ([`Hook::start`]), in order; the first that cannot start says why.
+pub(crate) async fn start_all(hooks: &[Arc<dyn Hook>]) -> anyhow::Result<()> {
+    for hook in hooks {
+        hook.start()
+            .await
+            .map_err(|e| e.context(format!("hook {:?} cannot start", hook.name())))?;
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use vmpipe_common::backoff::Backoff;
 
 use super::lease::WorkerIdentity;
-use crate::hooks::{HookError, Transcript};
+use crate::hooks::{HookError, Segment, Transcript};
 
 /// A claimed attempt: the row is `running` and ours until settled.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -37,6 +37,7 @@ pub struct TranscriptionReport {
     pub text: Option<String>,
     pub language: Option<String>,
     pub confidence: Option<f64>,
+    pub segments: Option<sqlx::types::Json<Vec<Segment>>>,
     pub error: Option<String>,
     pub attempts: i32,
     pub run_ms: Option<i32>,
@@ -169,6 +170,7 @@ impl TranscriptionQueue {
                     sqlx::query(
                         "UPDATE transcriptions SET status = 'done', text = $3, language = $4,
                             confidence = $5, error = NULL, finished_at = now(), run_ms = $6,
+                            segments = $7,
                             attempt_id = NULL, leased_by = NULL, leased_pid = NULL,
                             leased_instance = NULL
                          WHERE id = $1 AND attempt_id = $2",
@@ -179,6 +181,17 @@ impl TranscriptionQueue {
                     .bind(transcript.language.as_ref().map(|l| l.replace('\0', "")))
                     .bind(transcript.confidence.filter(|c| (0.0..=1.0).contains(c)))
                     .bind(run_ms)
+                    .bind(transcript.segments.as_ref().map(|segments| {
+                        sqlx::types::Json(
+                            segments
+                                .iter()
+                                .map(|s| Segment {
+                                    text: s.text.replace('\0', ""),
+                                    ..s.clone()
+                                })
+                                .collect::<Vec<_>>(),
+                        )
+                    }))
                     .execute(&self.pool)
                     .await
                 }
@@ -293,7 +306,8 @@ impl TranscriptionQueue {
         only: Option<&str>,
     ) -> Result<Vec<TranscriptionReport>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT voicemail_id, hook, status, text, language, confidence, error, attempts, run_ms
+            "SELECT voicemail_id, hook, status, text, language, confidence, segments, error,
+                    attempts, run_ms
              FROM transcriptions WHERE voicemail_id = $1 AND ($2::text IS NULL OR hook = $2)
              ORDER BY hook",
         )
