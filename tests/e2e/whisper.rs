@@ -345,3 +345,105 @@ async fn a_transcriber_that_cannot_work_stops_the_worker_at_start_up_with_the_re
     }
     stack.finish().await;
 }
+
+/// The 16-bit samples of a WAV file made by sox (a 44-byte header).
+fn samples_of(wav: &[u8]) -> &[u8] {
+    assert_eq!(&wav[36..40], b"data", "a plain 44-byte WAV header");
+    &wav[44..]
+}
+
+/// A long voicemail, speech, 50 s of silence, speech again: both parts are transcribed, and
+/// the second one's segments are timed after the silence (the voice-activity filter skips it
+/// without losing the timeline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_voicemail_with_silence_keeps_its_timeline() {
+    let mut stack = Stack::start(false).await;
+    stack
+        .start_worker_with(with_whisper(stack.worker_settings()))
+        .await;
+    let speech = std::fs::read(format!("{SPOKEN}/invoice.wav")).unwrap();
+    let speech_ms = samples_of(&speech).len() as i64 / 16;
+    let mut wav = wav_pcm16(8000, 0);
+    let mut data = samples_of(&speech).to_vec();
+    data.extend(std::iter::repeat_n(0u8, 8000 * 2 * 50));
+    data.extend_from_slice(samples_of(&speech));
+    wav.extend_from_slice(&data);
+    let data_len = data.len() as u32;
+    wav[4..8].copy_from_slice(&(36 + data_len).to_le_bytes());
+    wav[40..44].copy_from_slice(&data_len.to_le_bytes());
+    stack
+        .put_wav(&format!("/{ACCOUNT}/long.wav"), "long.wav", &wav)
+        .await;
+
+    let row = stack
+        .finished_transcription("long.wav", "whisper", Duration::from_secs(180))
+        .await;
+    assert_eq!(text(&row, "status"), "done", "{}", text(&row, "error"));
+    let transcript = text(&row, "text");
+    assert!(
+        words(&transcript)
+            .iter()
+            .filter(|w| *w == "invoice")
+            .count()
+            == 2,
+        "both parts: {transcript:?}"
+    );
+    let segments: serde_json::Value = row.get::<Option<serde_json::Value>, _>("segments").unwrap();
+    let second_part = speech_ms + 50_000;
+    let late: Vec<&serde_json::Value> = segments
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["start_ms"].as_i64().unwrap() >= second_part - 1000)
+        .collect();
+    assert!(
+        late.iter().any(|s| s["text"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("invoice")),
+        "the second part is timed after the silence ({second_part} ms): {segments}"
+    );
+    assert!(
+        segments.as_array().unwrap().iter().all(|s| {
+            let start = s["start_ms"].as_i64().unwrap();
+            start < speech_ms + 1000 || start >= second_part - 1000
+        }),
+        "nothing in the silence: {segments}"
+    );
+    eprintln!(
+        "long.wav ({} s): run {} ms",
+        (2 * speech_ms + 50_000) / 1000,
+        row.get::<Option<i32>, _>("run_ms").unwrap_or_default()
+    );
+    stack.finish().await;
+}
+
+/// `VMPIPE_WHISPER_CONCURRENCY=2`: two voicemails are transcribed at once by the one engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_transcribes_as_many_voicemails_at_once_as_its_concurrency() {
+    let mut stack = Stack::start(false).await;
+    let settings = Settings {
+        whisper_concurrency: 2,
+        ..with_whisper(stack.worker_settings())
+    };
+    stack.start_worker_with(settings).await;
+    upload_spoken(&stack, "invoice.mp3").await;
+    upload_spoken(&stack, "order.mp3").await;
+    let mut spans = Vec::new();
+    for file in ["invoice.mp3", "order.mp3"] {
+        let row = stack
+            .finished_transcription(file, "whisper", Duration::from_secs(120))
+            .await;
+        assert_eq!(text(&row, "status"), "done", "{}", text(&row, "error"));
+        let started: chrono::DateTime<chrono::Utc> = row.get("started_at");
+        let finished: chrono::DateTime<chrono::Utc> = row.get("finished_at");
+        spans.push((started, finished));
+    }
+    let (a, b) = (spans[0], spans[1]);
+    assert!(
+        a.0 < b.1 && b.0 < a.1,
+        "the two transcriptions overlapped in time: {spans:?}"
+    );
+    stack.finish().await;
+}
