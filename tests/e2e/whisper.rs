@@ -154,10 +154,10 @@ async fn whisper_transcribes_spoken_voicemails_with_language_confidence_and_segm
     stack.finish().await;
 }
 
-/// Silence (and nothing but a tone) is a transcript with no words and no segments, not
-/// words the model made up.
+/// Silence, and hold music (no one speaking), are a transcript with no words and no segments,
+/// not words the model made up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silence_is_transcribed_as_nothing() {
+async fn silence_and_hold_music_are_transcribed_as_nothing() {
     let mut stack = Stack::start(false).await;
     stack
         .start_worker_with(with_whisper(stack.worker_settings()))
@@ -167,14 +167,33 @@ async fn silence_is_transcribed_as_nothing() {
     stack
         .put_wav(&format!("/{ACCOUNT}/silence.wav"), "silence.wav", &silence)
         .await;
-    let row = stack
-        .finished_transcription("silence.wav", "whisper", Duration::from_secs(120))
-        .await;
-    assert_eq!(text(&row, "status"), "done", "{}", text(&row, "error"));
-    assert_eq!(text(&row, "text"), "");
-    let segments: serde_json::Value = row.get::<Option<serde_json::Value>, _>("segments").unwrap();
-    assert_eq!(segments, serde_json::json!([]));
-    assert_eq!(row.get::<Option<f64>, _>("confidence"), None);
+    let music = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/music");
+    let tunes = ["hold-audioread.mp3", "hold-pydub.mp3"];
+    for tune in tunes {
+        let audio = std::fs::read(format!("{music}/{tune}")).unwrap();
+        let r = stack
+            .ingest
+            .client()
+            .store_voicemail(ACCOUNT, tune, &audio, "audio/mpeg")
+            .await;
+        assert_eq!(r.status, 201, "{tune}");
+    }
+    for file in std::iter::once("silence.wav").chain(tunes) {
+        let row = stack
+            .finished_transcription(file, "whisper", Duration::from_secs(120))
+            .await;
+        assert_eq!(
+            text(&row, "status"),
+            "done",
+            "{file}: {}",
+            text(&row, "error")
+        );
+        assert_eq!(text(&row, "text"), "", "{file}");
+        let segments: serde_json::Value =
+            row.get::<Option<serde_json::Value>, _>("segments").unwrap();
+        assert_eq!(segments, serde_json::json!([]), "{file}");
+        assert_eq!(row.get::<Option<f64>, _>("confidence"), None, "{file}");
+    }
     stack.finish().await;
 }
 
