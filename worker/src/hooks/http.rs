@@ -13,7 +13,7 @@ use vmpipe_common::settings::HookSettings;
 use super::{HookError, HookInput};
 use crate::error::ResultExt as _;
 
-/// An answer is a transcript, not a file.
+/// A webhook's answer is a transcript, not a file.
 pub(super) const MAX_ANSWER: usize = 1 << 20;
 
 /// Connecting takes at most this long (the whole request: the hook's timeout).
@@ -67,14 +67,17 @@ pub(super) async fn audio_part(input: &HookInput) -> Result<Part, HookError> {
         .abort_with("audio content type")
 }
 
-/// The answer's body, at most [`MAX_ANSWER`] bytes.
-pub(super) async fn read_answer(mut response: reqwest::Response) -> Result<Vec<u8>, HookError> {
+/// The answer's body, at most `limit` bytes.
+pub(super) async fn read_answer(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, HookError> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.retry_with("reading the answer")? {
         body.extend_from_slice(&chunk);
-        if body.len() > MAX_ANSWER {
+        if body.len() > limit {
             return Err(HookError::retry_because(format!(
-                "the answer is over {MAX_ANSWER} bytes"
+                "the answer is over {limit} bytes"
             )));
         }
     }

@@ -54,7 +54,7 @@ impl WebhookHook {
             .await
             .retry_with("POST failed")?;
         let status = response.status();
-        let body = http::read_answer(response).await?;
+        let body = http::read_answer(response, http::MAX_ANSWER).await?;
         let body_text = String::from_utf8_lossy(&body);
         if !status.is_success() {
             let message = format!("webhook answered {status}: {}", snippet(&body_text));

@@ -27,6 +27,10 @@ use crate::error::ResultExt as _;
 /// Added to the server's base URL.
 const ENDPOINT: &str = "/v1/audio/transcriptions";
 
+/// The largest answer read: `verbose_json` repeats every segment's tokens, about 0.5 KB per
+/// segment of a few seconds, so some 2 MB for a voicemail of four hours.
+const MAX_ANSWER: usize = 8 << 20;
+
 pub(super) struct OpenaiHook {
     name: String,
     /// The full endpoint.
@@ -98,7 +102,7 @@ impl OpenaiHook {
             .map_err(reqwest::Error::without_url)
             .retry_with(format!("POST {}", self.shown_url))?;
         let status = response.status();
-        let body = http::read_answer(response).await?;
+        let body = http::read_answer(response, MAX_ANSWER).await?;
         if !status.is_success() {
             let message = format!(
                 "{} answered {status}: {}",
