@@ -18,4 +18,5 @@ mod prune;
 mod recovery;
 mod scripting;
 mod tls;
+mod whisper;
 mod worker;
