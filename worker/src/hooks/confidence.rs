@@ -1,7 +1,9 @@
 //! A transcript's `confidence` from Whisper's own probabilities, the same way for every
 //! Whisper engine (the built-in one and OpenAI-compatible servers): the exponential of the
 //! segments' mean `avg_logprob` (the mean log-probability of each segment's tokens), each
-//! segment weighted by how long it lasts, between 0 and 1.
+//! segment weighted by how long it lasts (at least 10 ms), between 0 and 1. The engine
+//! (`hooks/whisper_engine.py`, `transcribe`) computes the same in Python, on the segments it
+//! keeps (those with text).
 
 /// One segment's share: its length in seconds and its `avg_logprob`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -10,35 +12,27 @@ pub(crate) struct Scored {
     pub avg_logprob: f64,
 }
 
+/// The least a segment weighs, in seconds: one without a length (a zero or broken timestamp)
+/// still counts.
+const MIN_WEIGHT_SECS: f64 = 0.01;
+
 /// The confidence of a transcript made of `segments`: `None` when none has a usable
-/// `avg_logprob` (a server that does not report it). Segments without a length (a zero or
-/// broken timestamp) count as much as each other when no segment has one.
+/// `avg_logprob` (a server that does not report it).
 pub(crate) fn from_segments(segments: impl IntoIterator<Item = Scored>) -> Option<f64> {
-    let scored: Vec<Scored> = segments
-        .into_iter()
-        .filter(|s| s.avg_logprob.is_finite())
-        .collect();
-    if scored.is_empty() {
-        return None;
-    }
-    let weight = |s: &Scored| {
-        if s.duration_secs.is_finite() && s.duration_secs > 0.0 {
-            s.duration_secs
-        } else {
-            0.0
+    let (mut weighted, mut seconds) = (0.0, 0.0);
+    for segment in segments {
+        if !segment.avg_logprob.is_finite() {
+            continue;
         }
-    };
-    let total: f64 = scored.iter().map(weight).sum();
-    let mean = if total > 0.0 {
-        scored
-            .iter()
-            .map(|s| weight(s) * s.avg_logprob)
-            .sum::<f64>()
-            / total
-    } else {
-        scored.iter().map(|s| s.avg_logprob).sum::<f64>() / scored.len() as f64
-    };
-    Some(mean.exp().clamp(0.0, 1.0))
+        let length = if segment.duration_secs.is_finite() {
+            segment.duration_secs.max(MIN_WEIGHT_SECS)
+        } else {
+            MIN_WEIGHT_SECS
+        };
+        weighted += segment.avg_logprob * length;
+        seconds += length;
+    }
+    (seconds > 0.0).then(|| (weighted / seconds).exp().clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -79,11 +73,18 @@ mod tests {
     }
 
     #[test]
-    fn segments_without_a_length_count_alike_when_none_has_one() {
+    fn a_segment_without_a_length_weighs_10_ms() {
         let c = from_segments([scored(0.0, -0.2), scored(-1.0, -0.4)]).unwrap();
         assert!(close(c, (-0.3f64).exp()), "{c}");
-        // With a length somewhere, a zero-length segment does not count.
-        let c = from_segments([scored(0.0, -5.0), scored(1.0, -0.4)]).unwrap();
-        assert!(close(c, (-0.4f64).exp()), "{c}");
+        let c = from_segments([
+            scored(0.0, -5.0),
+            scored(f64::NAN, -5.0),
+            scored(0.98, -0.4),
+        ])
+        .unwrap();
+        assert!(
+            close(c, ((0.98 * -0.4 + 0.02 * -5.0) / 1.0f64).exp()),
+            "{c}"
+        );
     }
 }

@@ -39,7 +39,14 @@ pub(super) fn transcript(body: &[u8]) -> Result<Transcript, String> {
             snippet(&String::from_utf8_lossy(body))
         )
     })?;
-    let confidence = answer.segments.as_ref().and_then(|segments| {
+    // Segments without words are left out, as the built-in engine leaves them out.
+    let segments: Option<Vec<AnswerSegment>> = answer.segments.map(|segments| {
+        segments
+            .into_iter()
+            .filter(|s| !s.text.trim().is_empty())
+            .collect()
+    });
+    let confidence = segments.as_ref().and_then(|segments| {
         confidence::from_segments(segments.iter().filter_map(|s| {
             Some(Scored {
                 duration_secs: s.end - s.start,
@@ -47,7 +54,7 @@ pub(super) fn transcript(body: &[u8]) -> Result<Transcript, String> {
             })
         }))
     });
-    let segments = answer.segments.map(|segments| {
+    let segments = segments.map(|segments| {
         segments
             .into_iter()
             .map(|s| {
@@ -151,9 +158,16 @@ mod tests {
             (500, 500),
             "never ends before it starts"
         );
-        // No speech at all: no segments, and that is said.
+        // No speech at all: no segments, and that is said; a segment without words is dropped.
         let t = transcript(br#"{"text": "", "language": "english", "segments": []}"#).unwrap();
         assert_eq!(t.segments, Some(Vec::new()));
+        let t = transcript(
+            br#"{"text": "Hi", "segments": [{"start": 0, "end": 1, "text": " ", "avg_logprob": -9},
+                {"start": 1, "end": 2, "text": "Hi", "avg_logprob": -0.1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(t.segments.unwrap().len(), 1);
+        assert!((t.confidence.unwrap() - (-0.1f64).exp()).abs() < 1e-9);
     }
 
     #[test]
