@@ -255,6 +255,15 @@ async fn the_engine_loads_once_is_restarted_after_a_crash_and_dies_with_its_work
     settings.worker_listen = format!("127.0.0.1:{}", free_port());
     let worker = Service::spawn("worker", &settings).await;
     stack.wait_for_schema().await;
+    // Ready once the database is migrated and the model loaded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.get("/readyz").await.map(|(status, _)| status) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker is not ready after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let engines = engines_of(worker.pid());
     assert_eq!(engines.len(), 1, "one engine, started with the worker");
     assert_eq!(engine_starts(&worker).await, 1.0);
