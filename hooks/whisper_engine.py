@@ -96,6 +96,14 @@ def main():
         })
         return 1
     load_ms = round((time.monotonic() - started) * 1000)
+    language = config.get("language", "auto")
+    if language != "auto" and language not in model.supported_languages:
+        send({
+            "event": "fatal",
+            "error": f"VMPIPE_WHISPER_LANGUAGE={language} is not a language the model "
+            f"{json.dumps(name)} knows ({', '.join(model.supported_languages)}; or auto)",
+        })
+        return 1
     idle_priority()
     send({
         "event": "ready",
@@ -161,7 +169,8 @@ def transcribe(model, audio, language):
     confidence = min(1.0, max(0.0, math.exp(weighted / seconds))) if seconds else None
     return {
         "text": " ".join(segment["text"] for segment in kept),
-        "language": info.language,
+        # Nothing heard, nothing detected (the model's guess on no speech is not a language).
+        "language": info.language if kept else None,
         "language_probability": info.language_probability,
         "confidence": confidence,
         "segments": kept,
@@ -200,7 +209,10 @@ def read_wav16k(path, numpy):
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as e:
         raise BadAudio(f"{path}: not a WAV file: {e}") from e
-    return numpy.frombuffer(frames, dtype="<i2").astype(numpy.float32) / 32768.0
+    audio = numpy.frombuffer(frames, dtype="<i2").astype(numpy.float32)
+    del frames
+    audio *= 1 / 32768.0
+    return audio
 
 
 def idle_priority():

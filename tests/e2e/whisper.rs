@@ -345,6 +345,14 @@ async fn a_transcriber_that_cannot_work_stops_the_worker_at_start_up_with_the_re
             "cannot start the Whisper engine with \"/nonexistent/python3\"",
         ),
         (
+            Settings {
+                whisper_language: "de".into(),
+                ..whisper.clone()
+            },
+            vec![],
+            "VMPIPE_WHISPER_LANGUAGE=de is not a language the model",
+        ),
+        (
             whisper.clone(),
             vec![("VMPIPE_TRANSCRIBER", "pocketsphinx".into())],
             "use transcriber = \"whisper\"",
@@ -447,31 +455,51 @@ async fn a_long_voicemail_with_silence_keeps_its_timeline() {
     stack.finish().await;
 }
 
-/// `VMPIPE_WHISPER_CONCURRENCY=2`: two voicemails are transcribed at once by the one engine.
+/// `VMPIPE_WHISPER_CONCURRENCY=2`: two voicemails are transcribed at once by the one engine:
+/// the engine's own busy time (each transcription's, summed) exceeds the time both took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_transcribes_as_many_voicemails_at_once_as_its_concurrency() {
     let mut stack = Stack::start(false).await;
-    let settings = Settings {
+    let mut settings = Settings {
         whisper_concurrency: 2,
         ..with_whisper(stack.worker_settings())
     };
-    stack.start_worker_with(settings).await;
+    settings.worker_listen = format!("127.0.0.1:{}", free_port());
+    let worker = Service::spawn("worker", &settings).await;
+    stack.wait_for_schema().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.get("/readyz").await.map(|(status, _)| status) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker is not ready after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    upload_spoken(&stack, "invoice.wav").await;
     upload_spoken(&stack, "invoice.mp3").await;
-    upload_spoken(&stack, "order.mp3").await;
-    let mut spans = Vec::new();
-    for file in ["invoice.mp3", "order.mp3"] {
+    let mut first_start = None::<chrono::DateTime<chrono::Utc>>;
+    let mut last_end = None::<chrono::DateTime<chrono::Utc>>;
+    for file in ["invoice.wav", "invoice.mp3"] {
         let row = stack
             .finished_transcription(file, "whisper", Duration::from_secs(120))
             .await;
         assert_eq!(text(&row, "status"), "done", "{}", text(&row, "error"));
         let started: chrono::DateTime<chrono::Utc> = row.get("started_at");
         let finished: chrono::DateTime<chrono::Utc> = row.get("finished_at");
-        spans.push((started, finished));
+        first_start = Some(first_start.map_or(started, |s| s.min(started)));
+        last_end = Some(last_end.map_or(finished, |e| e.max(finished)));
     }
-    let (a, b) = (spans[0], spans[1]);
-    assert!(
-        a.0 < b.1 && b.0 < a.1,
-        "the two transcriptions overlapped in time: {spans:?}"
+    let span = (last_end.unwrap() - first_start.unwrap()).num_milliseconds() as f64 / 1000.0;
+    let (_, metrics) = worker.get("/metrics").await.expect("/metrics");
+    let busy = sample(&metrics, "vmpipe_whisper_transcribe_seconds_sum", &[]);
+    assert_eq!(
+        sample(&metrics, "vmpipe_whisper_transcribe_seconds_count", &[]),
+        2.0
     );
+    assert!(
+        busy > 1.2 * span,
+        "the two transcriptions ran at once: {busy:.2} s of engine time in {span:.2} s"
+    );
+    worker.sigkill().await;
     stack.finish().await;
 }

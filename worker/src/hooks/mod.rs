@@ -140,16 +140,50 @@ pub struct Transcript {
     pub confidence: Option<f64>,
     /// The transcript by segment, in order (`transcriptions.segments`); `None` when the hook
     /// reports none, empty when it found no speech.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_segments")]
     pub segments: Option<Vec<Segment>>,
 }
 
-/// A stretch of a transcript and where it was said, in milliseconds from the start.
+/// Segments of a shape other than ours (seconds as `start`/`end`, fractions of milliseconds,
+/// anything else a hook passes through) are left out, never a reason to lose the text.
+fn lenient_segments<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Segment>>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    match serde_json::from_value::<Vec<Segment>>(value) {
+        Ok(segments) => Ok(Some(segments)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a hook's segments are not [{{start_ms, end_ms, text}}]: left out");
+            Ok(None)
+        }
+    }
+}
+
+/// A stretch of a transcript and where it was said, in milliseconds from the start (at most
+/// [`Segment::MAX_MS`], so that SQL reads them as `int`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     pub start_ms: u64,
     pub end_ms: u64,
     pub text: String,
+}
+
+impl Segment {
+    /// The latest time a segment may have: `i32::MAX` ms (24 days).
+    pub const MAX_MS: u64 = i32::MAX as u64;
+
+    /// Times beyond [`Segment::MAX_MS`] brought down to it, and an end never before the start.
+    pub fn bounded(self) -> Self {
+        let start_ms = self.start_ms.min(Self::MAX_MS);
+        Self {
+            start_ms,
+            end_ms: self.end_ms.clamp(start_ms, Self::MAX_MS),
+            text: self.text,
+        }
+    }
 }
 
 /// A hook's JSON answer (a command's output, a webhook's body) as a transcript: an object with
@@ -229,4 +263,51 @@ pub(crate) async fn start_all(hooks: &[Arc<dyn Hook>]) -> anyhow::Result<()> {
             .map_err(|e| e.context(format!("hook {:?} cannot start", hook.name())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_of_another_shape_never_cost_the_text() {
+        let ours = transcript_from_json(serde_json::json!({
+            "text": "hi", "segments": [{"start_ms": 0, "end_ms": 900, "text": "hi"}]
+        }))
+        .unwrap();
+        assert_eq!(ours.segments.unwrap()[0].end_ms, 900);
+        for segments in [
+            serde_json::json!([{"start": 0.0, "end": 2.5, "text": "hi"}]),
+            serde_json::json!([{"start_ms": 1200.5, "end_ms": 1300, "text": "hi"}]),
+            serde_json::json!("not a list"),
+            serde_json::Value::Null,
+        ] {
+            let transcript =
+                transcript_from_json(serde_json::json!({"text": "hi", "segments": segments}))
+                    .unwrap();
+            assert_eq!(transcript.text, "hi");
+            assert_eq!(transcript.segments, None, "{segments}");
+        }
+    }
+
+    #[test]
+    fn segment_times_stay_within_sql_int() {
+        let wild = Segment {
+            start_ms: u64::MAX,
+            end_ms: 5,
+            text: "x".into(),
+        }
+        .bounded();
+        assert_eq!(
+            (wild.start_ms, wild.end_ms),
+            (Segment::MAX_MS, Segment::MAX_MS)
+        );
+        let backwards = Segment {
+            start_ms: 900,
+            end_ms: 100,
+            text: "x".into(),
+        }
+        .bounded();
+        assert_eq!((backwards.start_ms, backwards.end_ms), (900, 900));
+    }
 }

@@ -78,8 +78,8 @@ pub(super) fn transcript(body: &[u8]) -> Result<Transcript, String> {
 /// Seconds (a float, as the answer gives them) in whole milliseconds; 0 for nonsense.
 fn milliseconds(seconds: f64) -> u64 {
     if seconds.is_finite() && seconds > 0.0 {
-        // Saturates: an absurd timestamp is the largest one, not a wrap-around.
-        (seconds * 1000.0).round() as u64
+        // An absurd timestamp is the latest one a segment may have, not a wrap-around.
+        ((seconds * 1000.0).round() as u64).min(Segment::MAX_MS)
     } else {
         0
     }
@@ -203,6 +203,6 @@ mod tests {
         assert_eq!(milliseconds(-1.0), 0);
         assert_eq!(milliseconds(f64::NAN), 0);
         assert_eq!(milliseconds(f64::INFINITY), 0);
-        assert_eq!(milliseconds(1e300), u64::MAX);
+        assert_eq!(milliseconds(1e300), Segment::MAX_MS);
     }
 }

@@ -103,6 +103,11 @@ impl OpenaiHook {
             .retry_with(format!("POST {}", self.shown_url))?;
         let status = response.status();
         let body = http::read_answer(response, MAX_ANSWER).await?;
+        // Secrets masked in the whole answer first: what is cut out of it below for a message
+        // cannot hold part of one.
+        let body = self
+            .masked(String::from_utf8_lossy(&body).into_owned())
+            .into_bytes();
         if !status.is_success() {
             let message = format!(
                 "{} answered {status}: {}",
@@ -118,12 +123,16 @@ impl OpenaiHook {
         })
     }
 
-    /// `message` with the API key masked (a server may quote it back).
-    fn masked(&self, message: String) -> String {
-        match &self.api_key {
-            Some(key) if !key.is_empty() => message.replace(key.as_str(), "***"),
-            _ => message,
+    /// `message` with the API key and every configured header's value masked (a server may
+    /// quote them back).
+    fn masked(&self, mut message: String) -> String {
+        let headers = self.headers.values().filter_map(|v| v.to_str().ok());
+        for secret in self.api_key.as_deref().into_iter().chain(headers) {
+            if secret.len() >= 4 {
+                message = message.replace(secret, "***");
+            }
         }
+        message
     }
 }
 

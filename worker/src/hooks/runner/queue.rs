@@ -185,9 +185,12 @@ impl TranscriptionQueue {
                         sqlx::types::Json(
                             segments
                                 .iter()
-                                .map(|s| Segment {
-                                    text: s.text.replace('\0', ""),
-                                    ..s.clone()
+                                .map(|s| {
+                                    Segment {
+                                        text: s.text.replace('\0', ""),
+                                        ..s.clone()
+                                    }
+                                    .bounded()
                                 })
                                 .collect::<Vec<_>>(),
                         )

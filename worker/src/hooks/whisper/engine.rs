@@ -47,6 +47,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// An engine that dies sooner than this after its start counts as a failed start.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 
+/// Why a request got no answer.
+pub(super) enum Failure {
+    /// The worker stopped the engine for another request's sake (one cut short): this one was
+    /// not at fault, and may be sent again.
+    Stopped,
+    /// The engine failed (it exited, or could not start): a failed attempt.
+    Hook(crate::hooks::HookError),
+}
+
 pub(super) struct Engine {
     python: String,
     config: Config,
@@ -118,17 +127,12 @@ impl Engine {
         self.running().await.map(drop)
     }
 
-    /// Transcribes a 16 kHz mono WAV. Retry: the engine failed or exited; abort: the audio is
-    /// at fault.
-    pub(super) async fn transcribe(
-        &self,
-        audio: &Path,
-        language: &str,
-    ) -> Result<Answer, crate::hooks::HookError> {
+    /// Transcribes a 16 kHz mono WAV (the answer may still say the engine failed on it).
+    pub(super) async fn transcribe(&self, audio: &Path, language: &str) -> Result<Answer, Failure> {
         let running = self
             .running()
             .await
-            .map_err(crate::hooks::HookError::retry)?;
+            .map_err(|e| Failure::Hook(crate::hooks::HookError::retry(e)))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, answer) = oneshot::channel();
         running
@@ -140,10 +144,13 @@ impl Engine {
         // The reader marks the engine gone before it drops what is pending: checked after the
         // insert, a request cannot be left waiting for an engine that is no more.
         let exited = || {
-            crate::hooks::HookError::retry_because(format!(
+            if running.shared.killed.load(Ordering::Relaxed) {
+                return Failure::Stopped;
+            }
+            Failure::Hook(crate::hooks::HookError::retry_because(format!(
                 "the Whisper engine exited during the transcription ({})",
                 running.shared.tail()
-            ))
+            )))
         };
         if running.shared.gone.is_cancelled() {
             return Err(exited());
@@ -174,7 +181,8 @@ impl Engine {
     async fn running(&self) -> anyhow::Result<Arc<Running>> {
         let mut slot = self.slot.lock().await;
         if let Some(running) = &slot.running {
-            if !running.shared.gone.is_cancelled() {
+            let stopping = running.shared.killed.load(Ordering::Relaxed);
+            if !running.shared.gone.is_cancelled() && !stopping {
                 return Ok(running.clone());
             }
             let on_purpose = running.shared.killed.load(Ordering::Relaxed);

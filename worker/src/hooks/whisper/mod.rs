@@ -17,6 +17,10 @@ use vmpipe_common::settings::WHISPER_HOOK;
 use super::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
 use protocol::{Answer, Outcome};
 
+/// Times one attempt sends its voicemail to an engine that another request's cut-short run
+/// stopped.
+const MAX_TRIES: u32 = 3;
+
 pub(crate) struct WhisperHook {
     engine: engine::Engine,
     language: String,
@@ -41,6 +45,7 @@ impl WhisperHook {
             compute_type,
             threads: settings.whisper_threads,
             concurrency: settings.whisper_concurrency,
+            language: settings.whisper_language.clone(),
         };
         Self {
             engine: engine::Engine::new(settings.python.clone(), config),
@@ -58,10 +63,27 @@ impl WhisperHook {
     }
 
     async fn transcribe(&self, input: &HookInput) -> Result<Transcript, HookError> {
-        let Answer { outcome, .. } = self
-            .engine
-            .transcribe(&input.audio_path, &self.language)
-            .await?;
+        // A request whose engine was stopped for another one's sake is sent again: it does not
+        // lose an attempt for its neighbour's fault.
+        let mut tries = 0;
+        let Answer { outcome, .. } = loop {
+            tries += 1;
+            match self
+                .engine
+                .transcribe(&input.audio_path, &self.language)
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(engine::Failure::Stopped) if tries < MAX_TRIES => continue,
+                Err(engine::Failure::Stopped) => {
+                    return Err(HookError::retry_because(format!(
+                        "the Whisper engine was stopped during each of {MAX_TRIES} tries \
+                         (other transcriptions were cut short)"
+                    )));
+                }
+                Err(engine::Failure::Hook(e)) => return Err(e),
+            }
+        };
         match outcome {
             Outcome::Done {
                 result,

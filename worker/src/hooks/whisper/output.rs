@@ -15,6 +15,8 @@ use super::protocol::Line;
 const MAX_LINE: u64 = 64 << 20;
 /// The end of the engine's log kept for the error of a request it failed by exiting.
 const LOG_TAIL: usize = 1500;
+/// Longest line of the engine's log copied as one.
+const MAX_LOG_LINE: u64 = 4096;
 
 /// Hands each answer to its request until the engine's output ends; then fails what is left.
 pub(super) async fn read_answers(
@@ -60,14 +62,29 @@ pub(super) async fn read_answers(
     }
 }
 
-/// Copies the engine's log into the worker's, keeping its end for errors.
+/// Copies the engine's log into the worker's, keeping its end for errors. A line is cut at
+/// [`MAX_LOG_LINE`] bytes (a progress bar redrawn with `\r` is one endless line), bytes that are
+/// not UTF-8 are replaced, and the copy goes on to the end of the output.
 pub(super) async fn log_lines(stderr: impl AsyncRead + Unpin, shared: Arc<Shared>) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line: String = line.chars().take(2000).collect();
+    let mut stderr = BufReader::new(stderr);
+    loop {
+        let mut line = Vec::new();
+        match (&mut stderr)
+            .take(MAX_LOG_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
         info!(target: "vmpipe_worker::whisper_engine", "{line}");
         let mut tail = shared.log_tail.lock().expect("not poisoned");
-        tail.push_str(&line);
+        tail.push_str(line);
         tail.push('\n');
         if tail.len() > 2 * LOG_TAIL {
             let mut cut = tail.len() - LOG_TAIL;

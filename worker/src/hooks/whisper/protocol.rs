@@ -15,6 +15,8 @@ pub(super) struct Config {
     pub compute_type: String,
     pub threads: u16,
     pub concurrency: u16,
+    /// Checked against the model's languages before the engine says it is ready.
+    pub language: String,
 }
 
 /// One voicemail to transcribe.
