@@ -10,7 +10,8 @@ scripts/services.sh --trust-localhost
 # The Whisper transcriber's tests run the real engine: VMPIPE_TEST_PYTHON, a venv with
 # hooks/requirements*.txt (made on the first run, about half a minute; reused after), and
 # VMPIPE_TEST_WHISPER_MODEL, the tiny.en model that venv carries.
-eval "$(scripts/python-env.sh --test-env)"
+python_env=$(scripts/python-env.sh --test-env)
+eval "$python_env"
 echo "test.sh: VMPIPE_TEST_PYTHON=$VMPIPE_TEST_PYTHON" >&2
 # The fault-injection tests run the real binaries as child processes.
 cargo build --workspace --bins --locked

@@ -62,21 +62,6 @@ async fn main() {
     let database = TestDatabase::new();
     let settings = Settings {
         database_url: SecretUrl(database.url.clone()),
-        transcriber: if transcribe {
-            Transcriber::Whisper
-        } else {
-            Transcriber::None
-        },
-        whisper_model: if transcribe {
-            test_env("VMPIPE_TEST_WHISPER_MODEL")
-        } else {
-            Settings::default().whisper_model
-        },
-        python: if transcribe {
-            test_env("VMPIPE_TEST_PYTHON")
-        } else {
-            Settings::default().python
-        },
         hooks,
         worker_concurrency: std::env::args()
             .find_map(|a| a.strip_prefix("worker_concurrency=")?.parse().ok())
@@ -85,6 +70,11 @@ async fn main() {
             .find_map(|a| a.strip_prefix("hook_concurrency=")?.parse().ok())
             .unwrap_or(Settings::default().hook_concurrency),
         ..ingest.settings.clone()
+    };
+    let settings = if transcribe {
+        vmpipe_tests::worker::with_whisper(settings)
+    } else {
+        settings
     };
     // 10 s of 8 kHz mono speech-sized WAV, as FreeSWITCH records it; real speech for Whisper
     // (a tone is silence to its voice-activity filter, which would leave it nothing to do).
@@ -219,13 +209,6 @@ async fn drain_backlog(
         wav.len() / 1024,
     );
     (worker, after_first)
-}
-
-/// A variable `scripts/test.sh` (`scripts/python-env.sh --test-env`) sets for the Whisper runs.
-fn test_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `eval \"$(scripts/python-env.sh --test-env)\"` first (the tests' Whisper venv and model)")
-    })
 }
 
 /// Median and p99, in ms, from 201 (the file stored) to the row written, of the voicemails
