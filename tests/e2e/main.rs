@@ -12,6 +12,7 @@ mod hostile_worker;
 mod hung_broker;
 mod ingest;
 mod observability;
+mod openai_hook;
 mod ops;
 mod prune;
 mod recovery;

@@ -154,10 +154,10 @@ async fn whisper_transcribes_spoken_voicemails_with_language_confidence_and_segm
     stack.finish().await;
 }
 
-/// Silence (and nothing but a tone) is a transcript with no words and no segments, not
-/// words the model made up.
+/// Silence, and hold music (no one speaking), are a transcript with no words and no segments,
+/// not words the model made up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silence_is_transcribed_as_nothing() {
+async fn silence_and_hold_music_are_transcribed_as_nothing() {
     let mut stack = Stack::start(false).await;
     stack
         .start_worker_with(with_whisper(stack.worker_settings()))
@@ -167,14 +167,33 @@ async fn silence_is_transcribed_as_nothing() {
     stack
         .put_wav(&format!("/{ACCOUNT}/silence.wav"), "silence.wav", &silence)
         .await;
-    let row = stack
-        .finished_transcription("silence.wav", "whisper", Duration::from_secs(120))
-        .await;
-    assert_eq!(text(&row, "status"), "done", "{}", text(&row, "error"));
-    assert_eq!(text(&row, "text"), "");
-    let segments: serde_json::Value = row.get::<Option<serde_json::Value>, _>("segments").unwrap();
-    assert_eq!(segments, serde_json::json!([]));
-    assert_eq!(row.get::<Option<f64>, _>("confidence"), None);
+    let music = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/music");
+    let tunes = ["hold-audioread.mp3", "hold-pydub.mp3"];
+    for tune in tunes {
+        let audio = std::fs::read(format!("{music}/{tune}")).unwrap();
+        let r = stack
+            .ingest
+            .client()
+            .store_voicemail(ACCOUNT, tune, &audio, "audio/mpeg")
+            .await;
+        assert_eq!(r.status, 201, "{tune}");
+    }
+    for file in std::iter::once("silence.wav").chain(tunes) {
+        let row = stack
+            .finished_transcription(file, "whisper", Duration::from_secs(120))
+            .await;
+        assert_eq!(
+            text(&row, "status"),
+            "done",
+            "{file}: {}",
+            text(&row, "error")
+        );
+        assert_eq!(text(&row, "text"), "", "{file}");
+        let segments: serde_json::Value =
+            row.get::<Option<serde_json::Value>, _>("segments").unwrap();
+        assert_eq!(segments, serde_json::json!([]), "{file}");
+        assert_eq!(row.get::<Option<f64>, _>("confidence"), None, "{file}");
+    }
     stack.finish().await;
 }
 
@@ -236,6 +255,15 @@ async fn the_engine_loads_once_is_restarted_after_a_crash_and_dies_with_its_work
     settings.worker_listen = format!("127.0.0.1:{}", free_port());
     let worker = Service::spawn("worker", &settings).await;
     stack.wait_for_schema().await;
+    // Ready once the database is migrated and the model loaded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.get("/readyz").await.map(|(status, _)| status) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker is not ready after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let engines = engines_of(worker.pid());
     assert_eq!(engines.len(), 1, "one engine, started with the worker");
     assert_eq!(engine_starts(&worker).await, 1.0);

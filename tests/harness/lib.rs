@@ -14,6 +14,7 @@ pub mod database;
 pub mod ingest;
 pub mod kazoo;
 pub mod metrics;
+pub mod openai;
 pub mod process;
 pub mod proxy;
 pub mod queue;
@@ -29,6 +30,7 @@ pub use kazoo::{
     mailbox_message, start_partial_put,
 };
 pub use metrics::sample;
+pub use openai::{OpenaiServer, Reply, TranscriptionRequest};
 pub use process::{Service, binary, free_port, http_get, process_running, settings_env};
 pub use proxy::{Proxy, url_addr};
 pub use queue::{TestQueue, amqp_url};

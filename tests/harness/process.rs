@@ -66,6 +66,17 @@ impl Service {
         Self::start(binary_name, settings, env, log, Some("info,lapin=off")).await
     }
 
+    /// Like [`Service::spawn_with_env`], with the JSON log at `filter` (`debug`, say).
+    pub async fn spawn_with_env_filtered(
+        binary_name: &str,
+        settings: &Settings,
+        env: &[(&str, String)],
+        log: &std::path::Path,
+        filter: &str,
+    ) -> Self {
+        Self::start(binary_name, settings, env, Some(log), Some(filter)).await
+    }
+
     /// Like [`Service::spawn_logging`], with `RUST_LOG` set to `filter`, or not set at all
     /// (`None`: the binary's own default filter, as an operator runs it).
     pub async fn spawn_with_logs(

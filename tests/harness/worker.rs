@@ -61,6 +61,10 @@ pub fn shell_hook(name: &str, audio: HookAudio, script: &str) -> HookSettings {
         ],
         url: None,
         headers: BTreeMap::new(),
+        model: None,
+        language: None,
+        api_key: None,
+        api_key_file: None,
         audio,
         timeout_secs: 20,
         max_attempts: 3,
@@ -69,31 +73,14 @@ pub fn shell_hook(name: &str, audio: HookAudio, script: &str) -> HookSettings {
     }
 }
 
-/// Writes command `hooks` as the `[[hooks]]` tables of a settings file in `dir`, for a worker
-/// process (hooks are settings of the file only), and returns its path (`VMPIPE_CONFIG`).
+/// Writes `hooks` as the `[[hooks]]` tables of a settings file in `dir`, for a worker process
+/// (hooks are settings of the file only), and returns its path (`VMPIPE_CONFIG`).
 pub fn hooks_file(dir: &Path, hooks: &[HookSettings]) -> PathBuf {
-    let quote = |s: &str| serde_json::to_string(s).expect("a string");
-    let mut toml = String::new();
-    for hook in hooks {
-        assert_eq!(hook.kind, HookKind::Command, "command hooks only");
-        let command: Vec<String> = hook.command.iter().map(|arg| quote(arg)).collect();
-        toml += &format!(
-            "[[hooks]]\nname = {}\nkind = \"command\"\ncommand = [{}]\naudio = \"{}\"\n\
-             timeout_secs = {}\nmax_attempts = {}\nretry_delay_ms = {}\n",
-            quote(&hook.name),
-            command.join(", "),
-            match hook.audio {
-                HookAudio::Original => "original",
-                HookAudio::Wav16k => "wav16k",
-            },
-            hook.timeout_secs,
-            hook.max_attempts,
-            hook.retry_delay_ms,
-        );
-        if let Some(concurrency) = hook.concurrency {
-            toml += &format!("concurrency = {concurrency}\n");
-        }
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        hooks: &'a [HookSettings],
     }
+    let toml = toml::to_string(&File { hooks }).expect("hooks as TOML");
     let path = dir.join("hooks.toml");
     std::fs::write(&path, toml).expect("write the settings file");
     path

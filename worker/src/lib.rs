@@ -67,7 +67,6 @@ impl Worker {
         vmpipe_common::metrics::register(vmpipe_common::metrics::WORKER);
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
-        hooks::start_all(&hooks).await.map_err(WorkerError::Hook)?;
         let store = FsStore::open(&settings.storage_dir)?;
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
             .await
@@ -75,23 +74,27 @@ impl Worker {
                 addr: settings.worker_listen.clone(),
                 source,
             })?;
-        // While the database is away at start-up, the worker waits for it, alive and not ready
-        // (exiting would be a crash loop under an orchestrator).
+        // While the database is away at start-up (or a model loads), the worker waits for it,
+        // alive and not ready (exiting would be a crash loop under an orchestrator).
         let starting = Arc::new(health::HealthServer {
             health: Arc::default(),
             pool: None,
             metrics: None,
         });
         let started = CancellationToken::new();
-        let (pool, ()) = tokio::join!(
+        // The hooks get ready (the Whisper model loads) meanwhile; one that cannot stops the
+        // start at once.
+        let (ready, ()) = tokio::join!(
             async {
-                let pool = migrate_when_reachable(&settings).await;
+                let ready = tokio::try_join!(migrate_when_reachable(&settings), async {
+                    hooks::start_all(&hooks).await.map_err(WorkerError::Hook)
+                });
                 started.cancel();
-                pool
+                ready
             },
             health::serve_on(&listener, starting, started.clone()),
         );
-        let pool = pool?;
+        let (pool, ()) = ready?;
         Ok(Self {
             settings,
             pool,

@@ -67,12 +67,27 @@ pub struct HookSettings {
     /// by the audio file's path and the voicemail's id.
     #[serde(default)]
     pub command: Vec<String>,
-    /// `webhook`: where the voicemail is POSTed.
+    /// `webhook`: where the voicemail is POSTed. `openai`: the server's base URL, to which
+    /// `/v1/audio/transcriptions` is added (`https://api.openai.com`,
+    /// `https://api.groq.com/openai`, `http://127.0.0.1:8000`).
     #[serde(default)]
     pub url: Option<SecretUrl>,
-    /// `webhook`: extra request headers (an `Authorization`, say).
+    /// `webhook` and `openai`: extra request headers (an `Authorization`, say).
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, Secret>,
+    /// `openai`: the model the server is asked for (`whisper-1`, `whisper-large-v3-turbo`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `openai`: the language spoken, as a code (`en`, `de`); unset, the server detects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// `openai`: the API key, sent as `Authorization: Bearer ...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// `openai`: a file holding the API key (a Docker secret, say), read when the worker
+    /// starts; instead of `api_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Which audio the hook gets: the stored file, or a 16 kHz mono 16-bit WAV made from it.
     #[serde(default)]
     pub audio: HookAudio,
@@ -117,21 +132,70 @@ impl HookSettings {
         if self.timeout_secs == 0 || self.max_attempts == 0 || self.concurrency == Some(0) {
             return Err("timeout_secs, max_attempts and concurrency must be at least 1".into());
         }
+        let http_url = self.url.as_ref().is_some_and(|url| {
+            url.expose().starts_with("http://") || url.expose().starts_with("https://")
+        });
+        if self.kind != HookKind::Openai {
+            let openai_only = [
+                ("model", self.model.is_some()),
+                ("language", self.language.is_some()),
+                ("api_key", self.api_key.is_some()),
+                ("api_key_file", self.api_key_file.is_some()),
+            ];
+            if let Some((setting, _)) = openai_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "`{setting}` is a setting of `kind = \"openai\"` hooks"
+                ));
+            }
+        }
         match self.kind {
             HookKind::Command if self.command.is_empty() => {
                 Err("a command hook needs `command = [\"program\", \"arg\", ...]`".into())
             }
-            HookKind::Webhook => match &self.url {
-                Some(url)
-                    if url.expose().starts_with("http://")
-                        || url.expose().starts_with("https://") =>
-                {
-                    Ok(())
-                }
-                _ => Err("a webhook hook needs `url = \"http(s)://...\"`".into()),
-            },
-            HookKind::Command => Ok(()),
+            HookKind::Webhook if !http_url => {
+                Err("a webhook hook needs `url = \"http(s)://...\"`".into())
+            }
+            HookKind::Openai => self.validate_openai(http_url),
+            HookKind::Command | HookKind::Webhook => Ok(()),
         }
+    }
+
+    fn validate_openai(&self, http_url: bool) -> Result<(), String> {
+        if !http_url {
+            return Err(
+                "an openai hook needs `url = \"http(s)://...\"`, the server's base URL \
+                 (https://api.openai.com, say)"
+                    .into(),
+            );
+        }
+        if self
+            .model
+            .as_deref()
+            .is_none_or(|model| model.trim().is_empty())
+        {
+            return Err("an openai hook needs `model` (whisper-1, say)".into());
+        }
+        if let Some(language) = &self.language
+            && !is_language_code(language)
+        {
+            return Err(format!(
+                "language must be a language code (en, de, fr, ...): {language:?}"
+            ));
+        }
+        if self.api_key.is_some() && self.api_key_file.is_some() {
+            return Err("api_key and api_key_file: one or the other".into());
+        }
+        if self
+            .api_key
+            .as_ref()
+            .is_some_and(|key| key.expose().trim().is_empty())
+        {
+            return Err("api_key is empty (leave it out for a server without keys)".into());
+        }
+        if !self.command.is_empty() {
+            return Err("`command` is a setting of `kind = \"command\"` hooks".into());
+        }
+        Ok(())
     }
 
     pub fn timeout(&self) -> Duration {
@@ -150,6 +214,9 @@ pub enum HookKind {
     Command,
     /// POSTs the voicemail and its audio; the JSON answer is the transcript.
     Webhook,
+    /// POSTs the audio to an OpenAI-compatible `{url}/v1/audio/transcriptions` (OpenAI, Groq,
+    /// faster-whisper and whisper.cpp servers, LocalAI, vLLM); text, language and segments.
+    Openai,
 }
 
 /// The audio a hook receives.
@@ -163,6 +230,11 @@ pub enum HookAudio {
     Wav16k,
 }
 
+/// A language code as Whisper knows them: `en`, `de`, `haw`.
+fn is_language_code(language: &str) -> bool {
+    (2..=3).contains(&language.len()) && language.chars().all(|c| c.is_ascii_lowercase())
+}
+
 /// The Whisper settings' own checks (whether the engine can load the model is checked when the
 /// worker starts it).
 pub(super) fn validate_whisper(settings: &super::Settings) -> Result<(), String> {
@@ -170,9 +242,7 @@ pub(super) fn validate_whisper(settings: &super::Settings) -> Result<(), String>
         return Err("whisper_model must name a model directory or an installed model".into());
     }
     let language = settings.whisper_language.as_str();
-    let language_ok = language == "auto"
-        || ((2..=3).contains(&language.len()) && language.chars().all(|c| c.is_ascii_lowercase()));
-    if !language_ok {
+    if language != "auto" && !is_language_code(language) {
         return Err(format!(
             "whisper_language must be \"auto\" or a language code (en, de, fr, ...): {language:?}"
         ));

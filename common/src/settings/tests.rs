@@ -171,6 +171,103 @@ fn bad_hooks_are_refused_with_their_name() {
 }
 
 #[test]
+fn an_openai_hook_has_its_server_model_language_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[hooks]]
+name = "groq"
+kind = "openai"
+url = "https://api.groq.com/openai"
+model = "whisper-large-v3-turbo"
+language = "de"
+api_key = "gsk_s3cret"
+
+[[hooks]]
+name = "local"
+kind = "openai"
+url = "http://127.0.0.1:8000"
+model = "Systran/faster-whisper-small"
+api_key_file = "/run/secrets/whisper_key"
+audio = "wav16k"
+"#,
+    )
+    .unwrap();
+    let s = Settings::load_from(Some(&file), &env(&[])).unwrap();
+    let groq = &s.hooks[0];
+    assert_eq!(groq.kind, HookKind::Openai);
+    assert_eq!(
+        groq.url.as_ref().unwrap().expose(),
+        "https://api.groq.com/openai"
+    );
+    assert_eq!(groq.model.as_deref(), Some("whisper-large-v3-turbo"));
+    assert_eq!(groq.language.as_deref(), Some("de"));
+    assert_eq!(groq.api_key.as_ref().unwrap().expose(), "gsk_s3cret");
+    assert_eq!(groq.audio, HookAudio::Original);
+    let local = &s.hooks[1];
+    assert_eq!(local.language, None, "the server detects it");
+    assert_eq!(local.api_key, None);
+    assert_eq!(
+        local.api_key_file.as_deref(),
+        Some(std::path::Path::new("/run/secrets/whisper_key"))
+    );
+    assert!(
+        !format!("{s:?}").contains("s3cret"),
+        "the key is never shown"
+    );
+}
+
+#[test]
+fn bad_openai_hooks_are_refused_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    let hook = |rest: &str| format!("[[hooks]]\nname = \"stt\"\nkind = \"openai\"\n{rest}");
+    for (toml, expected) in [
+        (hook("model = \"whisper-1\"\n"), "needs `url"),
+        (
+            hook("url = \"api.openai.com\"\nmodel = \"whisper-1\"\n"),
+            "needs `url",
+        ),
+        (hook("url = \"https://api.openai.com\"\n"), "needs `model`"),
+        (
+            hook("url = \"https://api.openai.com\"\nmodel = \" \"\n"),
+            "needs `model`",
+        ),
+        (
+            hook("url = \"https://x\"\nmodel = \"m\"\nlanguage = \"English\"\n"),
+            "language must be a language code",
+        ),
+        (
+            hook("url = \"https://x\"\nmodel = \"m\"\napi_key = \"k\"\napi_key_file = \"/k\"\n"),
+            "one or the other",
+        ),
+        (
+            hook("url = \"https://x\"\nmodel = \"m\"\napi_key = \"\"\n"),
+            "api_key is empty",
+        ),
+        (
+            hook("url = \"https://x\"\nmodel = \"m\"\nmodle = \"n\"\n"),
+            "modle",
+        ),
+        (
+            "[[hooks]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"https://x\"\nmodel = \"m\"\n"
+                .into(),
+            "`model` is a setting of `kind = \"openai\"` hooks",
+        ),
+    ] {
+        std::fs::write(&file, &toml).unwrap();
+        let err = Settings::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{toml}: {err}");
+        let named = err.contains("\"stt\"") || err.contains("\"crm\"") || expected == "modle";
+        assert!(named, "the error names the hook: {err}");
+    }
+}
+
+#[test]
 fn byte_sizes_parse() {
     assert_eq!("1048576".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
     assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));

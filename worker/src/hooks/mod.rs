@@ -5,11 +5,16 @@
 //! A slow, failing or crashing hook therefore never delays or breaks indexing: it times out,
 //! is retried with backoff, and its outcome is recorded in its row.
 //!
-//! Three kinds: `command::CommandHook` runs a program, `webhook::WebhookHook` POSTs to a
-//! URL, and anything implementing [`Hook`] can be compiled into a worker of one's own
+//! The kinds: `command::CommandHook` runs a program, `webhook::WebhookHook` POSTs to a URL,
+//! `openai::OpenaiHook` asks an OpenAI-compatible speech-to-text server, and anything
+//! implementing [`Hook`] can be compiled into a worker of one's own
 //! (`worker/examples/custom_hook.rs`).
 
 mod command;
+pub(crate) mod confidence;
+mod http;
+pub(crate) mod languages;
+mod openai;
 mod program;
 pub(crate) mod runner;
 mod supervise;
@@ -181,6 +186,7 @@ pub type HookError = crate::error::JobError;
 /// The hooks a worker runs, in settings order: the built-in transcriber, then `[[hooks]]`.
 /// An error is a setting that cannot work (it stops the worker at start-up).
 pub(crate) fn from_settings(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn Hook>>> {
+    use anyhow::Context as _;
     let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
     if settings.transcriber == Transcriber::Whisper {
         hooks.push(Arc::new(whisper::WhisperHook::new(settings)));
@@ -202,7 +208,14 @@ pub(crate) fn from_settings(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn H
                     policy,
                 ))
             }
-            HookKind::Webhook => Arc::new(webhook::WebhookHook::new(hook, policy)?),
+            HookKind::Webhook => Arc::new(
+                webhook::WebhookHook::new(hook, policy)
+                    .with_context(|| format!("hook {:?}", hook.name))?,
+            ),
+            HookKind::Openai => Arc::new(
+                openai::OpenaiHook::new(hook, policy)
+                    .with_context(|| format!("hook {:?}", hook.name))?,
+            ),
         });
     }
     Ok(hooks)

@@ -23,13 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use vmpipe_common::backoff;
 
+use super::output::{log_lines, read_answers, read_line};
 use super::protocol::{Answer, Config, Event, Line, Request};
 use crate::hooks::supervise::{ProcessGroup, spawn_supervised, without_settings};
 
@@ -43,10 +44,6 @@ const BOOTSTRAP: &str = "import os; exec(compile(os.environ.pop('WHISPER_ENGINE_
 pub(crate) const MARKER: &str = "vmpipe-whisper-engine";
 /// Longest a model may take to load (a large one, from a slow disk, at low CPU priority).
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest answer line: the segments of the longest voicemail fit many times over.
-const MAX_LINE: u64 = 64 << 20;
-/// The end of the engine's log kept for the error of a request it failed by exiting.
-const LOG_TAIL: usize = 1500;
 /// An engine that dies sooner than this after its start counts as a failed start.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 
@@ -69,21 +66,35 @@ struct Running {
     started: Instant,
     stdin: tokio::sync::Mutex<ChildStdin>,
     shared: Arc<Shared>,
-    _group: ProcessGroup,
+    /// The engine's process group (its supervisor's pid).
+    group: u32,
 }
 
 /// What the engine's reader and the requests share.
-struct Shared {
-    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+pub(super) struct Shared {
+    pub(super) pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     /// Cancelled once the engine's output has ended (it exited or was killed).
-    gone: CancellationToken,
+    pub(super) gone: CancellationToken,
     /// Killed by the worker (a request cut short, shutdown): not a failure of the engine.
-    killed: AtomicBool,
-    log_tail: Mutex<String>,
+    pub(super) killed: AtomicBool,
+    /// The engine's group was killed and its leader reaped: its pid may belong to another
+    /// process now, and is never signalled again.
+    pub(super) reaped: AtomicBool,
+    pub(super) log_tail: Mutex<String>,
 }
 
 impl Shared {
-    fn tail(&self) -> String {
+    /// Kills the engine's process group (unless it is gone already).
+    pub(super) fn kill(&self, group: u32, on_purpose: bool) {
+        if on_purpose {
+            self.killed.store(true, Ordering::Relaxed);
+        }
+        if !self.reaped.load(Ordering::Acquire) {
+            drop(ProcessGroup(group));
+        }
+    }
+
+    pub(super) fn tail(&self) -> String {
         let tail = self.log_tail.lock().expect("not poisoned");
         match tail.trim() {
             "" => "it printed nothing".to_owned(),
@@ -221,12 +232,13 @@ impl Engine {
         let mut child = spawn_supervised(command)
             .await
             .with_context(|| format!("cannot start the Whisper engine with {:?}", self.python))?;
-        let group = ProcessGroup(child.id().context("the engine exited at once")?);
+        let group = child.id().context("the engine exited at once")?;
         metrics::counter!("vmpipe_whisper_engine_starts_total").increment(1);
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             gone: CancellationToken::new(),
             killed: AtomicBool::new(false),
+            reaped: AtomicBool::new(false),
             log_tail: Mutex::default(),
         });
         let stderr = child.stderr.take().expect("piped");
@@ -261,7 +273,7 @@ impl Engine {
                         rss_bytes,
                         start_ms = started.elapsed().as_millis() as u64,
                         versions = %versions,
-                        pid = group.0,
+                        pid = group,
                         "Whisper engine ready"
                     );
                     None
@@ -274,23 +286,23 @@ impl Engine {
         };
         if let Some(why) = failure {
             // Its log ends with the engine (killed with its group).
-            drop(group);
+            shared.kill(group, true);
             let _ = tokio::time::timeout(Duration::from_secs(2), logger).await;
             return Err(anyhow!("{why} ({})", shared.tail()));
         }
-        tokio::spawn(read_answers(stdout, child, shared.clone()));
+        tokio::spawn(read_answers(stdout, child, group, shared.clone()));
         Ok(Running {
             started,
             stdin: tokio::sync::Mutex::new(stdin),
             shared,
-            _group: group,
+            group,
         })
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.shared.killed.store(true, Ordering::Relaxed);
+        self.shared.kill(self.group, true);
     }
 }
 
@@ -304,82 +316,7 @@ impl Drop for CutShort {
                 "a transcription was cut short (timeout, lost lease or shutdown): the Whisper \
                  engine is stopped, and started again for the next one"
             );
-            running.shared.killed.store(true, Ordering::Relaxed);
-            if let Some(pid) = rustix::process::Pid::from_raw(running._group.0 as i32) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
+            running.shared.kill(running.group, true);
         }
     }
-}
-
-/// Hands each answer to its request until the engine's output ends; then fails what is left.
-async fn read_answers(mut stdout: BufReader<ChildStdout>, mut child: Child, shared: Arc<Shared>) {
-    while let Ok(Some(line)) = read_line(&mut stdout).await {
-        match serde_json::from_slice::<Line>(&line) {
-            Ok(Line::Answer(answer)) => {
-                if let Some(rss) = answer.rss_bytes {
-                    metrics::gauge!("vmpipe_whisper_engine_rss_bytes").set(rss as f64);
-                }
-                let waiting = shared
-                    .pending
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(&answer.id);
-                if let Some(request) = waiting {
-                    let _ = request.send(answer);
-                }
-            }
-            _ => {
-                warn!(
-                    line = %String::from_utf8_lossy(&line[..line.len().min(300)]),
-                    "the Whisper engine said something that is not an answer: stopping it"
-                );
-                break;
-            }
-        }
-    }
-    shared.gone.cancel();
-    shared.pending.lock().expect("not poisoned").clear();
-    let _ = child.start_kill();
-    let status = child.wait().await;
-    if shared.killed.load(Ordering::Relaxed) {
-        info!(status = ?status.ok(), "Whisper engine stopped");
-    } else {
-        warn!(status = ?status.ok(), log = %shared.tail(), "the Whisper engine exited");
-    }
-}
-
-/// Copies the engine's log into the worker's, keeping its end for errors.
-async fn log_lines(stderr: impl AsyncRead + Unpin, shared: Arc<Shared>) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line: String = line.chars().take(2000).collect();
-        info!(target: "vmpipe_worker::whisper_engine", "{line}");
-        let mut tail = shared.log_tail.lock().expect("not poisoned");
-        tail.push_str(&line);
-        tail.push('\n');
-        if tail.len() > 2 * LOG_TAIL {
-            let mut cut = tail.len() - LOG_TAIL;
-            while !tail.is_char_boundary(cut) {
-                cut += 1;
-            }
-            tail.drain(..cut);
-        }
-    }
-}
-
-/// One line (without its end), at most [`MAX_LINE`] bytes; `None` at the end of the output.
-async fn read_line(reader: &mut BufReader<ChildStdout>) -> std::io::Result<Option<Vec<u8>>> {
-    let mut line = Vec::new();
-    let read = (&mut *reader)
-        .take(MAX_LINE)
-        .read_until(b'\n', &mut line)
-        .await?;
-    if read == 0 {
-        return Ok(None);
-    }
-    if line.pop() != Some(b'\n') {
-        return Err(std::io::Error::other("an unfinished or over-long line"));
-    }
-    Ok(Some(line))
 }

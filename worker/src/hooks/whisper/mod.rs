@@ -5,6 +5,7 @@
 //! the text, the language, a confidence and the segments with their timestamps.
 
 mod engine;
+mod output;
 mod protocol;
 
 use std::time::Duration;
