@@ -1,4 +1,4 @@
-//! Pipeline benchmark: `cargo bench -p vmpipe-tests --bench pipeline [-- UPLOADS] [pocketsphinx]`.
+//! Pipeline benchmark: `cargo bench -p vmpipe-tests --bench pipeline [-- UPLOADS] [whisper]`.
 //!
 //! Runs ingest and worker in this process against the local PostgreSQL and RabbitMQ (each run
 //! gets its own database and queue, removed afterwards) and prints:
@@ -8,9 +8,12 @@
 //!
 //! With `hook=COMMAND`, the worker runs `sh -c COMMAND` as a hook on every voicemail
 //! (`hook_concurrency=N` at a time). `worker_concurrency=N` sets the worker's prefetch.
-//! With `pocketsphinx`, the worker also runs the PocketSphinx transcriber on every voicemail
-//! (it needs the Python package), so that both figures can be compared with and without it; the
-//! hook's own figures, over the transcriptions finished by then, come last.
+//! With `whisper`, the worker also runs the Whisper transcriber on every voicemail (the venv and
+//! model of `scripts/python-env.sh --test-env`: VMPIPE_TEST_PYTHON, VMPIPE_TEST_WHISPER_MODEL),
+//! the voicemails are spoken (tests/fixtures/spoken/invoice.wav) instead of a tone, and the
+//! backlog is drained twice, by a worker without the transcriber and then by one with it, so
+//! that the two indexing rates compare in one run; the hook's own figures, over the
+//! transcriptions finished by then, come last.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +35,7 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
-    let transcribe = std::env::args().any(|a| a == "pocketsphinx");
+    let transcribe = std::env::args().any(|a| a == "whisper");
     // `hook=COMMAND`: a command hook (run by `sh -c`) on every voicemail, for comparison.
     let hooks: Vec<HookSettings> = std::env::args()
         .filter_map(|a| a.strip_prefix("hook=").map(str::to_owned))
@@ -63,11 +66,6 @@ async fn main() {
     let database = TestDatabase::new();
     let settings = Settings {
         database_url: SecretUrl(database.url.clone()),
-        transcriber: if transcribe {
-            Transcriber::Whisper
-        } else {
-            Transcriber::None
-        },
         hooks,
         worker_concurrency: std::env::args()
             .find_map(|a| a.strip_prefix("worker_concurrency=")?.parse().ok())
@@ -77,8 +75,22 @@ async fn main() {
             .unwrap_or(Settings::default().hook_concurrency),
         ..ingest.settings.clone()
     };
-    // 10 s of 8 kHz mono speech-sized WAV, as FreeSWITCH records it.
-    let wav = wav_pcm16(8000, 10_000);
+    let settings = if transcribe {
+        vmpipe_tests::worker::with_whisper(settings)
+    } else {
+        settings
+    };
+    // 10 s of 8 kHz mono speech-sized WAV, as FreeSWITCH records it; real speech for Whisper
+    // (a tone is silence to its voice-activity filter, which would leave it nothing to do).
+    let wav = if transcribe {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/spoken/invoice.wav"
+        ))
+        .unwrap()
+    } else {
+        wav_pcm16(8000, 10_000)
+    };
     println!(
         "pipeline benchmark: {uploads} uploads of {} KiB, worker concurrency {}, transcriber {:?}, hooks {:?}",
         wav.len() / 1024,
@@ -114,27 +126,34 @@ async fn main() {
         peak / 2.0
     );
 
-    // 2. Indexing rate from a backlog: worker stopped while uploads queue up.
+    // 2. Indexing rate from a backlog: worker stopped while uploads queue up. With the
+    // transcriber, first by a worker without it, for comparison.
     worker.stop().await;
-    upload_many(&ingest, &wav, "backlog", uploads, 8).await;
-    let worker = TestWorker::start(settings.clone());
-    let started = Instant::now();
-    let before = (uploads + paced) as i64;
-    // The worker's start-up (connections, migrations check, consumer) is timed apart.
-    wait_for_rows(&pool, before + 1, Duration::from_secs(600)).await;
-    let first_row = started.elapsed().as_secs_f64();
-    let first_count: i64 = sqlx::query_scalar("SELECT count(*) FROM voicemails")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    wait_for_rows(&pool, before + uploads as i64, Duration::from_secs(600)).await;
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "backlog: {uploads} jobs indexed in {secs:.2} s = {:.0} jobs/s (each probes a 10 s WAV); \
-         after the first row ({first_row:.2} s from start): {:.0} jobs/s",
-        uploads as f64 / secs,
-        (before + uploads as i64 - first_count) as f64 / (secs - first_row).max(1e-9)
-    );
+    let mut before = (uploads + paced) as i64;
+    if transcribe {
+        let without = Settings {
+            transcriber: Transcriber::None,
+            ..settings.clone()
+        };
+        let (worker, rate) =
+            drain_backlog(&ingest, &pool, &wav, "plain", uploads, before, without).await;
+        worker.stop().await;
+        println!("  (that was without the transcriber; {rate:.0} jobs/s after the first row)");
+        before += uploads as i64;
+    }
+    let (worker, rate) = drain_backlog(
+        &ingest,
+        &pool,
+        &wav,
+        "backlog",
+        uploads,
+        before,
+        settings.clone(),
+    )
+    .await;
+    if transcribe {
+        println!("  (that was with the transcriber; {rate:.0} jobs/s after the first row)");
+    }
 
     if transcribe || !settings.hooks.is_empty() {
         let (done, median, p95, wait): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
@@ -160,6 +179,40 @@ async fn main() {
     queue.delete().await;
     ingest.stop().await;
     database.drop().await;
+}
+
+/// The backlog phase: `uploads` jobs queued while no worker runs, then drained by a worker with
+/// `settings`. Prints the overall rate and the rate after the first row (the worker's start-up,
+/// which includes loading a transcriber's model, timed apart); returns the worker, still
+/// running, and that second rate.
+async fn drain_backlog(
+    ingest: &TestIngest,
+    pool: &sqlx::PgPool,
+    wav: &[u8],
+    tag: &str,
+    uploads: usize,
+    before: i64,
+    settings: Settings,
+) -> (TestWorker, f64) {
+    upload_many(ingest, wav, tag, uploads, 8).await;
+    let worker = TestWorker::start(settings);
+    let started = Instant::now();
+    wait_for_rows(pool, before + 1, Duration::from_secs(600)).await;
+    let first_row = started.elapsed().as_secs_f64();
+    let first_count: i64 = sqlx::query_scalar("SELECT count(*) FROM voicemails")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    wait_for_rows(pool, before + uploads as i64, Duration::from_secs(600)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let after_first = (before + uploads as i64 - first_count) as f64 / (secs - first_row).max(1e-9);
+    println!(
+        "backlog: {uploads} jobs indexed in {secs:.2} s = {:.0} jobs/s (each probes a {} KiB WAV); \
+         after the first row ({first_row:.2} s from start): {after_first:.0} jobs/s",
+        uploads as f64 / secs,
+        wav.len() / 1024,
+    );
+    (worker, after_first)
 }
 
 /// Median and p99, in ms, from 201 (the file stored) to the row written, of the voicemails
