@@ -234,6 +234,34 @@ pub const WORKER: &[Metric] = &[
         "Seconds one hook attempt took, audio decoding included.",
     )
     .labelled_at_run_time(),
+    Metric::new(
+        "vmpipe_whisper_engine_starts_total",
+        Kind::Counter,
+        "Starts of the Whisper engine (VMPIPE_TRANSCRIBER=whisper): 1 per worker process, plus \
+         one per restart after a crash or a transcription cut short.",
+    ),
+    Metric::new(
+        "vmpipe_whisper_model_load_seconds",
+        Kind::Gauge,
+        "Seconds the Whisper engine's last start took to load its model.",
+    ),
+    Metric::new(
+        "vmpipe_whisper_engine_rss_bytes",
+        Kind::Gauge,
+        "Resident memory of the Whisper engine process, as it last reported it.",
+    ),
+    Metric::new(
+        "vmpipe_whisper_audio_seconds",
+        Kind::Histogram(LONG_SECONDS),
+        "Seconds of audio in each voicemail the Whisper engine transcribed. Its _sum divided \
+         by vmpipe_whisper_transcribe_seconds_sum: the real-time factor.",
+    ),
+    Metric::new(
+        "vmpipe_whisper_transcribe_seconds",
+        Kind::Histogram(LONG_SECONDS),
+        "Seconds the Whisper engine took to transcribe each voicemail (decoding by the worker \
+         not included).",
+    ),
 ];
 
 /// Installs the recorder on first use and returns the handle that renders it.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::Row;
-use vmpipe_common::settings::{HookAudio, HookKind, HookSettings, Secret, SecretUrl, Transcriber};
+use vmpipe_common::settings::{HookAudio, HookKind, HookSettings, Secret, SecretUrl};
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
@@ -27,78 +27,6 @@ async fn upload(stack: &Stack, name: &str, audio: &[u8], content_type: &str) {
 
 fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
     row.get::<Option<String>, _>(column).unwrap_or_default()
-}
-
-/// A spoken voicemail (espeak-ng, 8 kHz MP3 as FreeSWITCH records) goes through the built-in
-/// PocketSphinx transcriber; the transcript has the words that were said.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pocketsphinx_transcribes_a_spoken_voicemail() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/spoken");
-    let expected = std::fs::read_to_string(format!("{fixtures}/expected.tsv")).unwrap();
-    let cases: Vec<(String, Vec<String>)> = expected
-        .lines()
-        .skip(1)
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let words = fields[2].split_whitespace().map(str::to_owned).collect();
-            (fields[0].to_owned(), words)
-        })
-        .collect();
-    assert!(!cases.is_empty());
-
-    let mut stack = Stack::start(false).await;
-    let settings = vmpipe_common::Settings {
-        transcriber: Transcriber::Whisper,
-        ..stack.worker_settings()
-    };
-    stack.start_worker_with(settings).await;
-    for (file, _) in &cases {
-        let audio = std::fs::read(format!("{fixtures}/{file}")).unwrap();
-        let content_type = if file.ends_with(".mp3") {
-            "audio/mpeg"
-        } else {
-            "audio/wav"
-        };
-        upload(&stack, file, &audio, content_type).await;
-    }
-    for (file, words) in &cases {
-        let row = stack
-            .finished_transcription(file, "pocketsphinx", Duration::from_secs(120))
-            .await;
-        let transcript = text(&row, "text");
-        assert_eq!(
-            text(&row, "status"),
-            "done",
-            "{file}: {}",
-            text(&row, "error")
-        );
-        assert_eq!(text(&row, "language"), "en-us");
-        for word in words {
-            assert!(
-                transcript.split_whitespace().any(|w| w == word),
-                "{file}: {word:?} not in {transcript:?}"
-            );
-        }
-        let queued: chrono::DateTime<chrono::Utc> = row.get("queued_at");
-        let finished: chrono::DateTime<chrono::Utc> = row.get("finished_at");
-        eprintln!(
-            "{file}: {transcript:?}; run {} ms, indexed -> transcript {} ms",
-            row.get::<Option<i32>, _>("run_ms").unwrap_or_default(),
-            (finished - queued).num_milliseconds()
-        );
-    }
-    // The transcript is searchable, stemmed: the README's query shape.
-    let first_word = &cases[0].1[0];
-    let found: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM transcriptions WHERE text_search @@ websearch_to_tsquery('english', $1)",
-    )
-    .bind(first_word)
-    .fetch_one(stack.pool())
-    .await
-    .unwrap();
-    assert!(found >= 1, "full-text search finds {first_word:?}");
-    stack.finish().await;
 }
 
 /// What the test webhook saw of one request.

@@ -17,4 +17,5 @@ mod prune;
 mod recovery;
 mod scripting;
 mod tls;
+mod whisper;
 mod worker;

@@ -246,6 +246,22 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             format!("{:?}", s.transcriber).to_lowercase(),
         ),
         ("VMPIPE_HOOK_CONCURRENCY", s.hook_concurrency.to_string()),
+        ("VMPIPE_WHISPER_MODEL", s.whisper_model.clone()),
+        ("VMPIPE_WHISPER_LANGUAGE", s.whisper_language.clone()),
+        (
+            "VMPIPE_WHISPER_DEVICE",
+            s.whisper_device.as_str().to_owned(),
+        ),
+        (
+            "VMPIPE_WHISPER_COMPUTE_TYPE",
+            s.whisper_compute_type.clone(),
+        ),
+        (
+            "VMPIPE_WHISPER_CONCURRENCY",
+            s.whisper_concurrency.to_string(),
+        ),
+        ("VMPIPE_WHISPER_THREADS", s.whisper_threads.to_string()),
+        ("VMPIPE_PYTHON", s.python.clone()),
         ("VMPIPE_PROBE_TIMEOUT_MS", s.probe_timeout_ms.to_string()),
         ("VMPIPE_MAX_AUDIO_SECS", s.max_audio_secs.to_string()),
     ]

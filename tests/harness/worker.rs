@@ -26,6 +26,26 @@ impl TestWorker {
     }
 }
 
+/// `settings` with the built-in Whisper transcriber on, run by the test venv's Python
+/// (`VMPIPE_TEST_PYTHON`) with the tests' model (`VMPIPE_TEST_WHISPER_MODEL`, Whisper tiny.en),
+/// both set by `scripts/test.sh`.
+pub fn with_whisper(settings: Settings) -> Settings {
+    let from_env = |name: &str| {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
+            panic!(
+                "{name} is not set: the Whisper tests need the engine's venv and the test model \
+                 (run them with scripts/test.sh, which makes both)"
+            )
+        })
+    };
+    Settings {
+        transcriber: vmpipe_common::settings::Transcriber::Whisper,
+        python: from_env("VMPIPE_TEST_PYTHON"),
+        whisper_model: from_env("VMPIPE_TEST_WHISPER_MODEL"),
+        ..settings
+    }
+}
+
 /// A command hook that runs `script` with `sh -c`, the audio's path as `$1`: 20 s timeout,
 /// 3 attempts, 100 ms between them.
 pub fn shell_hook(name: &str, audio: HookAudio, script: &str) -> HookSettings {

@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::supervise::spawn_supervised;
+use super::supervise::{ProcessGroup, spawn_supervised, without_settings};
 use super::{Hook, HookAudio, HookError, HookInput, HookPolicy, Transcript};
 use crate::error::ResultExt as _;
 
@@ -63,11 +63,7 @@ impl CommandHook {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("VMPIPE_") {
-                command.env_remove(name);
-            }
-        }
+        without_settings(&mut command);
         command
             .env("VMPIPE_HOOK_NAME", &self.name)
             .env("VMPIPE_HOOK_ATTEMPT", input.attempt.to_string())
@@ -163,18 +159,6 @@ fn idle_launcher() -> Option<&'static std::path::Path> {
             .find(|candidate| candidate.is_file())
     })
     .as_deref()
-}
-
-/// Kills the process group when dropped (the run ended, failed or timed out).
-struct ProcessGroup(u32);
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
-            // Usually nothing is left (ESRCH): fine.
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
 }
 
 /// Reads up to `limit` bytes, then drains the rest so that the program is not blocked on a

@@ -48,6 +48,28 @@ pub(super) async fn spawn_supervised(mut command: Command) -> io::Result<Child> 
     answer.await.map_err(|_| gone())?
 }
 
+/// Kills the process group when dropped (the run ended, failed or timed out).
+pub(super) struct ProcessGroup(pub(super) u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            // Usually nothing is left (ESRCH): fine.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Keeps the worker's own `VMPIPE_*` settings (the database password among them) from a
+/// program it starts.
+pub(super) fn without_settings(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("VMPIPE_") {
+            command.env_remove(name);
+        }
+    }
+}
+
 struct Spawn {
     command: Command,
     runtime: tokio::runtime::Handle,
