@@ -7,11 +7,13 @@
         then {"total": {"wer", "errors", "words"}}. The total is the corpus WER: all the errors
         over all the reference words. (tests/benches/transcribe.rs runs this.)
 
-    score.py direct --set DIR --model MODEL [--compute-type int8] [--beam-size 5] ...
+    score.py direct --set DIR --model MODEL [--compute-type int8] [--language auto] [--threads N]
         Transcribes every file of DIR/manifest.tsv (bench/transcribe/make-set.sh makes it) with
-        faster-whisper in this process, the model loaded once, and prints per file and in total:
-        WER, audio seconds, run time, real-time factor; the model's load time and this process's
-        peak RSS. For comparing models without the rest of vmpipe.
+        faster-whisper in this process, the model loaded once, with the engine's own options
+        (hooks/whisper_engine.py's transcribe: beam 5, VAD, no conditioning on previous text),
+        and prints per file and in total: WER, audio seconds, run time, real-time factor, CPU
+        time; the model's load time and this process's peak RSS. For comparing models without
+        the rest of vmpipe (and without the engine's idle CPU priority).
 
 Both sides are normalised by whisper-normalizer's EnglishTextNormalizer (a port of Whisper's
 own): numbers spelled out become digits ("four four seven one" stays apart, "forty-four
@@ -80,13 +82,15 @@ def direct_command(args):
     from faster_whisper import WhisperModel
     from faster_whisper.audio import decode_audio
 
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../hooks"))
+    from whisper_engine import transcribe
+
     started = time.monotonic()
     model = WhisperModel(args.model, device="cpu", compute_type=args.compute_type,
                          cpu_threads=args.threads, local_files_only=True)
     load_s = time.monotonic() - started
-    language = None if args.language == "auto" else args.language
     print(f"model {args.model} ({args.compute_type}), loaded in {load_s:.2f} s; "
-          f"beam {args.beam_size}, language {args.language}, threads {args.threads or 'auto'}")
+          f"the engine's options, language {args.language}, threads {args.threads or 'auto'}")
     print(f"{'file':<22} {'audio s':>8} {'run ms':>8} {'x real':>7} {'cpu s':>7} {'WER':>6}  "
           "hypothesis")
     totals = {"audio": 0.0, "run": 0.0, "cpu": 0.0, "errors": 0, "words": 0}
@@ -95,9 +99,7 @@ def direct_command(args):
         audio = decode_audio(path)
         seconds = len(audio) / 16000
         started, cpu_started = time.monotonic(), time.process_time()
-        segments, _info = model.transcribe(audio, beam_size=args.beam_size, language=language,
-                                           vad_filter=args.vad)
-        text = " ".join(s.text.strip() for s in segments)
+        text = transcribe(model, audio, args.language)["text"]
         run = time.monotonic() - started
         cpu = time.process_time() - cpu_started
         errors, words, _ref, hyp = score(reference, text)
@@ -132,10 +134,8 @@ def main():
     direct.add_argument("--model", required=True,
                         help="a CTranslate2 model directory, or a name in the Hugging Face cache")
     direct.add_argument("--compute-type", default="int8")
-    direct.add_argument("--beam-size", type=int, default=5)
     direct.add_argument("--language", default="auto")
     direct.add_argument("--threads", type=int, default=0)
-    direct.add_argument("--vad", action="store_true", help="faster-whisper's VAD filter on")
     args = parser.parse_args()
     {"wer": wer_command, "direct": direct_command}[args.command](args)
 
