@@ -121,12 +121,12 @@ def main():
         id = request.get("id")
         started = time.monotonic()
         try:
-            audio = read_wav16k(request["audio"], numpy)
-            result = transcribe(model, audio, request.get("language") or "auto")
+            windows = read_windows(request["audio"], config.get("window_secs", 300), numpy)
+            result, samples = transcribe(model, windows, request.get("language") or "auto")
             send({
                 "id": id,
                 "result": result,
-                "audio_ms": round(len(audio) / 16),
+                "audio_ms": round(samples / 16),
                 "run_ms": round((time.monotonic() - started) * 1000),
                 "rss_bytes": rss_bytes(),
             })
@@ -143,7 +143,43 @@ def main():
     return 0
 
 
-def transcribe(model, audio, language):
+def transcribe(model, windows, language):
+    """A voicemail given as (offset, samples) windows (`read_windows`: only one window of audio
+    is in memory, as samples and as the model's features, however long the voicemail). Returns
+    the result and the voicemail's length in samples."""
+    kept = []
+    weighted, seconds = 0.0, 0.0
+    detected, probability = None, None
+    samples = 0
+    for offset, audio in windows:
+        samples = offset + len(audio)
+        parts, info, window_weighted, window_seconds = transcribe_window(
+            model, audio, language if detected is None else detected
+        )
+        for part_ in parts:
+            part_["start_ms"] += round(offset / 16)
+            part_["end_ms"] += round(offset / 16)
+        kept.extend(parts)
+        weighted += window_weighted
+        seconds += window_seconds
+        if parts and detected is None and language == "auto":
+            # The first window that has speech decides the language of the rest.
+            detected, probability = info.language, info.language_probability
+        elif parts and detected is None:
+            detected, probability = info.language, info.language_probability
+    # The geometric mean of the tokens' probabilities, weighted by each segment's length.
+    confidence = min(1.0, max(0.0, math.exp(weighted / seconds))) if seconds else None
+    return {
+        "text": " ".join(segment["text"] for segment in kept),
+        # Nothing heard, nothing detected (the model's guess on no speech is not a language).
+        "language": detected if kept else None,
+        "language_probability": probability if kept else None,
+        "confidence": confidence,
+        "segments": kept,
+    }, samples
+
+
+def transcribe_window(model, audio, language):
     segments, info = model.transcribe(
         audio,
         language=None if language == "auto" else language,
@@ -158,23 +194,14 @@ def transcribe(model, audio, language):
     kept = []
     weighted, seconds = 0.0, 0.0
     for segment in segments:
-        parts = [part for part in split_at_pauses(segment) if part["text"]]
+        parts = [part_ for part_ in split_at_pauses(segment) if part_["text"]]
         if not parts:
             continue
         kept.extend(parts)
         length = max(sum(p["end_ms"] - p["start_ms"] for p in parts) / 1000, 0.01)
         weighted += segment.avg_logprob * length
         seconds += length
-    # The geometric mean of the tokens' probabilities, weighted by each segment's length.
-    confidence = min(1.0, max(0.0, math.exp(weighted / seconds))) if seconds else None
-    return {
-        "text": " ".join(segment["text"] for segment in kept),
-        # Nothing heard, nothing detected (the model's guess on no speech is not a language).
-        "language": info.language if kept else None,
-        "language_probability": info.language_probability,
-        "confidence": confidence,
-        "segments": kept,
-    }
+    return kept, info, weighted, seconds
 
 
 def split_at_pauses(segment):
@@ -201,18 +228,42 @@ def part(start, end, text):
     }
 
 
-def read_wav16k(path, numpy):
+def read_windows(path, window_secs, numpy):
+    """(offset in samples, float samples) of the 16 kHz WAV at `path`, `window_secs` at a time;
+    a window is cut at the quietest half second of its last quarter (at most 10 s)."""
+    window = int(window_secs * 16000)
     try:
         with wave.open(path, "rb") as wav:
             if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, 16000):
                 raise BadAudio(f"{path}: not 16 kHz mono 16-bit PCM")
-            frames = wav.readframes(wav.getnframes())
+            total = wav.getnframes()
+            offset = 0
+            while offset < total or offset == 0:
+                wav.setpos(offset)
+                audio = numpy.frombuffer(wav.readframes(window), dtype="<i2").astype(
+                    numpy.float32
+                )
+                audio *= 1 / 32768.0
+                if offset + len(audio) < total and len(audio) == window:
+                    audio = audio[: quietest_cut(audio, numpy)]
+                yield offset, audio
+                if len(audio) == 0:
+                    return
+                offset += len(audio)
     except (wave.Error, EOFError) as e:
         raise BadAudio(f"{path}: not a WAV file: {e}") from e
-    audio = numpy.frombuffer(frames, dtype="<i2").astype(numpy.float32)
-    del frames
-    audio *= 1 / 32768.0
-    return audio
+
+
+def quietest_cut(audio, numpy):
+    """Where to end a window: the middle of its quietest half second (in 100 ms steps) within
+    its last quarter, at most its last 10 s."""
+    step = 1600
+    search = min(len(audio) // 4, 10 * 16000) // step * step
+    tail = audio[len(audio) - search:]
+    energy = (tail.reshape(-1, step) ** 2).mean(axis=1)
+    half_second = numpy.convolve(energy, numpy.ones(5), "valid")
+    quietest = int(numpy.argmin(half_second))
+    return len(audio) - search + (quietest + 2) * step + step // 2
 
 
 def idle_priority():

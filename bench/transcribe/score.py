@@ -99,7 +99,7 @@ def direct_command(args):
         audio = decode_audio(path)
         seconds = len(audio) / 16000
         started, cpu_started = time.monotonic(), time.process_time()
-        text = transcribe(model, audio, args.language)["text"]
+        text = transcribe(model, [(0, audio)], args.language)[0]["text"]
         run = time.monotonic() - started
         cpu = time.process_time() - cpu_started
         errors, words, _ref, hyp = score(reference, text)

@@ -393,10 +393,24 @@ fn samples_of(wav: &[u8]) -> &[u8] {
 /// without losing the timeline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_voicemail_with_silence_keeps_its_timeline() {
+    long_voicemail_keeps_its_timeline(300).await;
+}
+
+/// The same voicemail with `VMPIPE_WHISPER_WINDOW_SECS=30`: transcribed 30 s at a time, each
+/// piece cut where it is quiet (here in the silence, not in the second sentence, which a cut
+/// at 60 s would split), with the same words at the same times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voicemail_longer_than_the_window_is_transcribed_piece_by_piece() {
+    long_voicemail_keeps_its_timeline(30).await;
+}
+
+async fn long_voicemail_keeps_its_timeline(window_secs: u32) {
     let mut stack = Stack::start(false).await;
-    stack
-        .start_worker_with(with_whisper(stack.worker_settings()))
-        .await;
+    let settings = Settings {
+        whisper_window_secs: window_secs,
+        ..with_whisper(stack.worker_settings())
+    };
+    stack.start_worker_with(settings).await;
     let speech = std::fs::read(format!("{SPOKEN}/invoice.wav")).unwrap();
     let speech_ms = samples_of(&speech).len() as i64 / 16;
     let mut wav = wav_pcm16(8000, 0);
@@ -416,14 +430,13 @@ async fn a_long_voicemail_with_silence_keeps_its_timeline() {
         .await;
     assert_eq!(text(&row, "status"), "done", "{}", text(&row, "error"));
     let transcript = text(&row, "text");
-    assert!(
-        words(&transcript)
-            .iter()
-            .filter(|w| *w == "invoice")
-            .count()
-            == 2,
-        "both parts: {transcript:?}"
-    );
+    for word in ["robert", "invoice", "tomorrow", "morning"] {
+        assert_eq!(
+            words(&transcript).iter().filter(|w| *w == word).count(),
+            2,
+            "{word:?} in both parts: {transcript:?}"
+        );
+    }
     let segments: serde_json::Value = row.get::<Option<serde_json::Value>, _>("segments").unwrap();
     let second_part = speech_ms + 50_000;
     let late: Vec<&serde_json::Value> = segments

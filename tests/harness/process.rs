@@ -272,6 +272,10 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             s.whisper_concurrency.to_string(),
         ),
         ("VMPIPE_WHISPER_THREADS", s.whisper_threads.to_string()),
+        (
+            "VMPIPE_WHISPER_WINDOW_SECS",
+            s.whisper_window_secs.to_string(),
+        ),
         ("VMPIPE_PYTHON", s.python.clone()),
         ("VMPIPE_PROBE_TIMEOUT_MS", s.probe_timeout_ms.to_string()),
         ("VMPIPE_MAX_AUDIO_SECS", s.max_audio_secs.to_string()),

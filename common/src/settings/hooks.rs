@@ -258,6 +258,9 @@ pub(super) fn validate_whisper(settings: &super::Settings) -> Result<(), String>
             settings.whisper_compute_type
         ));
     }
+    if !(30..=3600).contains(&settings.whisper_window_secs) {
+        return Err("whisper_window_secs must be 30 to 3600".into());
+    }
     if settings.whisper_concurrency == 0 {
         return Err("whisper_concurrency must be at least 1".into());
     }

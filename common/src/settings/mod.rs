@@ -121,6 +121,9 @@ pub struct Settings {
     pub whisper_concurrency: u16,
     /// `VMPIPE_WHISPER_THREADS`: CPU threads per transcription; 0 lets CTranslate2 choose.
     pub whisper_threads: u16,
+    /// `VMPIPE_WHISPER_WINDOW_SECS`: the longest piece of a voicemail the engine holds in memory
+    /// at once; a longer voicemail is transcribed piece by piece, cut at quiet moments.
+    pub whisper_window_secs: u32,
     /// `VMPIPE_PYTHON`: the Python interpreter that has the Whisper engine installed (a venv's).
     pub python: String,
     /// `VMPIPE_HOOK_CONCURRENCY`: runs of each hook a worker performs at once (a hook's own
@@ -176,6 +179,7 @@ impl Default for Settings {
             whisper_compute_type: "default".into(),
             whisper_concurrency: 1,
             whisper_threads: 0,
+            whisper_window_secs: 300,
             python: "python3".into(),
             hook_concurrency: 2,
             worker_id: None,

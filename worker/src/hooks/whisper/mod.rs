@@ -46,6 +46,7 @@ impl WhisperHook {
             threads: settings.whisper_threads,
             concurrency: settings.whisper_concurrency,
             language: settings.whisper_language.clone(),
+            window_secs: settings.whisper_window_secs,
         };
         Self {
             engine: engine::Engine::new(settings.python.clone(), config),

@@ -17,6 +17,8 @@ pub(super) struct Config {
     pub concurrency: u16,
     /// Checked against the model's languages before the engine says it is ready.
     pub language: String,
+    /// The longest piece of audio transcribed at once.
+    pub window_secs: u32,
 }
 
 /// One voicemail to transcribe.
