@@ -375,3 +375,52 @@ async fn failing_hooks_are_retried_and_their_errors_recorded() {
     assert!(unknown.unwrap_err().to_string().contains("no voicemail"));
     stack.finish().await;
 }
+
+/// A command hook's JSON answer may carry segments: ours are stored as they are; another shape
+/// (a Whisper server's `start`/`end` in seconds, passed through) costs the transcript nothing,
+/// only its segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hooks_segments_are_stored_and_other_shapes_never_cost_the_text() {
+    let mut stack = Stack::start(false).await;
+    let ours = command_hook(
+        "ours",
+        r#"echo '{"text": "Hello there.", "language": "en", "segments": [{"start_ms": 120, "end_ms": 900, "text": "Hello there."}]}'"#,
+    );
+    let theirs = command_hook(
+        "theirs",
+        r#"echo '{"text": "Hello there.", "segments": [{"start": 0.12, "end": 0.9, "text": "Hello there."}]}'"#,
+    );
+    let plain = command_hook("plain", "echo 'Hello there.'");
+    let settings = vmpipe_common::Settings {
+        hooks: vec![ours, theirs, plain],
+        ..stack.worker_settings()
+    };
+    stack.start_worker_with(settings).await;
+    upload(&stack, "segments.wav", &wav_pcm16(8000, 1000), "audio/wav").await;
+    for (hook, segments) in [
+        (
+            "ours",
+            Some(serde_json::json!([{"start_ms": 120, "end_ms": 900, "text": "Hello there."}])),
+        ),
+        ("theirs", None),
+        ("plain", None),
+    ] {
+        let row = stack
+            .finished_transcription("segments.wav", hook, Duration::from_secs(20))
+            .await;
+        assert_eq!(
+            text(&row, "status"),
+            "done",
+            "{hook}: {}",
+            text(&row, "error")
+        );
+        assert_eq!(text(&row, "text"), "Hello there.", "{hook}");
+        assert_eq!(row.get::<i32, _>("attempts"), 1, "{hook}");
+        assert_eq!(
+            row.get::<Option<serde_json::Value>, _>("segments"),
+            segments,
+            "{hook}"
+        );
+    }
+    stack.finish().await;
+}
