@@ -17,16 +17,6 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(dir).join(name)).unwrap()
 }
 
-/// Uploads a KAZOO voicemail (multipart, with its document) named `name`.
-async fn upload(stack: &Stack, name: &str, audio: &[u8], content_type: &str) {
-    let r = stack
-        .ingest
-        .client()
-        .store_voicemail(ACCOUNT, name, audio, content_type)
-        .await;
-    assert_eq!(r.status, 201, "{name}");
-}
-
 /// The row of the voicemail `name`, once indexed.
 async fn row_of(stack: &Stack, name: &str) -> sqlx::postgres::PgRow {
     let deadline = Instant::now() + WAIT;
@@ -45,10 +35,6 @@ async fn row_of(stack: &Stack, name: &str) -> sqlx::postgres::PgRow {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
-    row.get::<Option<String>, _>(column).unwrap_or_default()
 }
 
 /// A WAV of 8-bit PCM mono at `rate`, `samples` long.
@@ -88,10 +74,14 @@ async fn hostile_mp3s_cannot_hold_the_worker() {
     ape.extend_from_slice(b"APETAGEX");
     ape.extend_from_slice(&2000u32.to_le_bytes());
     ape.extend_from_slice(&[0; 20]); // size 0, no items, no flags, reserved
-    upload(&stack, "ape-size-0.mp3", &ape, "audio/mpeg").await;
+    stack
+        .upload(ACCOUNT, "ape-size-0.mp3", &ape, "audio/mpeg")
+        .await;
     let long = fixture("mp3_cbr32_16k.mp3").repeat(400);
-    upload(&stack, "long.mp3", &long, "audio/mpeg").await;
-    upload(&stack, "after.wav", &wav_pcm16(8000, 1500), "audio/wav").await;
+    stack.upload(ACCOUNT, "long.mp3", &long, "audio/mpeg").await;
+    stack
+        .upload(ACCOUNT, "after.wav", &wav_pcm16(8000, 1500), "audio/wav")
+        .await;
 
     let row = row_of(&stack, "ape-size-0.mp3").await;
     assert_eq!(text(&row, "probe_error"), "");
@@ -146,7 +136,7 @@ async fn a_timed_out_decode_stops_writing() {
     stack.start_worker_with(settings).await;
     // Two hours of 16 kbps MP3 (14 MB): many seconds of decoding, in any build.
     let long = fixture("mp3_cbr16_8k.mp3").repeat(580);
-    upload(&stack, "long.mp3", &long, "audio/mpeg").await;
+    stack.upload(ACCOUNT, "long.mp3", &long, "audio/mpeg").await;
 
     let row = stack
         .finished_transcription("long.mp3", "slow", Duration::from_secs(60))
@@ -188,15 +178,20 @@ async fn wav16k_refuses_what_no_voicemail_is() {
         ..stack.worker_settings()
     };
     stack.start_worker_with(settings).await;
-    upload(&stack, "one-hz.wav", &wav_pcm8(1, 2000), "audio/wav").await;
-    upload(
-        &stack,
-        "three-s.wav",
-        &wav_pcm8(8000, 3 * 8000),
-        "audio/wav",
-    )
-    .await;
-    upload(&stack, "two-s.wav", &wav_pcm8(8000, 2 * 8000), "audio/wav").await;
+    stack
+        .upload(ACCOUNT, "one-hz.wav", &wav_pcm8(1, 2000), "audio/wav")
+        .await;
+    stack
+        .upload(
+            ACCOUNT,
+            "three-s.wav",
+            &wav_pcm8(8000, 3 * 8000),
+            "audio/wav",
+        )
+        .await;
+    stack
+        .upload(ACCOUNT, "two-s.wav", &wav_pcm8(8000, 2 * 8000), "audio/wav")
+        .await;
 
     for (name, error) in [
         (
@@ -254,12 +249,16 @@ fn ima_adpcm_lying(blocks: usize) -> Vec<u8> {
 async fn crafted_headers_do_not_inflate_durations() {
     let stack = Stack::start(true).await;
     // 10,000 blocks of 505 samples: 631 s at 8 kHz.
-    upload(&stack, "ima.wav", &ima_adpcm_lying(10_000), "audio/wav").await;
+    stack
+        .upload(ACCOUNT, "ima.wav", &ima_adpcm_lying(10_000), "audio/wav")
+        .await;
     // MPEG-2 Layer III, free format, 22.05 kHz, mono: 8-byte frames, 100,000 of them.
     let tiny: Vec<u8> = [&[0xFF, 0xF3, 0x00, 0xC0][..], &[0; 4]]
         .concat()
         .repeat(100_000);
-    upload(&stack, "tiny-frames.mp3", &tiny, "audio/mpeg").await;
+    stack
+        .upload(ACCOUNT, "tiny-frames.mp3", &tiny, "audio/mpeg")
+        .await;
 
     let row = row_of(&stack, "ima.wav").await;
     assert_eq!(text(&row, "probe_error"), "");
@@ -278,18 +277,21 @@ async fn crafted_headers_do_not_inflate_durations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_and_two_frame_recordings_are_indexed() {
     let stack = Stack::start(true).await;
-    upload(
-        &stack,
-        "one.mp3",
-        &fixture("mp3_one_frame.mp3"),
-        "audio/mpeg",
-    )
-    .await;
+    stack
+        .upload(
+            ACCOUNT,
+            "one.mp3",
+            &fixture("mp3_one_frame.mp3"),
+            "audio/mpeg",
+        )
+        .await;
     let two = fixture("mp3_two_frames_tagged.mp3");
-    upload(&stack, "two.mp3", &two, "audio/mpeg").await;
+    stack.upload(ACCOUNT, "two.mp3", &two, "audio/mpeg").await;
     let frames = &fixture("mp3_cbr32_16k.mp3")[..2 * 144];
     let stray = [&[0x20; 3000][..], frames, &[0x20; 3000]].concat();
-    upload(&stack, "stray.mp3", &stray, "audio/mpeg").await;
+    stack
+        .upload(ACCOUNT, "stray.mp3", &stray, "audio/mpeg")
+        .await;
 
     for (name, duration) in [
         ("one.mp3", Some(36)),
@@ -472,7 +474,9 @@ async fn a_decoder_crash_is_not_retried() {
         ..stack.worker_settings()
     };
     stack.start_worker_with(settings).await;
-    upload(&stack, "crash.wav", &ms_adpcm_overflowing(), "audio/wav").await;
+    stack
+        .upload(ACCOUNT, "crash.wav", &ms_adpcm_overflowing(), "audio/wav")
+        .await;
     let row = stack
         .finished_transcription("crash.wav", "wav16k", Duration::from_secs(30))
         .await;

@@ -102,20 +102,8 @@ async fn a_hook_whose_program_is_missing_stops_the_worker_at_start() {
         let config = hooks_file(scratch.path(), &[hook]);
         let mut settings = stack.worker_settings();
         settings.worker_listen = format!("127.0.0.1:{}", free_port());
-        let output = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new(binary("worker"))
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap())
-                .envs(settings_env(&settings))
-                .env("VMPIPE_CONFIG", &config)
-                .env("RUST_LOG", "warn,lapin=off")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("the worker stops at once")
-        .unwrap();
+        let config = ("VMPIPE_CONFIG", config.display().to_string());
+        let output = worker_start_output(&settings, &[config], Duration::from_secs(30)).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         eprintln!("{program}: {stderr}");
         assert!(!output.status.success(), "{program}");

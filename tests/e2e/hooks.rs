@@ -15,20 +15,6 @@ fn command_hook(name: &str, script: &str) -> HookSettings {
     shell_hook(name, HookAudio::Original, script)
 }
 
-/// Uploads a KAZOO voicemail (multipart, with its document) named `name`.
-async fn upload(stack: &Stack, name: &str, audio: &[u8], content_type: &str) {
-    let r = stack
-        .ingest
-        .client()
-        .store_voicemail(ACCOUNT, name, audio, content_type)
-        .await;
-    assert_eq!(r.status, 201, "{name}");
-}
-
-fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
-    row.get::<Option<String>, _>(column).unwrap_or_default()
-}
-
 /// What the test webhook saw of one request.
 #[derive(Debug, Clone)]
 struct Received {
@@ -163,7 +149,9 @@ async fn webhook_gets_the_voicemail_and_its_answer_is_searchable() {
     };
     stack.start_worker_with(settings).await;
     let wav = wav_pcm16(8000, 1200);
-    upload(&stack, "webhook.wav", &wav, "audio/wav").await;
+    stack
+        .upload(ACCOUNT, "webhook.wav", &wav, "audio/wav")
+        .await;
 
     let row = stack
         .finished_transcription("webhook.wav", "crm", Duration::from_secs(20))
@@ -229,13 +217,14 @@ async fn a_hanging_hook_times_out_and_indexing_goes_on() {
     };
     stack.start_worker_with(settings).await;
     for i in 0..3 {
-        upload(
-            &stack,
-            &format!("hang{i}.wav"),
-            &wav_pcm16(8000, 500),
-            "audio/wav",
-        )
-        .await;
+        stack
+            .upload(
+                ACCOUNT,
+                &format!("hang{i}.wav"),
+                &wav_pcm16(8000, 500),
+                "audio/wav",
+            )
+            .await;
     }
     // Indexing does not wait for the hook: all three rows while the first run still hangs.
     wait_for_count(
@@ -310,7 +299,7 @@ async fn failing_hooks_are_retried_and_their_errors_recorded() {
     };
     stack.start_worker_with(settings.clone()).await;
     let wav = wav_pcm16(8000, 1500);
-    upload(&stack, "flaky.wav", &wav, "audio/wav").await;
+    stack.upload(ACCOUNT, "flaky.wav", &wav, "audio/wav").await;
 
     let row = stack
         .finished_transcription("flaky.wav", "flaky", Duration::from_secs(20))
@@ -396,7 +385,9 @@ async fn a_hooks_segments_are_stored_and_other_shapes_never_cost_the_text() {
         ..stack.worker_settings()
     };
     stack.start_worker_with(settings).await;
-    upload(&stack, "segments.wav", &wav_pcm16(8000, 1000), "audio/wav").await;
+    stack
+        .upload(ACCOUNT, "segments.wav", &wav_pcm16(8000, 1000), "audio/wav")
+        .await;
     for (hook, segments) in [
         (
             "ours",

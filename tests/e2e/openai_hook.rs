@@ -47,19 +47,6 @@ fn verbose_answer() -> Value {
     })
 }
 
-async fn upload(stack: &Stack, name: &str, audio: &[u8], content_type: &str) {
-    let r = stack
-        .ingest
-        .client()
-        .store_voicemail(ACCOUNT, name, audio, content_type)
-        .await;
-    assert_eq!(r.status, 201, "{name}");
-}
-
-fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
-    row.get::<Option<String>, _>(column).unwrap_or_default()
-}
-
 /// An MP3 voicemail goes to the server as it was stored, with the model, the language and
 /// `verbose_json` asked for; the row has the text, the language as a code, the segments in
 /// milliseconds and a confidence from the segments' probabilities. A hook with `audio =
@@ -95,7 +82,9 @@ async fn an_openai_server_s_transcript_is_stored_with_language_and_segments() {
     };
     stack.start_worker_with(settings).await;
     let mp3 = std::fs::read(MP3).unwrap();
-    upload(&stack, "message.mp3", &mp3, "audio/mpeg").await;
+    stack
+        .upload(ACCOUNT, "message.mp3", &mp3, "audio/mpeg")
+        .await;
 
     let row = stack
         .finished_transcription("message.mp3", "stt", Duration::from_secs(20))
@@ -220,7 +209,9 @@ async fn server_errors_are_retried_a_refused_key_fails_at_once_and_keys_stay_out
     )
     .await;
     stack.wait_for_schema().await;
-    upload(&stack, "retry.wav", &wav_pcm16(8000, 1000), "audio/wav").await;
+    stack
+        .upload(ACCOUNT, "retry.wav", &wav_pcm16(8000, 1000), "audio/wav")
+        .await;
 
     let row = stack
         .finished_transcription("retry.wav", "flaky", Duration::from_secs(20))

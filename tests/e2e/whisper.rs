@@ -36,16 +36,7 @@ async fn upload_spoken(stack: &Stack, file: &str) {
     } else {
         "audio/wav"
     };
-    let r = stack
-        .ingest
-        .client()
-        .store_voicemail(ACCOUNT, file, &audio, content_type)
-        .await;
-    assert_eq!(r.status, 201, "{file}");
-}
-
-fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
-    row.get::<Option<String>, _>(column).unwrap_or_default()
+    stack.upload(ACCOUNT, file, &audio, content_type).await;
 }
 
 /// Words of a transcript, lower-case, without punctuation.
@@ -171,12 +162,7 @@ async fn silence_and_hold_music_are_transcribed_as_nothing() {
     let tunes = ["hold-audioread.mp3", "hold-pydub.mp3"];
     for tune in tunes {
         let audio = std::fs::read(format!("{music}/{tune}")).unwrap();
-        let r = stack
-            .ingest
-            .client()
-            .store_voicemail(ACCOUNT, tune, &audio, "audio/mpeg")
-            .await;
-        assert_eq!(r.status, 201, "{tune}");
+        stack.upload(ACCOUNT, tune, &audio, "audio/mpeg").await;
     }
     for file in std::iter::once("silence.wav").chain(tunes) {
         let row = stack
@@ -256,14 +242,7 @@ async fn the_engine_loads_once_is_restarted_after_a_crash_and_dies_with_its_work
     let worker = Service::spawn("worker", &settings).await;
     stack.wait_for_schema().await;
     // Ready once the database is migrated and the model loaded.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while worker.get("/readyz").await.map(|(status, _)| status) != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the worker is not ready after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    worker.wait_ready(Duration::from_secs(60)).await;
     let engines = engines_of(worker.pid());
     assert_eq!(engines.len(), 1, "one engine, started with the worker");
     assert_eq!(engine_starts(&worker).await, 1.0);
@@ -360,20 +339,7 @@ async fn a_transcriber_that_cannot_work_stops_the_worker_at_start_up_with_the_re
     ];
     for (mut settings, extra, why) in cases {
         settings.worker_listen = format!("127.0.0.1:{}", free_port());
-        let output = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new(binary("worker"))
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap())
-                .envs(settings_env(&settings))
-                .envs(extra)
-                .env("RUST_LOG", "warn,lapin=off")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("the worker stops at once")
-        .unwrap();
+        let output = worker_start_output(&settings, &extra, Duration::from_secs(60)).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         eprintln!("{why}: {stderr}");
         assert!(!output.status.success(), "{why}");
@@ -480,14 +446,8 @@ async fn the_engine_transcribes_as_many_voicemails_at_once_as_its_concurrency() 
     settings.worker_listen = format!("127.0.0.1:{}", free_port());
     let worker = Service::spawn("worker", &settings).await;
     stack.wait_for_schema().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while worker.get("/readyz").await.map(|(status, _)| status) != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the worker is not ready after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Ready once the database is migrated and the model loaded.
+    worker.wait_ready(Duration::from_secs(60)).await;
     upload_spoken(&stack, "invoice.wav").await;
     upload_spoken(&stack, "invoice.mp3").await;
     let mut first_start = None::<chrono::DateTime<chrono::Utc>>;

@@ -90,3 +90,9 @@ pub async fn migrated(pool: &sqlx::PgPool) -> bool {
             .await;
     applied.is_ok_and(|n| n as usize == vmpipe_worker::MIGRATOR.iter().count())
 }
+
+/// A text column of a row, `""` when NULL.
+pub fn text(row: &sqlx::postgres::PgRow, column: &str) -> String {
+    use sqlx::Row;
+    row.get::<Option<String>, _>(column).unwrap_or_default()
+}

@@ -23,7 +23,7 @@ pub mod stack;
 pub mod worker;
 
 pub use audio::{hex32, nasty_audio, sha256_hex, wav_pcm16};
-pub use database::{TestDatabase, database_admin_url, migrated, wait_for_count};
+pub use database::{TestDatabase, database_admin_url, migrated, text, wait_for_count};
 pub use ingest::{Options, TestIngest, Tweak, all_files, count_files};
 pub use kazoo::{
     ALL_BODIES, Attachment, Body, Kazoo, VOICEMAIL_FETCH_QUERY, Verb, encode_body, kazoo_boundary,
@@ -31,7 +31,9 @@ pub use kazoo::{
 };
 pub use metrics::sample;
 pub use openai::{OpenaiServer, Reply, TranscriptionRequest};
-pub use process::{Service, binary, free_port, http_get, process_running, settings_env};
+pub use process::{
+    Service, binary, free_port, http_get, process_running, settings_env, worker_start_output,
+};
 pub use proxy::{Proxy, url_addr};
 pub use queue::{TestQueue, amqp_url};
 pub use response::{Response, read_response, read_response_from};

@@ -130,10 +130,19 @@ impl Service {
     }
 
     async fn wait_alive(&self, timeout: Duration) {
+        self.wait_for("/healthz", timeout).await;
+    }
+
+    /// Waits until `/readyz` answers 200 (a worker: its database migrated, its hooks started).
+    pub async fn wait_ready(&self, timeout: Duration) {
+        self.wait_for("/readyz", timeout).await;
+    }
+
+    async fn wait_for(&self, path: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self
-                .get("/healthz")
+                .get(path)
                 .await
                 .is_some_and(|(status, _)| status == 200)
             {
@@ -141,7 +150,10 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("service on port {} did not come up", self.health_port);
+        panic!(
+            "service on port {} did not answer 200 on {path} within {timeout:?}",
+            self.health_port
+        );
     }
 
     /// `GET path` on the health port: status and body.
@@ -217,6 +229,29 @@ pub fn process_running(pid: u32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// Runs a `worker` with `settings` (and `extra` variables) that is expected to stop at start-up,
+/// and returns its output: its exit status and what it printed (`RUST_LOG=warn`).
+pub async fn worker_start_output(
+    settings: &Settings,
+    extra: &[(&str, String)],
+    timeout: Duration,
+) -> std::process::Output {
+    tokio::time::timeout(
+        timeout,
+        tokio::process::Command::new(binary("worker"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .envs(settings_env(settings))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "warn,lapin=off")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the worker stops at once")
+    .expect("the worker runs")
 }
 
 /// Settings as the environment variables the binaries read.

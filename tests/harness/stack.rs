@@ -127,14 +127,21 @@ impl Stack {
         assert_eq!(r.status, 201, "PUT {path}");
     }
 
-    /// A WAV voicemail of 300 ms stored as KAZOO does under `account`; asserts the 201.
-    pub async fn upload_wav(&self, account: &str, name: &str) {
+    /// A voicemail stored as KAZOO does (multipart, with its document) under `account`;
+    /// asserts the 201.
+    pub async fn upload(&self, account: &str, name: &str, audio: &[u8], content_type: &str) {
         let r = self
             .ingest
             .client()
-            .store_voicemail(account, name, &crate::wav_pcm16(8000, 300), "audio/wav")
+            .store_voicemail(account, name, audio, content_type)
             .await;
         assert_eq!(r.status, 201, "{name}");
+    }
+
+    /// A WAV voicemail of 300 ms stored as KAZOO does under `account`; asserts the 201.
+    pub async fn upload_wav(&self, account: &str, name: &str) {
+        self.upload(account, name, &crate::wav_pcm16(8000, 300), "audio/wav")
+            .await;
     }
 
     pub async fn finish(mut self) {
