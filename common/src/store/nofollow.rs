@@ -49,34 +49,38 @@ enum Walk {
     Failed(StorageError),
 }
 
+/// How [`open_dirs`] treats directories that are not there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// Absent is absent.
+    No,
+    /// Made when an open finds nothing.
+    IfMissing,
+    /// Made (or found made) before each open. `mkdir` takes its parent's lock, which a
+    /// concurrent `rmdir` of the same name holds until the directory is gone; an open may still
+    /// find a directory being removed (the kernel's lock-free lookup sees it until then), and a
+    /// rename into that fails with ENOENT again. A retry after such a failure walks this way,
+    /// so it waits for the removal it lost to instead of spinning through its attempts inside
+    /// that window.
+    First,
+}
+
 /// Opens the directory `dirs` below `root`, one at a time without following links, creating
-/// the missing ones when `create` (each new one fsynced into its parent).
-fn open_dirs(root: &Path, dirs: &[&OsStr], create: bool) -> Result<OwnedFd, Walk> {
+/// the missing ones as `create` says (each new one fsynced into its parent).
+fn open_dirs(root: &Path, dirs: &[&OsStr], create: Create) -> Result<OwnedFd, Walk> {
     let mut path = root.to_path_buf();
     let open_root = rustix::fs::open(root, DIRECTORY.difference(OFlags::NOFOLLOW), Mode::empty());
     let mut dir = open_root.map_err(|e| Walk::Failed(StorageError::io("open", root, e.into())))?;
     for name in dirs {
         path.push(name);
-        let next = match rustix::fs::openat(&dir, *name, DIRECTORY, Mode::empty()) {
+        let opened = match create {
+            Create::First => Err(Errno::NOENT),
+            _ => rustix::fs::openat(&dir, *name, DIRECTORY, Mode::empty()),
+        };
+        let next = match opened {
             Ok(next) => next,
-            Err(e) if e == rustix::io::Errno::NOENT && create => {
-                match rustix::fs::mkdirat(&dir, *name, Mode::from_raw_mode(0o777)) {
-                    Ok(()) => rustix::fs::fsync(&dir).map_err(|e| {
-                        Walk::Failed(StorageError::io("fsync directory", &path, e.into()))
-                    })?,
-                    // Made by a concurrent upload meanwhile.
-                    Err(e) if e == rustix::io::Errno::EXIST => {}
-                    // The directory it goes in was removed meanwhile (`worker prune` empties
-                    // directories): the walk starts again.
-                    Err(e) if e == rustix::io::Errno::NOENT => return Err(Walk::Absent),
-                    Err(e) => {
-                        return Err(Walk::Failed(StorageError::io(
-                            "create directory",
-                            &path,
-                            e.into(),
-                        )));
-                    }
-                }
+            Err(e) if e == Errno::NOENT && create != Create::No => {
+                make_dir(&dir, name, &path)?;
                 rustix::fs::openat(&dir, *name, DIRECTORY, Mode::empty())
                     .map_err(|e| classify(&dir, name, &path, e.into()))?
             }
@@ -85,6 +89,25 @@ fn open_dirs(root: &Path, dirs: &[&OsStr], create: bool) -> Result<OwnedFd, Walk
         dir = next;
     }
     Ok(dir)
+}
+
+/// Makes the directory `name` in `dir` unless it is there, fsynced into `dir` when new.
+fn make_dir(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<(), Walk> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o777)) {
+        Ok(()) => rustix::fs::fsync(dir)
+            .map_err(|e| Walk::Failed(StorageError::io("fsync directory", path, e.into()))),
+        // There already (made by a concurrent upload, or by an earlier one); what it is, the
+        // open that follows finds out.
+        Err(Errno::EXIST) => Ok(()),
+        // The directory it goes in was removed meanwhile (`worker prune` empties directories):
+        // the walk starts again.
+        Err(Errno::NOENT) => Err(Walk::Absent),
+        Err(e) => Err(Walk::Failed(StorageError::io(
+            "create directory",
+            path,
+            e.into(),
+        ))),
+    }
 }
 
 /// What stands at `name` in `dir` where a directory was expected.
@@ -133,11 +156,19 @@ pub(super) fn rename_into(
         return Err(StorageError::Conflict(final_path.display().to_string()));
     };
     // `worker prune` removes directories it empties: one may go between its creation here and
-    // the rename into it (ENOENT). It is made again, a few times.
+    // the rename into it (ENOENT). It is made again, a few times; each retry waits for the
+    // removal it lost to, so each try is lost only to another removal.
     let mut attempts = 0;
     let (parent, kept) = loop {
         attempts += 1;
-        let parent = match open_dirs(root, &dirs, true) {
+        // The first walk opens what is there; a retry makes each directory first (see
+        // `Create::First`).
+        let create = if attempts == 1 {
+            Create::IfMissing
+        } else {
+            Create::First
+        };
+        let parent = match open_dirs(root, &dirs, create) {
             Ok(parent) => parent,
             Err(Walk::Absent) if attempts < RENAME_ATTEMPTS => continue,
             Err(Walk::Absent) => {
@@ -211,7 +242,7 @@ pub(super) fn take_back(
         forget_previous();
         return Ok(Revoked::Superseded);
     };
-    let parent = match open_dirs(root, &dirs, false) {
+    let parent = match open_dirs(root, &dirs, Create::No) {
         Ok(parent) => parent,
         Err(Walk::Absent) => {
             forget_previous();
@@ -262,7 +293,7 @@ pub(super) fn open_file(root: &Path, relative: &Path) -> Result<Option<File>, St
     let Some((name, dirs)) = split(relative) else {
         return Ok(None);
     };
-    let parent = match open_dirs(root, &dirs, false) {
+    let parent = match open_dirs(root, &dirs, Create::No) {
         Ok(parent) => parent,
         Err(Walk::Absent | Walk::Failed(StorageError::Conflict(_))) => return Ok(None),
         Err(Walk::Failed(StorageError::Symlink(link))) => {
