@@ -15,4 +15,7 @@ pub mod store;
 pub use job::{PathFacts, UploadMode, VoicemailJob};
 pub use key::{KeyError, StorageKey};
 pub use settings::Settings;
-pub use store::{Committed, FsStore, ObjectWriter, Revoked, Storage, StorageError, StoredObject};
+pub use store::{
+    Committed, FsStore, Listed, ObjectInfo, ObjectWriter, Revoked, Storage, StorageError,
+    StoredObject,
+};

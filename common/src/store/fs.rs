@@ -159,6 +159,21 @@ impl Storage for FsStore {
             Ok(None)
         }))
     }
+
+    fn stat(
+        &self,
+        key: &StorageKey,
+    ) -> BoxFuture<'_, Result<Option<super::ObjectInfo>, StorageError>> {
+        self.stat_file(key)
+    }
+
+    fn list(&self) -> futures_util::stream::BoxStream<'_, Result<super::Listed, StorageError>> {
+        self.list_files()
+    }
+
+    fn remove(&self, key: &StorageKey) -> BoxFuture<'_, Result<bool, StorageError>> {
+        self.remove_file(key)
+    }
 }
 
 /// Opens `relative` below `root` if it is a regular file (never a directory, and never through

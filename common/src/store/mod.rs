@@ -13,6 +13,7 @@
 mod file_io;
 mod fs;
 mod fs_writer;
+mod listing;
 mod nofollow;
 mod placed;
 mod remove;
@@ -30,6 +31,7 @@ use crate::key::StorageKey;
 pub use file_io::spawn_file_io;
 pub use fs::FsStore;
 pub use fs_writer::sync_dir;
+pub use listing::{Listed, ObjectInfo};
 pub use remove::Removed;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -97,6 +99,15 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         segments: Vec<String>,
     ) -> BoxFuture<'_, Result<Option<StorageKey>, StorageError>>;
+
+    /// The size and time of the file stored under `key`, `None` when there is none.
+    fn stat(&self, key: &StorageKey) -> BoxFuture<'_, Result<Option<ObjectInfo>, StorageError>>;
+
+    /// Every stored file, in no particular order, read a bounded distance ahead.
+    fn list(&self) -> BoxStream<'_, Result<Listed, StorageError>>;
+
+    /// Deletes the file stored under `key`; whether there was one.
+    fn remove(&self, key: &StorageKey) -> BoxFuture<'_, Result<bool, StorageError>>;
 }
 
 pub trait ObjectWriter: Send {
