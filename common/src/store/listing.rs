@@ -20,7 +20,8 @@ const LISTED_AHEAD: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub size: u64,
-    /// When it was written (the file's modification time; the object's last-modified).
+    /// When it was written (the file's modification time, the object's last-modified; now when
+    /// the platform cannot tell).
     pub modified: SystemTime,
 }
 
@@ -45,7 +46,7 @@ impl FsStore {
             .map_err(|e| StorageError::io("stat", &self.path_of(key), e))?;
         Ok(Some(ObjectInfo {
             size: meta.len(),
-            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            modified: meta.modified().unwrap_or_else(|_| SystemTime::now()),
         }))
     }
 
@@ -66,8 +67,8 @@ impl FsStore {
     }
 
     /// Every regular file below `voicemails/`, walked on the file I/O threads a bounded
-    /// distance ahead of the reader; links are never followed. Names that are not UTF-8 are
-    /// skipped (no key of ours is one).
+    /// distance ahead of the reader; links are never followed. A name that is not UTF-8 is
+    /// listed lossily (no key of ours is one, so it never reads as one).
     pub(super) fn list_files(&self) -> BoxStream<'static, Result<Listed, StorageError>> {
         let (sender, receiver) = tokio::sync::mpsc::channel(LISTED_AHEAD);
         let root = self.voicemail_root().to_path_buf();
@@ -109,15 +110,15 @@ fn walk(
                 return Ok(false);
             }
         } else if kind.is_file() {
-            let Some(name) = path.strip_prefix(root).ok().and_then(Path::to_str) else {
+            let Ok(name) = path.strip_prefix(root) else {
                 continue;
             };
             let Ok(meta) = entry.metadata() else { continue };
             let listed = Listed {
-                name: name.to_owned(),
+                name: name.to_string_lossy().into_owned(),
                 info: ObjectInfo {
                     size: meta.len(),
-                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    modified: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                 },
             };
             if !send(Ok(listed)) {

@@ -2,13 +2,15 @@
 //! slipped through.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::{info, warn};
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
-use vmpipe_common::{FsStore, PathFacts, Settings, StorageKey, UploadMode, VoicemailJob, amqp};
+use vmpipe_common::{
+    Listed, ObjectInfo, PathFacts, Settings, Storage, StorageKey, UploadMode, VoicemailJob, amqp,
+};
 
 use super::report::{KeyList, Progress};
 use super::{Admin, open_channel};
@@ -55,10 +57,11 @@ pub async fn reconcile(
         rows_without_file: KeyList::new(full),
         skipped: KeyList::new(full),
     };
-    let root = store.voicemail_root().to_path_buf();
     let mut missing = Vec::new();
     let mut ticks = Progress::every(progress);
-    walk(&root, &mut |path| {
+    let mut listing = store.list();
+    while let Some(listed) = listing.next().await {
+        let Listed { name, info } = listed?;
         if ticks.due() {
             info!(
                 files = report.files,
@@ -66,23 +69,19 @@ pub async fn reconcile(
                 "reconcile progress: walking storage"
             );
         }
-        let relative = path.strip_prefix(&root).expect("below root");
-        let Some(name) = relative.to_str() else {
-            report.skipped.push(relative.to_string_lossy());
-            return;
-        };
-        match StorageKey::parse(name) {
+        match StorageKey::parse(&name) {
             Ok(key) if key.as_str() == name => {
                 report.files += 1;
-                if known.remove(name) {
+                if known.remove(&name) {
                     report.indexed += 1;
                 } else {
-                    missing.push(key);
+                    missing.push((key, info));
                 }
             }
             _ => report.skipped.push(name),
         }
-    })?;
+    }
+    drop(listing);
     let mut gone: Vec<String> = known.into_iter().collect();
     gone.sort();
     for key in gone {
@@ -95,9 +94,9 @@ pub async fn reconcile(
         Some(open_channel(settings).await?)
     };
     let to_enqueue = missing.len();
-    for key in missing {
+    for (key, info) in missing {
         if let Some((_, channel)) = &channel {
-            let job = job_for_stored_file(&store, &key)?;
+            let job = job_for_stored_file(&key, info);
             let properties = amqp::job_properties(&job);
             amqp::publish_confirmed(channel, &settings.queue, &job.to_json(), properties).await?;
         }
@@ -137,32 +136,12 @@ pub async fn reconcile(
     Ok(report)
 }
 
-fn walk(dir: &Path, visit: &mut dyn FnMut(&Path)) -> Result<(), WorkerError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| WorkerError::Io(dir.display().to_string(), e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => walk(&path, visit)?,
-            Ok(t) if t.is_file() => visit(&path),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// A job for a file found in storage: what the path and the file itself tell.
-fn job_for_stored_file(store: &FsStore, key: &StorageKey) -> Result<VoicemailJob, WorkerError> {
-    let path = store.path_of(key);
-    let io = |e| WorkerError::Io(path.display().to_string(), e);
-    let meta = std::fs::metadata(&path).map_err(io)?;
+fn job_for_stored_file(key: &StorageKey, info: ObjectInfo) -> VoicemailJob {
     let facts = PathFacts::from_segments(key.segments());
-    let received_at = meta
-        .modified()
-        .map(chrono::DateTime::<chrono::Utc>::from)
-        .unwrap_or_else(|_| chrono::Utc::now());
+    let received_at = chrono::DateTime::<chrono::Utc>::from(info.modified);
     let content_type = key.content_type().map(str::to_owned);
-    Ok(VoicemailJob {
+    VoicemailJob {
         schema_version: JOB_SCHEMA_VERSION,
         job_id: uuid::Uuid::now_v7(),
         storage_key: key.as_str().to_owned(),
@@ -170,11 +149,11 @@ fn job_for_stored_file(store: &FsStore, key: &StorageKey) -> Result<VoicemailJob
         document_id: facts.document_id,
         attachment_name: facts.attachment_name,
         content_type,
-        size_bytes: meta.len(),
+        size_bytes: info.size,
         sha256: None,
         received_at,
         upload_mode: UploadMode::Reconciled,
         kazoo_document: None,
         request_id: "reconcile".into(),
-    })
+    }
 }

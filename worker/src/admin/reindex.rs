@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tracing::info;
-use vmpipe_common::{Settings, StorageKey};
+use vmpipe_common::{Settings, Storage, StorageKey};
 
 use super::Admin;
 use super::report::{KeyList, Progress};
@@ -65,11 +65,11 @@ pub async fn reindex(
             let Ok(parsed) = StorageKey::parse(&key) else {
                 continue;
             };
-            let path = store.path_of(&parsed);
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let Some(info) = store.stat(&parsed).await? else {
                 report.files_missing.push(key);
                 continue;
             };
+            let path = store.path_of(&parsed);
             let probed = tokio::task::spawn_blocking(move || probe::probe_for_index(&path))
                 .await?
                 .map_err(|e| WorkerError::Io(key.clone(), e))?;
@@ -86,7 +86,7 @@ pub async fn reindex(
             .bind(measured.channels)
             .bind(measured.bitrate_bps)
             .bind(measured.probe_error)
-            .bind(meta.len() as i64)
+            .bind(info.size as i64)
             .execute(&pool)
             .await?;
             report.reprobed += 1;
