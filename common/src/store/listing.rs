@@ -2,7 +2,7 @@
 //! time, every stored file, and removal. [`FsStore`]'s side of those [`Storage`] methods.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
@@ -78,11 +78,11 @@ impl FsStore {
                 send(Err(e));
             }
         });
-        tokio_stream_from(receiver)
+        stream_of(receiver)
     }
 }
 
-fn tokio_stream_from(
+fn stream_of(
     receiver: tokio::sync::mpsc::Receiver<Result<Listed, StorageError>>,
 ) -> BoxStream<'static, Result<Listed, StorageError>> {
     futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -101,7 +101,7 @@ fn walk(
     let entries = fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io("list", dir, e))?;
-        let path: PathBuf = entry.path();
+        let path = entry.path();
         let Ok(kind) = entry.file_type() else {
             continue;
         };

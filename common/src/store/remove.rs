@@ -14,7 +14,7 @@ use std::path::{Component, Path};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::{FsStore, StorageError, nofollow};
+use super::{FsStore, StorageError};
 use crate::key::StorageKey;
 
 const DIRECTORY: OFlags = OFlags::RDONLY
@@ -35,14 +35,7 @@ impl FsStore {
     /// The size of the regular file stored under `key`, `None` when there is none (nothing,
     /// a link, or a directory), read without following links.
     pub fn stored_size(&self, key: &StorageKey) -> Result<Option<u64>, StorageError> {
-        let relative = key.relative_path();
-        let Some(file) = nofollow::open_file(self.voicemail_root(), &relative)? else {
-            return Ok(None);
-        };
-        let meta = file
-            .metadata()
-            .map_err(|e| StorageError::io("stat", &self.path_of(key), e))?;
-        Ok(Some(meta.len()))
+        Ok(self.stat_blocking(key)?.map(|info| info.size))
     }
 
     /// Deletes the file stored under `key` (if any), then every directory above it that is
@@ -129,6 +122,7 @@ fn remove_emptied(root: &Path, fds: &[OwnedFd], dirs: &[&OsStr]) -> usize {
 mod tests {
     use std::fs;
 
+    use super::super::nofollow;
     use super::*;
     use crate::key::decode_path;
 
