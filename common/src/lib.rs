@@ -16,6 +16,6 @@ pub use job::{PathFacts, UploadMode, VoicemailJob};
 pub use key::{KeyError, StorageKey};
 pub use settings::Settings;
 pub use store::{
-    Committed, FsStore, Listed, ObjectInfo, ObjectWriter, Revoked, Storage, StorageError,
-    StoredObject,
+    Committed, FsStore, Listed, LocalFile, ObjectInfo, ObjectWriter, Removed, Revoked, Storage,
+    StorageError, StoredObject,
 };

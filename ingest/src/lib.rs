@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_actix_web::TracingLogger;
-use vmpipe_common::{FsStore, Settings, StorageError};
+use vmpipe_common::{Settings, StorageError};
 
 pub use crate::journal::JournalError;
 pub use crate::tls::TlsError;
@@ -74,7 +74,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // Every metric exported (at 0) from the start.
         vmpipe_common::metrics::register(vmpipe_common::metrics::INGEST);
-        let store = FsStore::open(&settings.storage_dir)?;
+        let store = vmpipe_common::store::open(&settings)?;
         let removed = store.remove_stale_temp_files(STALE_UPLOAD_AGE)?;
         if removed > 0 {
             info!(removed, "removed unfinished uploads left by a crash");
@@ -99,7 +99,7 @@ impl Application {
             tracing::warn!(allowed = %settings.allow_networks, "{warning}");
         }
         let state = web::Data::new(AppState {
-            store: Arc::new(store),
+            store,
             jobs: jobs.clone(),
             journal,
             prefix: settings.normalized_prefix().to_owned(),

@@ -314,6 +314,9 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("VMPIPE_PYTHON", s.python.clone()),
         ("VMPIPE_PROBE_TIMEOUT_MS", s.probe_timeout_ms.to_string()),
         ("VMPIPE_MAX_AUDIO_SECS", s.max_audio_secs.to_string()),
+        ("VMPIPE_STORAGE", s.storage.as_str().to_owned()),
+        ("VMPIPE_S3_PREFIX", s.s3_prefix.clone()),
+        ("VMPIPE_S3_REGION", s.s3_region.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -336,6 +339,13 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
                 s.tls_key.as_ref().map(|p| p.display().to_string()),
             ),
             ("VMPIPE_METRICS_LISTEN", s.metrics_listen.clone()),
+            ("VMPIPE_S3_BUCKET", s.s3_bucket.clone()),
+            ("VMPIPE_S3_ENDPOINT", s.s3_endpoint.clone()),
+            ("VMPIPE_S3_ACCESS_KEY_ID", s.s3_access_key_id.clone()),
+            (
+                "VMPIPE_S3_SECRET_ACCESS_KEY",
+                s.s3_secret_access_key.as_ref().map(|t| t.expose().to_owned()),
+            ),
             // Unset stays unset: the default list, and the start-up warning that goes with it.
             (
                 "VMPIPE_ALLOW_NETWORKS",

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use vmpipe_common::{FsStore, Settings};
+use vmpipe_common::{Settings, Storage};
 
 pub use admin::transcribe;
 pub use error::{JobError, WorkerError};
@@ -56,7 +56,7 @@ async fn migrate_when_reachable(settings: &Settings) -> Result<sqlx::PgPool, Wor
 pub struct Worker {
     settings: Settings,
     pool: sqlx::PgPool,
-    store: FsStore,
+    store: Arc<dyn Storage>,
     hooks: Vec<Arc<dyn hooks::Hook>>,
     listener: tokio::net::TcpListener,
 }
@@ -67,7 +67,7 @@ impl Worker {
         vmpipe_common::metrics::register(vmpipe_common::metrics::WORKER);
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
-        let store = FsStore::open(&settings.storage_dir)?;
+        let store = vmpipe_common::store::open(&settings)?;
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
             .await
             .map_err(|source| WorkerError::Listen {

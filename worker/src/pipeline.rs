@@ -5,7 +5,6 @@
 //! is a [`JobError`] saying whether a redelivery can help. A job stops early at shutdown, or
 //! when its delivery's channel is gone ([`Stop`]).
 
-use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use vmpipe_common::job::{
     CREDENTIALS_PROBE_LEN, JOB_SCHEMA_VERSION, RawJob, is_credentials_probe,
     is_credentials_probe_file,
 };
-use vmpipe_common::{FsStore, Settings, StorageKey};
+use vmpipe_common::{Settings, Storage, StorageError, StorageKey};
 
 use crate::activity::Activity;
 use crate::audio::probe;
@@ -35,7 +34,7 @@ const PAUSE_BASE: std::time::Duration = std::time::Duration::from_millis(100);
 pub(crate) struct Context {
     pub settings: Settings,
     pub pool: PgPool,
-    pub store: FsStore,
+    pub store: Arc<dyn Storage>,
     pub health: Arc<Health>,
     /// Whether PostgreSQL answers; jobs wait on it together.
     pub database: Arc<DatabaseWatch>,
@@ -107,22 +106,19 @@ pub(crate) async fn process(context: &Context, data: &[u8], stop: &Stop) -> Resu
         )));
     }
     let key = StorageKey::parse(&job.storage_key).abort_with("invalid storage key")?;
-    let path = context.store.path_of(&key);
-    let reading = || format!("reading {}", path.display());
-    let size = match waiting_out_shortages(stop, || tokio::fs::metadata(&path)).await? {
-        Ok(meta) if meta.is_file() => meta.len(),
-        Ok(_) => return Err(file_missing(&path)),
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-            return Err(file_missing(&path));
-        }
-        Err(e) => return Err(e).retry_with(reading()),
+    let reading = || format!("reading {} from {}", key.as_str(), context.store.location());
+    let Some(local) = waiting_out_shortages(stop, || context.store.local_copy(&key))
+        .await?
+        .map_err(storage_failure(reading()))?
+    else {
+        return Err(file_missing(&key, context.store.as_ref()));
     };
 
     if is_credentials_probe(&job.attachment_name)
-        && size == CREDENTIALS_PROBE_LEN
+        && local.size() == CREDENTIALS_PROBE_LEN
         && is_credentials_probe_file(
             &job.attachment_name,
-            &waiting_out_shortages(stop, || tokio::fs::read(&path))
+            &waiting_out_shortages(stop, || tokio::fs::read(local.path()))
                 .await?
                 .retry_with(reading())?,
         )
@@ -143,11 +139,11 @@ pub(crate) async fn process(context: &Context, data: &[u8], stop: &Stop) -> Resu
     let started = std::time::Instant::now();
     let hash = job.sha256.is_none();
     let (probed, sha256) = waiting_out_shortages(stop, || {
-        let file = path.clone();
+        let file = local.path().to_path_buf();
         async move {
             tokio::task::spawn_blocking(move || {
                 let sha256 = hash.then(|| sha256_file(&file)).transpose()?;
-                Ok((probe::probe_for_index(&file)?, sha256))
+                Ok::<_, std::io::Error>((probe::probe_for_index(&file)?, sha256))
             })
             .await
             .map_err(std::io::Error::other)?
@@ -155,6 +151,8 @@ pub(crate) async fn process(context: &Context, data: &[u8], stop: &Stop) -> Resu
     })
     .await?
     .retry_with(reading())?;
+    // A temporary copy (from an object store) is deleted now.
+    drop(local);
     let probe_time = started.elapsed();
     metrics::histogram!("vmpipe_probe_duration_seconds").record(probe_time.as_secs_f64());
     let mut row = VoicemailRow::build(&job, &probed);
@@ -229,31 +227,66 @@ where
     }
 }
 
-fn file_missing(path: &Path) -> JobError {
-    JobError::abort_because(format!("file missing: {}", path.display()))
+fn file_missing(key: &StorageKey, store: &dyn Storage) -> JobError {
+    JobError::abort_because(format!(
+        "file missing: {} (in {})",
+        key.as_str(),
+        store.location()
+    ))
+}
+
+/// A storage failure that outlasted [`waiting_out_shortages`]: an object too large to copy
+/// stays so (give up); anything else may pass (retry).
+fn storage_failure(doing: String) -> impl FnOnce(StorageError) -> JobError {
+    move |e| match e {
+        StorageError::TooLarge { .. } => JobError::abort(anyhow::Error::new(e).context(doing)),
+        e => JobError::retry(anyhow::Error::new(e).context(doing)),
+    }
 }
 
 /// Runs `operation` (file work) until it gets past a shortage of this process's own resources
-/// (file descriptors, memory): the file is there, this worker cannot open it just now. Such a
-/// job waits, unacked, rather than failing (and, failing again, being dead-lettered); other
-/// results are the caller's. Only `stop` ends the wait.
-async fn waiting_out_shortages<T, F, Fut>(
+/// (file descriptors, memory), or an object store's outage: the file is there, this worker
+/// cannot read it just now. Such a job waits, unacked, rather than failing (and, failing
+/// again, being dead-lettered); other results are the caller's. Only `stop` ends the wait.
+async fn waiting_out_shortages<T, E, F, Fut>(
     stop: &Stop,
     mut operation: F,
-) -> Result<std::io::Result<T>, JobError>
+) -> Result<Result<T, E>, JobError>
 where
+    E: Passing + std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<T>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut delay = Backoff::default();
     loop {
         match operation().await {
-            Err(e) if is_local_shortage(&e) => {
+            Err(e) if e.is_passing() => {
                 let wait = delay.next_delay();
-                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "out of a local resource; will retry");
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "storage unreadable for now; will retry");
                 stop.wait(tokio::time::sleep(wait)).await?;
             }
             other => return Ok(other),
+        }
+    }
+}
+
+/// A failure that passes by itself: a shortage of a local resource, a store that is down.
+trait Passing {
+    fn is_passing(&self) -> bool;
+}
+
+impl Passing for std::io::Error {
+    fn is_passing(&self) -> bool {
+        is_local_shortage(self)
+    }
+}
+
+impl Passing for StorageError {
+    fn is_passing(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => is_local_shortage(source),
+            StorageError::Unavailable { .. } => true,
+            _ => false,
         }
     }
 }

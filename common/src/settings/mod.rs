@@ -10,6 +10,7 @@
 mod hooks;
 mod network;
 mod secret;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use hooks::{HookAudio, HookKind, HookSettings, Transcriber, WHISPER_HOOK, WhisperDevice};
 pub use network::{DEFAULT_NETWORKS, Networks};
 pub use secret::{Secret, SecretUrl, redact_url};
+pub use storage::StorageKind;
 pub use values::{Base64Mode, ByteSize, LogFormat};
 
 /// The environment variable naming the settings file (not itself a setting).
@@ -50,6 +52,22 @@ pub struct Settings {
     pub path_prefix: String,
     /// `VMPIPE_STORAGE_DIR`: root of the voicemail files, the temporary files and the job journal.
     pub storage_dir: PathBuf,
+    /// `VMPIPE_STORAGE`: `fs` (files below `VMPIPE_STORAGE_DIR`) or `s3` (a bucket; the journal
+    /// and temporary copies stay in `VMPIPE_STORAGE_DIR`).
+    pub storage: StorageKind,
+    /// `VMPIPE_S3_BUCKET`: the bucket (`VMPIPE_STORAGE=s3`).
+    pub s3_bucket: Option<String>,
+    /// `VMPIPE_S3_PREFIX`: prepended to every object key (`vmpipe/`, say); empty by default.
+    pub s3_prefix: String,
+    /// `VMPIPE_S3_ENDPOINT`: a self-hosted store's URL (`http://garage:3900`), addressed
+    /// path-style; unset: AWS S3 itself.
+    pub s3_endpoint: Option<String>,
+    /// `VMPIPE_S3_REGION`: the bucket's region (Garage's `s3_region`, `garage` by default).
+    pub s3_region: String,
+    /// `VMPIPE_S3_ACCESS_KEY_ID`: the access key; unset: the `AWS_*` environment.
+    pub s3_access_key_id: Option<String>,
+    /// `VMPIPE_S3_SECRET_ACCESS_KEY`: its secret (never logged).
+    pub s3_secret_access_key: Option<Secret>,
     /// `VMPIPE_AMQP_URL`: RabbitMQ.
     pub amqp_url: SecretUrl,
     /// `VMPIPE_QUEUE`: durable job queue; dead letters go to `{queue}.dead`.
@@ -149,6 +167,13 @@ impl Default for Settings {
             listen: "0.0.0.0:8080".into(),
             path_prefix: "/".into(),
             storage_dir: PathBuf::from("./data"),
+            storage: StorageKind::Fs,
+            s3_bucket: None,
+            s3_prefix: String::new(),
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
             amqp_url: SecretUrl("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             queue: "vmpipe.jobs".into(),
             database_url: SecretUrl("postgres://postgres@127.0.0.1:5432/vmpipe".into()),
@@ -319,6 +344,7 @@ impl Settings {
                 "max_audio_secs must be 1 to {MAX_AUDIO_SECS} (a 16 kHz WAV holds at most 4 GiB)"
             )));
         }
+        storage::validate(self).map_err(config::ConfigError::Message)?;
         hooks::validate_whisper(self).map_err(config::ConfigError::Message)?;
         let mut names: Vec<&str> = Vec::new();
         if self.transcriber == Transcriber::Whisper {

@@ -34,16 +34,22 @@ pub struct FsStore {
 
 impl FsStore {
     pub fn open(root: &Path) -> Result<Self, StorageError> {
-        let store = Self {
-            voicemails: root.join("voicemails"),
-            tmp: root.join("tmp"),
-            writers: Arc::default(),
-        };
+        let store = Self::open_existing(root);
         let shards = (0..TMP_SHARDS).map(|n| store.tmp.join(format!("{n:x}")));
         for dir in [store.voicemails.clone()].into_iter().chain(shards) {
             fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
         }
         Ok(store)
+    }
+
+    /// The store at `root` as it is, creating nothing: for commands that only read or delete
+    /// (a store that does not exist reads as empty).
+    pub fn open_existing(root: &Path) -> Self {
+        Self {
+            voicemails: root.join("voicemails"),
+            tmp: root.join("tmp"),
+            writers: Arc::default(),
+        }
     }
 
     /// The directory holding the voicemail files.
@@ -57,7 +63,7 @@ impl FsStore {
 
     /// Removes uploads that a crash left unfinished. Only files older than `min_age` go, so
     /// that another process's upload in progress is left alone.
-    pub fn remove_stale_temp_files(&self, min_age: Duration) -> Result<usize, StorageError> {
+    fn remove_stale_files(&self, min_age: Duration) -> Result<usize, StorageError> {
         let now = SystemTime::now();
         let mut removed = 0;
         let shards = fs::read_dir(&self.tmp).map_err(|e| StorageError::io("list", &self.tmp, e))?;
@@ -171,8 +177,34 @@ impl Storage for FsStore {
         self.list_files()
     }
 
-    fn remove(&self, key: &StorageKey) -> BoxFuture<'_, Result<bool, StorageError>> {
+    fn remove(&self, key: &StorageKey) -> BoxFuture<'_, Result<super::Removed, StorageError>> {
         self.remove_file(key)
+    }
+
+    fn local_copy(
+        &self,
+        key: &StorageKey,
+    ) -> BoxFuture<'_, Result<Option<super::LocalFile>, StorageError>> {
+        // The file is already local: no copy, so nothing to bound.
+        let path = self.path_of(key);
+        let stat = self.stat_file(key);
+        Box::pin(async move {
+            Ok(stat
+                .await?
+                .map(|info| super::LocalFile::stored(path, info.size)))
+        })
+    }
+
+    fn remove_stale_temp_files(&self, min_age: Duration) -> Result<usize, StorageError> {
+        self.remove_stale_files(min_age)
+    }
+
+    fn location(&self) -> String {
+        self.voicemails
+            .parent()
+            .unwrap_or(&self.voicemails)
+            .display()
+            .to_string()
     }
 }
 

@@ -61,9 +61,9 @@ impl FsStore {
     pub(super) fn remove_file(
         &self,
         key: &StorageKey,
-    ) -> super::BoxFuture<'static, Result<bool, StorageError>> {
+    ) -> super::BoxFuture<'static, Result<super::Removed, StorageError>> {
         let (store, key) = (self.clone(), key.clone());
-        Box::pin(blocking(move || Ok(store.remove(&key)?.file)))
+        Box::pin(blocking(move || store.remove_blocking(&key)))
     }
 
     /// Every regular file below `voicemails/`, walked on the file I/O threads a bounded
@@ -74,6 +74,10 @@ impl FsStore {
         let root = self.voicemail_root().to_path_buf();
         spawn_file_io(move || {
             let mut send = |item| sender.blocking_send(item).is_ok();
+            // A store nothing was ever written to has no voicemails/ yet.
+            if !root.exists() {
+                return;
+            }
             if let Err(e) = walk(&root, &root, &mut send) {
                 send(Err(e));
             }
@@ -174,8 +178,8 @@ mod tests {
         assert_eq!(info.size, 5);
         assert!(info.modified > SystemTime::UNIX_EPOCH);
         assert_eq!(boxed.stat(&key("acct/d9/none.mp3")).await.unwrap(), None);
-        assert!(boxed.remove(&key("acct/d1/a.mp3")).await.unwrap());
-        assert!(!boxed.remove(&key("acct/d1/a.mp3")).await.unwrap());
+        assert!(boxed.remove(&key("acct/d1/a.mp3")).await.unwrap().file);
+        assert!(!boxed.remove(&key("acct/d1/a.mp3")).await.unwrap().file);
         assert_eq!(boxed.stat(&key("acct/d1/a.mp3")).await.unwrap(), None);
         assert!(
             !store.voicemail_root().join("acct/d1").exists(),

@@ -14,6 +14,7 @@ mod file_io;
 mod fs;
 mod fs_writer;
 mod listing;
+mod local_copy;
 mod nofollow;
 mod placed;
 mod remove;
@@ -32,6 +33,7 @@ pub use file_io::spawn_file_io;
 pub use fs::FsStore;
 pub use fs_writer::sync_dir;
 pub use listing::{Listed, ObjectInfo};
+pub use local_copy::LocalFile;
 pub use remove::Removed;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -55,6 +57,26 @@ pub enum StorageError {
     Symlink(PathBuf),
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The object store did not answer, or answered with an error that may pass (a 5xx, a
+    /// timeout, a refused connection): try again later.
+    #[error("object store unavailable: {op} {key}: {source}")]
+    Unavailable {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The object store refused the request for a reason that will not pass by itself (access
+    /// denied, a bucket that does not exist): the settings need fixing.
+    #[error("object store refused {op} {key}: {source}")]
+    Refused {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{key} is {size} bytes, more than the {max} a local copy may be")]
+    TooLarge { key: String, size: u64, max: u64 },
 }
 
 /// Whether `e` says the file system is full (ENOSPC) or a quota is used up (EDQUOT).
@@ -106,8 +128,25 @@ pub trait Storage: Send + Sync + 'static {
     /// Every stored file, in no particular order, read a bounded distance ahead.
     fn list(&self) -> BoxStream<'_, Result<Listed, StorageError>>;
 
-    /// Deletes the file stored under `key`; whether there was one.
-    fn remove(&self, key: &StorageKey) -> BoxFuture<'_, Result<bool, StorageError>>;
+    /// Deletes the file stored under `key` (and, on a file system, the directories that
+    /// leaves empty); whether there was one.
+    fn remove(&self, key: &StorageKey) -> BoxFuture<'_, Result<Removed, StorageError>>;
+
+    /// The file stored under `key` as a local file that the audio probe, the hash and hooks
+    /// can open: the file itself on a file system, a temporary copy (deleted when the
+    /// [`LocalFile`] is dropped) from an object store, which refuses an object larger than
+    /// `VMPIPE_MAX_BODY` (ingest stores none). `None` when nothing is stored under `key`.
+    fn local_copy(
+        &self,
+        key: &StorageKey,
+    ) -> BoxFuture<'_, Result<Option<LocalFile>, StorageError>>;
+
+    /// Where the files are, for reports and logs: a directory, or `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    /// Removes what a crash left on this machine (unfinished uploads, temporary copies) older
+    /// than `min_age`, so that another process's work in progress is left alone; how many.
+    fn remove_stale_temp_files(&self, min_age: std::time::Duration) -> Result<usize, StorageError>;
 }
 
 pub trait ObjectWriter: Send {
@@ -150,4 +189,19 @@ impl Revoked {
             Revoked::Superseded => "superseded",
         }
     }
+}
+
+/// The store the settings choose (`VMPIPE_STORAGE`), opened, its directories created.
+pub fn open(settings: &crate::Settings) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    Ok(std::sync::Arc::new(FsStore::open(&settings.storage_dir)?))
+}
+
+/// The store the settings choose, as it is: an admin command creates nothing (a wrong
+/// `VMPIPE_STORAGE_DIR` reads as empty, and stays as it was).
+pub fn open_existing(
+    settings: &crate::Settings,
+) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    Ok(std::sync::Arc::new(FsStore::open_existing(
+        &settings.storage_dir,
+    )))
 }

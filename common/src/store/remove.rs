@@ -22,7 +22,7 @@ const DIRECTORY: OFlags = OFlags::RDONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
-/// What [`FsStore::remove`] did.
+/// What removing a stored file did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Removed {
     /// Whether a file was there (and is gone now).
@@ -32,15 +32,9 @@ pub struct Removed {
 }
 
 impl FsStore {
-    /// The size of the regular file stored under `key`, `None` when there is none (nothing,
-    /// a link, or a directory), read without following links.
-    pub fn stored_size(&self, key: &StorageKey) -> Result<Option<u64>, StorageError> {
-        Ok(self.stat_blocking(key)?.map(|info| info.size))
-    }
-
     /// Deletes the file stored under `key` (if any), then every directory above it that is
     /// empty now, up to but never including `voicemails/`.
-    pub fn remove(&self, key: &StorageKey) -> Result<Removed, StorageError> {
+    pub fn remove_blocking(&self, key: &StorageKey) -> Result<Removed, StorageError> {
         let root = self.voicemail_root();
         let relative = key.relative_path();
         let parts: Vec<&OsStr> = relative
@@ -142,8 +136,14 @@ mod tests {
         let store = FsStore::open(dir.path()).unwrap();
         put(&store, "acct/doc1/a.mp3");
         put(&store, "acct/doc2/b.mp3");
-        assert_eq!(store.stored_size(&key("acct/doc1/a.mp3")).unwrap(), Some(5));
-        let removed = store.remove(&key("acct/doc1/a.mp3")).unwrap();
+        assert_eq!(
+            store
+                .stat_blocking(&key("acct/doc1/a.mp3"))
+                .unwrap()
+                .map(|info| info.size),
+            Some(5)
+        );
+        let removed = store.remove_blocking(&key("acct/doc1/a.mp3")).unwrap();
         assert_eq!(
             removed,
             Removed {
@@ -152,7 +152,7 @@ mod tests {
             }
         );
         assert!(!store.voicemail_root().join("acct/doc1").exists());
-        let removed = store.remove(&key("acct/doc2/b.mp3")).unwrap();
+        let removed = store.remove_blocking(&key("acct/doc2/b.mp3")).unwrap();
         assert_eq!(
             removed,
             Removed {
@@ -163,7 +163,7 @@ mod tests {
         assert!(store.voicemail_root().is_dir());
         assert_eq!(fs::read_dir(store.voicemail_root()).unwrap().count(), 0);
         // Nothing there: nothing to do.
-        let removed = store.remove(&key("acct/doc2/b.mp3")).unwrap();
+        let removed = store.remove_blocking(&key("acct/doc2/b.mp3")).unwrap();
         assert_eq!(
             removed,
             Removed {
@@ -171,7 +171,13 @@ mod tests {
                 directories: 0
             }
         );
-        assert_eq!(store.stored_size(&key("acct/doc2/b.mp3")).unwrap(), None);
+        assert_eq!(
+            store
+                .stat_blocking(&key("acct/doc2/b.mp3"))
+                .unwrap()
+                .map(|info| info.size),
+            None
+        );
     }
 
     #[test]
@@ -183,8 +189,8 @@ mod tests {
         let store = FsStore::open(dir.path()).unwrap();
         std::os::unix::fs::symlink(outside.path(), store.voicemail_root().join("acct")).unwrap();
         let k = key("acct/doc/a.mp3");
-        assert_eq!(store.stored_size(&k).unwrap(), None);
-        let removed = store.remove(&k).unwrap();
+        assert_eq!(store.stat_blocking(&k).unwrap().map(|info| info.size), None);
+        let removed = store.remove_blocking(&k).unwrap();
         assert_eq!(
             removed,
             Removed {
@@ -219,7 +225,7 @@ mod tests {
                 let pruning = scope.spawn(|| {
                     barrier.wait();
                     store
-                        .remove(&key(&format!("{account}/d{i}/old.mp3")))
+                        .remove_blocking(&key(&format!("{account}/d{i}/old.mp3")))
                         .unwrap()
                 });
                 barrier.wait();
@@ -233,8 +239,9 @@ mod tests {
             });
             assert_eq!(
                 store
-                    .stored_size(&key(&format!("{account}/d{i}/new.mp3")))
-                    .unwrap(),
+                    .stat_blocking(&key(&format!("{account}/d{i}/new.mp3")))
+                    .unwrap()
+                    .map(|info| info.size),
                 Some(3)
             );
         }

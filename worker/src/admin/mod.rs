@@ -15,7 +15,7 @@ mod transcribe;
 use lapin::Connection;
 use sqlx::PgPool;
 use vmpipe_common::amqp::{self, ConfirmChannel};
-use vmpipe_common::{FsStore, Settings};
+use vmpipe_common::{Settings, Storage};
 
 use crate::WorkerError;
 use crate::index::db;
@@ -32,14 +32,14 @@ pub use transcribe::transcribe;
 /// What the commands that read the index share: the database, migrated, and the storage.
 struct Admin {
     pool: PgPool,
-    store: FsStore,
+    store: std::sync::Arc<dyn Storage>,
 }
 
 impl Admin {
     async fn open(settings: &Settings) -> Result<Self, WorkerError> {
         let pool = db::connect(settings.database_url.expose(), 2).await?;
         db::migrate(&pool).await?;
-        let store = FsStore::open(&settings.storage_dir)?;
+        let store = vmpipe_common::store::open_existing(settings)?;
         Ok(Self { pool, store })
     }
 }

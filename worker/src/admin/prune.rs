@@ -1,17 +1,19 @@
 //! `worker prune`: retention by age, files and rows together, in small batches, with the
 //! checks that keep a wrong storage directory from emptying the index.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{info, warn};
-use vmpipe_common::{FsStore, Settings, StorageKey};
+use vmpipe_common::settings::StorageKind;
+use vmpipe_common::{Settings, Storage, StorageKey};
 
 use super::report::{KeyList, Progress};
 use crate::WorkerError;
-use crate::index::db;
 
 /// Rows (older than the cutoff) whose file is looked for before anything is deleted.
 const SAMPLE_ROWS: i64 = 1000;
@@ -40,8 +42,8 @@ pub struct PruneOptions {
 #[derive(Debug, Serialize)]
 pub struct Pruned {
     pub dry_run: bool,
-    /// The storage directory whose files were deleted (absolute).
-    pub storage_dir: PathBuf,
+    /// Where the files were deleted: the storage directory (absolute), or `s3://bucket/prefix`.
+    pub storage_dir: String,
     /// Voicemails deleted (or that would be, in a dry run), file and row.
     pub voicemails: u64,
     /// KAZOO credential-probe files deleted (or that would be), file and row.
@@ -52,7 +54,7 @@ pub struct Pruned {
     /// Rows older than the cutoff kept because their file is missing.
     pub rows_without_file_kept: u64,
     pub kept: KeyList,
-    /// Directories removed because pruning emptied them.
+    /// Directories removed because pruning emptied them (0 in a bucket).
     pub directories_removed: u64,
 }
 
@@ -62,21 +64,22 @@ pub struct Pruned {
 /// slower), which would stall uploads.
 ///
 /// A row whose file is missing is kept unless `include_missing_files`; and prune refuses to
-/// start when the storage directory is relative, has no voicemails while old rows exist, or
-/// lacks the files of most old rows (unless `force`): the signs of a wrong storage directory.
+/// start when the storage directory is relative, the storage has no voicemails while old rows
+/// exist, or lacks the files of most old rows (unless `force`): the signs of a wrong storage
+/// directory (or bucket, or prefix).
 pub async fn prune(settings: &Settings, options: &PruneOptions) -> Result<Pruned, WorkerError> {
-    let voicemails = storage_root(&settings.storage_dir)?;
-    let pool = db::connect(settings.database_url.expose(), 2).await?;
-    db::migrate(&pool).await?;
-    let result = prune_with(&pool, settings, &voicemails, options).await;
+    if settings.storage == StorageKind::Fs {
+        check_absolute(&settings.storage_dir)?;
+    }
+    let super::Admin { pool, store } = super::Admin::open(settings).await?;
+    let result = prune_with(&pool, store, options).await;
     pool.close().await;
     result
 }
 
 async fn prune_with(
     pool: &PgPool,
-    settings: &Settings,
-    voicemails: &Path,
+    store: Arc<dyn Storage>,
     options: &PruneOptions,
 ) -> Result<Pruned, WorkerError> {
     let old = sqlx::query_scalar::<_, i64>(
@@ -86,10 +89,10 @@ async fn prune_with(
     .bind(options.cutoff)
     .fetch_one(pool)
     .await?;
-    let store = check_storage(pool, settings, voicemails, old, options).await?;
+    check_storage(pool, store.as_ref(), old, options).await?;
     let mut report = Pruned {
         dry_run: !options.apply,
-        storage_dir: settings.storage_dir.clone(),
+        storage_dir: store.location(),
         voicemails: 0,
         credential_probes: 0,
         bytes: 0,
@@ -114,7 +117,7 @@ async fn prune_with(
             for key in keys {
                 let parsed = StorageKey::parse(&key).ok();
                 let size = match &parsed {
-                    Some(parsed) => store.stored_size(parsed)?,
+                    Some(parsed) => store.stat(parsed).await?.map(|info| info.size),
                     None => None,
                 };
                 if size.is_none() && !options.include_missing_files {
@@ -128,7 +131,7 @@ async fn prune_with(
                     && let Some(parsed) = &parsed
                 {
                     // Also for a missing file: its directories may be empty now.
-                    let removed = store.remove(parsed)?;
+                    let removed = store.remove(parsed).await?;
                     gone = !removed.file;
                     report.directories_removed += removed.directories as u64;
                 }
@@ -208,9 +211,9 @@ impl Table {
     }
 }
 
-/// `{storage_dir}/voicemails`, when `storage_dir` is absolute: prune deletes, and a relative
-/// directory (`./data`, the default) depends on where the command happens to run.
-fn storage_root(storage_dir: &Path) -> Result<PathBuf, WorkerError> {
+/// Refuses a relative `storage_dir`: prune deletes, and a relative directory (`./data`, the
+/// default) depends on where the command happens to run.
+fn check_absolute(storage_dir: &Path) -> Result<(), WorkerError> {
     if !storage_dir.is_absolute() {
         let here = std::env::current_dir()
             .map(|cwd| cwd.join(storage_dir).display().to_string())
@@ -221,35 +224,27 @@ fn storage_root(storage_dir: &Path) -> Result<PathBuf, WorkerError> {
             storage_dir.display()
         )));
     }
-    Ok(storage_dir.join("voicemails"))
+    Ok(())
 }
 
-/// Refuses a storage directory that looks wrong for the `old` rows about to be pruned: no
-/// voicemails at all, or (unless `force`) the files of most of a sample of them missing.
+/// Refuses a storage that looks wrong for the `old` rows about to be pruned: no voicemails at
+/// all, or (unless `force`) the files of most of a sample of them missing.
 async fn check_storage(
     pool: &PgPool,
-    settings: &Settings,
-    voicemails: &Path,
+    store: &dyn Storage,
     old: i64,
     options: &PruneOptions,
-) -> Result<FsStore, WorkerError> {
-    let dir = settings.storage_dir.display();
-    let empty = match std::fs::read_dir(voicemails) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-        Err(e) => return Err(WorkerError::Io(voicemails.display().to_string(), e)),
-    };
+) -> Result<(), WorkerError> {
     if old == 0 {
-        return Ok(FsStore::open(&settings.storage_dir)?);
+        return Ok(());
     }
-    if empty {
+    let location = store.location();
+    if store.list().next().await.transpose()?.is_none() {
         return Err(WorkerError::Refused(format!(
-            "the storage directory looks wrong: {dir} has no voicemails (no files in {}), \
-             while {old} rows are older than the cutoff; is VMPIPE_STORAGE_DIR the directory ingest writes?",
-            voicemails.display()
+            "the storage looks wrong: {location} has no voicemails, while {old} rows are older \
+             than the cutoff; {WHICH_STORAGE}"
         )));
     }
-    let store = FsStore::open(&settings.storage_dir)?;
     let sample: Vec<String> = sqlx::query_scalar(
         "SELECT storage_key FROM (
             SELECT storage_key FROM voicemails WHERE received_at < $1
@@ -263,7 +258,7 @@ async fn check_storage(
     let mut missing = 0;
     for key in &sample {
         let present = match StorageKey::parse(key) {
-            Ok(key) => store.stored_size(&key)?.is_some(),
+            Ok(key) => store.stat(&key).await?.is_some(),
             Err(_) => false,
         };
         if !present {
@@ -272,19 +267,21 @@ async fn check_storage(
     }
     if missing * 2 > sample.len() {
         let message = format!(
-            "the storage directory looks wrong: {missing} of {} rows older than the cutoff \
-             (a random sample) have no file in {}; is VMPIPE_STORAGE_DIR the directory ingest writes? \
-             (--force prunes anyway)",
+            "the storage looks wrong: {missing} of {} rows older than the cutoff \
+             (a random sample) have no file in {location}; {WHICH_STORAGE} (--force prunes anyway)",
             sample.len(),
-            voicemails.display()
         );
         if !options.force {
             return Err(WorkerError::Refused(message));
         }
         warn!("{message}; pruning anyway (--force)");
     }
-    Ok(store)
+    Ok(())
 }
+
+/// What a wrong storage is most likely to be.
+const WHICH_STORAGE: &str = "are VMPIPE_STORAGE_DIR (or VMPIPE_S3_BUCKET and VMPIPE_S3_PREFIX) \
+     the storage ingest writes?";
 
 /// `90d`, `12h`, `30m`, `45s`, or plain seconds.
 pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 use vmpipe_common::job::JOB_SCHEMA_VERSION;
 use vmpipe_common::{
-    Listed, ObjectInfo, PathFacts, Settings, Storage, StorageKey, UploadMode, VoicemailJob, amqp,
+    Listed, ObjectInfo, PathFacts, Settings, StorageKey, UploadMode, VoicemailJob, amqp,
 };
 
 use super::report::{KeyList, Progress};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tracing::info;
-use vmpipe_common::{Settings, Storage, StorageKey};
+use vmpipe_common::{Settings, StorageKey};
 
 use super::Admin;
 use super::report::{KeyList, Progress};
@@ -65,12 +65,12 @@ pub async fn reindex(
             let Ok(parsed) = StorageKey::parse(&key) else {
                 continue;
             };
-            let Some(info) = store.stat(&parsed).await? else {
+            let Some(local) = store.local_copy(&parsed).await? else {
                 report.files_missing.push(key);
                 continue;
             };
-            let path = store.path_of(&parsed);
-            let probed = tokio::task::spawn_blocking(move || probe::probe_for_index(&path))
+            let size = local.size();
+            let probed = tokio::task::spawn_blocking(move || probe::probe_for_index(local.path()))
                 .await?
                 .map_err(|e| WorkerError::Io(key.clone(), e))?;
             let measured = ProbeColumns::from_probe(&probed);
@@ -86,7 +86,7 @@ pub async fn reindex(
             .bind(measured.channels)
             .bind(measured.bitrate_bps)
             .bind(measured.probe_error)
-            .bind(info.size as i64)
+            .bind(size as i64)
             .execute(&pool)
             .await?;
             report.reprobed += 1;

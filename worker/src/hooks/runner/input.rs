@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vmpipe_common::{FsStore, StorageKey};
+use vmpipe_common::{Storage, StorageKey};
 
 use super::queue::{Claim, TranscriptionQueue};
 use crate::audio::decode;
@@ -24,7 +24,7 @@ use crate::hooks::{HookAudio, HookError, HookInput};
 /// A decode is at most `max_audio_secs` long.
 pub(super) async fn input_for(
     queue: &TranscriptionQueue,
-    store: &FsStore,
+    store: &dyn Storage,
     claim: &Claim,
     audio: HookAudio,
     max_audio_secs: u64,
@@ -44,13 +44,18 @@ pub(super) async fn input_for(
             .unwrap_or_default()
     };
     let key = StorageKey::parse(text("storage_key")).abort_with("bad storage key")?;
-    let stored = store.path_of(&key);
-    if !stored.is_file() {
+    let Some(local) = store
+        .local_copy(&key)
+        .await
+        .retry_with("reading the audio")?
+    else {
         return Err(HookError::retry_because(format!(
-            "the audio file is missing: {}",
-            stored.display()
+            "the audio file is missing: {} (in {})",
+            key.as_str(),
+            store.location()
         )));
-    }
+    };
+    let stored = local.path().to_path_buf();
     let (audio_path, content_type, scratch) = match audio {
         HookAudio::Original => {
             let content_type = audio_content_type(text("content_type"), text("codec"));

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use vmpipe_common::FsStore;
+use vmpipe_common::Storage;
 use vmpipe_common::backoff::Backoff;
 
 use super::{Hook, HookError, Transcript};
@@ -57,7 +57,7 @@ pub enum RunnerError {
 
 pub struct HookRunner {
     queue: TranscriptionQueue,
-    store: FsStore,
+    store: Arc<dyn Storage>,
     hooks: Vec<Arc<dyn Hook>>,
     names: Vec<String>,
     concurrency: usize,
@@ -77,7 +77,7 @@ impl HookRunner {
     /// as this process, named after the host, unless [`HookRunner::identified_as`] says.
     pub fn new(
         pool: PgPool,
-        store: FsStore,
+        store: Arc<dyn Storage>,
         hooks: Vec<Arc<dyn Hook>>,
         concurrency: usize,
         activity: Arc<Activity>,
@@ -328,8 +328,14 @@ impl HookRunner {
     /// attempt rather than a lost runner.
     async fn execute(&self, hook: Arc<dyn Hook>, claim: &Claim) -> Result<Transcript, HookError> {
         let audio = hook.policy().audio;
-        let (input, _scratch) =
-            input::input_for(&self.queue, &self.store, claim, audio, self.max_audio_secs).await?;
+        let (input, _scratch) = input::input_for(
+            &self.queue,
+            self.store.as_ref(),
+            claim,
+            audio,
+            self.max_audio_secs,
+        )
+        .await?;
         let task = tokio::spawn(async move { hook.run(&input).await });
         let abort = task.abort_handle();
         // Dropped at the timeout: the hook's future (and any program it runs) goes too.
