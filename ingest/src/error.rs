@@ -51,6 +51,8 @@ pub(crate) enum ApiError {
     StorageFull(#[source] StorageError),
     #[error("this path conflicts with a stored file: a key cannot be both a file and a folder")]
     KeyConflict(#[source] StorageError),
+    #[error("storage is unavailable; retry shortly")]
+    StorageUnavailable(#[source] StorageError),
     #[error("storage failed")]
     Storage(#[source] StorageError),
     #[error("storage is full: the job for this file could not be recorded")]
@@ -79,6 +81,7 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::Full(_) => ApiError::StorageFull(e),
             StorageError::Conflict(_) => ApiError::KeyConflict(e),
+            StorageError::Unavailable { .. } => ApiError::StorageUnavailable(e),
             e => ApiError::Storage(e),
         }
     }
@@ -102,6 +105,7 @@ impl ApiError {
             ApiError::BodyDeadline(_) => "body_deadline",
             ApiError::StorageFull(_) | ApiError::JournalFull(_) => "storage_full",
             ApiError::KeyConflict(_) => "key_conflict",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Storage(_) => "storage_error",
             ApiError::Journal(_) => "journal_error",
         }
@@ -123,7 +127,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Denied(Denied::Credentials) => StatusCode::UNAUTHORIZED,
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
-            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy | ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BodyTimeout(_) | ApiError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::StorageFull(_) | ApiError::JournalFull(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -142,7 +146,7 @@ impl ResponseError for ApiError {
                 response.insert_header(("www-authenticate", "Basic realm=\"vmpipe\""));
             }
             // KAZOO's HTTP client retries a 503 by itself when Retry-After has one or two digits.
-            ApiError::Busy => {
+            ApiError::Busy | ApiError::StorageUnavailable(_) => {
                 response.insert_header(("retry-after", "2"));
             }
             _ => {}

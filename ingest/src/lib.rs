@@ -75,7 +75,7 @@ impl Application {
         // Every metric exported (at 0) from the start.
         vmpipe_common::metrics::register(vmpipe_common::metrics::INGEST);
         let store = vmpipe_common::store::open(&settings)?;
-        let removed = store.remove_stale_temp_files(STALE_UPLOAD_AGE)?;
+        let removed = store.remove_stale_temp_files(STALE_UPLOAD_AGE).await?;
         if removed > 0 {
             info!(removed, "removed unfinished uploads left by a crash");
         }

@@ -11,6 +11,7 @@ mod hostile;
 mod hostile_worker;
 mod hung_broker;
 mod ingest;
+mod object_store;
 mod observability;
 mod openai_hook;
 mod ops;

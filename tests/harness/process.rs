@@ -344,7 +344,9 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             ("VMPIPE_S3_ACCESS_KEY_ID", s.s3_access_key_id.clone()),
             (
                 "VMPIPE_S3_SECRET_ACCESS_KEY",
-                s.s3_secret_access_key.as_ref().map(|t| t.expose().to_owned()),
+                s.s3_secret_access_key
+                    .as_ref()
+                    .map(|t| t.expose().to_owned()),
             ),
             // Unset stays unset: the default list, and the start-up warning that goes with it.
             (

@@ -195,8 +195,12 @@ impl Storage for FsStore {
         })
     }
 
-    fn remove_stale_temp_files(&self, min_age: Duration) -> Result<usize, StorageError> {
-        self.remove_stale_files(min_age)
+    fn remove_stale_temp_files(
+        &self,
+        min_age: Duration,
+    ) -> BoxFuture<'_, Result<usize, StorageError>> {
+        let store = self.clone();
+        Box::pin(blocking(move || store.remove_stale_files(min_age)))
     }
 
     fn location(&self) -> String {
@@ -463,13 +467,11 @@ mod stale_tests {
             .set_modified(SystemTime::now() - Duration::from_secs(7200))
             .unwrap();
 
-        let removed = store
-            .remove_stale_temp_files(Duration::from_secs(3600))
-            .unwrap();
+        let removed = store.remove_stale_files(Duration::from_secs(3600)).unwrap();
         assert!(link.exists(), "the fresh link stays");
         // The abandoned file's ctime is now too (set_modified changes it): nothing old here.
         assert_eq!(removed, 0);
         assert!(stale.exists());
-        assert!(store.remove_stale_temp_files(Duration::ZERO).unwrap() >= 2);
+        assert!(store.remove_stale_files(Duration::ZERO).unwrap() >= 2);
     }
 }

@@ -18,6 +18,7 @@ mod local_copy;
 mod nofollow;
 mod placed;
 mod remove;
+mod s3;
 
 use std::future::Future;
 use std::io;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
 use crate::key::StorageKey;
+use crate::settings::StorageKind;
 
 pub use file_io::spawn_file_io;
 pub use fs::FsStore;
@@ -35,6 +37,7 @@ pub use fs_writer::sync_dir;
 pub use listing::{Listed, ObjectInfo};
 pub use local_copy::LocalFile;
 pub use remove::Removed;
+pub use s3::S3Store;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -146,7 +149,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Removes what a crash left on this machine (unfinished uploads, temporary copies) older
     /// than `min_age`, so that another process's work in progress is left alone; how many.
-    fn remove_stale_temp_files(&self, min_age: std::time::Duration) -> Result<usize, StorageError>;
+    fn remove_stale_temp_files(
+        &self,
+        min_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<usize, StorageError>>;
 }
 
 pub trait ObjectWriter: Send {
@@ -193,7 +199,10 @@ impl Revoked {
 
 /// The store the settings choose (`VMPIPE_STORAGE`), opened, its directories created.
 pub fn open(settings: &crate::Settings) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
-    Ok(std::sync::Arc::new(FsStore::open(&settings.storage_dir)?))
+    Ok(match settings.storage {
+        StorageKind::Fs => std::sync::Arc::new(FsStore::open(&settings.storage_dir)?),
+        StorageKind::S3 => std::sync::Arc::new(S3Store::open(settings)?),
+    })
 }
 
 /// The store the settings choose, as it is: an admin command creates nothing (a wrong
@@ -201,7 +210,8 @@ pub fn open(settings: &crate::Settings) -> Result<std::sync::Arc<dyn Storage>, S
 pub fn open_existing(
     settings: &crate::Settings,
 ) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
-    Ok(std::sync::Arc::new(FsStore::open_existing(
-        &settings.storage_dir,
-    )))
+    Ok(match settings.storage {
+        StorageKind::Fs => std::sync::Arc::new(FsStore::open_existing(&settings.storage_dir)),
+        StorageKind::S3 => std::sync::Arc::new(S3Store::open(settings)?),
+    })
 }
