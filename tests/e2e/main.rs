@@ -1,3 +1,21 @@
+/// Runs the test body `async fn name(backend: Backend)` on both storage backends, as the
+/// tests `name::fs` and `name::s3` (a bucket of its own on the shared Garage).
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fs() {
+                super::$name(vmpipe_tests::Backend::Fs).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                super::$name(vmpipe_tests::Backend::S3).await
+            }
+        }
+    };
+}
+
 mod access;
 mod admin;
 mod audio;
@@ -15,6 +33,7 @@ mod object_store;
 mod observability;
 mod openai_hook;
 mod ops;
+mod past_one_machine;
 mod prune;
 mod recovery;
 mod scripting;

@@ -11,6 +11,15 @@ use crate::audio::hex32;
 use crate::kazoo::Kazoo;
 use crate::queue::{TestQueue, amqp_url};
 
+/// Where a test's voicemail files go: its storage directory, or a bucket of its own on the
+/// shared Garage ([`crate::Garage::shared`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    #[default]
+    Fs,
+    S3,
+}
+
 /// A change to a test service's settings.
 pub type Tweak = Box<dyn FnOnce(&mut Settings) + Send>;
 
@@ -34,6 +43,7 @@ pub struct Options {
     /// Reuse a storage directory (restart scenarios); a fresh one otherwise.
     pub sandbox: Option<tempfile::TempDir>,
     pub queue: Option<String>,
+    pub backend: Backend,
     /// Any other settings.
     pub tweak: Option<Tweak>,
 }
@@ -47,6 +57,7 @@ impl Default for Options {
             amqp_url: amqp_url(),
             sandbox: None,
             queue: None,
+            backend: Backend::Fs,
             tweak: None,
         }
     }
@@ -74,6 +85,10 @@ impl TestIngest {
             drain_secs: 0,
             ..Settings::default()
         };
+        if options.backend == Backend::S3 {
+            let garage = crate::Garage::shared();
+            garage.use_bucket(&mut settings, &garage.bucket("ingest"));
+        }
         if let Some(tweak) = options.tweak {
             tweak(&mut settings);
         }
@@ -134,6 +149,19 @@ impl TestIngest {
 
     pub fn stored_path(&self, key: &str) -> PathBuf {
         self.storage_dir().join("voicemails").join(key)
+    }
+
+    /// The keys of every stored voicemail, sorted, read through the store (either backend).
+    pub async fn stored_keys(&self) -> Vec<String> {
+        use futures_util::StreamExt as _;
+        let store = vmpipe_common::store::open_existing(&self.settings).expect("store");
+        let mut keys: Vec<String> = store
+            .list()
+            .map(|listed| listed.expect("listing").name)
+            .collect()
+            .await;
+        keys.sort();
+        keys
     }
 
     pub fn journal_entries(&self) -> usize {

@@ -6,7 +6,7 @@ use vmpipe_common::Settings;
 use vmpipe_common::settings::SecretUrl;
 
 use crate::database::{TestDatabase, migrated};
-use crate::ingest::{Options, TestIngest};
+use crate::ingest::{Backend, Options, TestIngest};
 use crate::kazoo::{Attachment, Body, Verb};
 use crate::queue::TestQueue;
 use crate::worker::TestWorker;
@@ -22,7 +22,21 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(with_worker: bool) -> Self {
-        let (ingest, queue) = TestIngest::start_with_queue(Options::default()).await;
+        Self::start_on(Backend::Fs, with_worker).await
+    }
+
+    /// A stack whose files go to `backend`.
+    pub async fn start_on(backend: Backend, with_worker: bool) -> Self {
+        let options = Options {
+            backend,
+            ..Options::default()
+        };
+        Self::start_with(options, with_worker).await
+    }
+
+    /// A stack whose ingest starts with `options` (its queue is the stack's own).
+    pub async fn start_with(options: Options, with_worker: bool) -> Self {
+        let (ingest, queue) = TestIngest::start_with_queue(options).await;
         let mut stack = Self {
             ingest,
             queue,
