@@ -13,6 +13,8 @@ scripts/services.sh --trust-localhost
 python_env=$(scripts/python-env.sh --test-env)
 eval "$python_env"
 echo "test.sh: VMPIPE_TEST_PYTHON=$VMPIPE_TEST_PYTHON" >&2
+# The object-store tests run a real Garage (VMPIPE_TEST_GARAGE), built once when missing.
+eval "$(scripts/garage.sh)"
 # The fault-injection tests run the real binaries as child processes.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

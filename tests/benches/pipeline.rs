@@ -1,4 +1,4 @@
-//! Pipeline benchmark: `cargo bench -p vmpipe-tests --bench pipeline [-- UPLOADS] [whisper]`.
+//! Pipeline benchmark: `cargo bench -p vmpipe-tests --bench pipeline [-- UPLOADS] [s3] [whisper]`.
 //!
 //! Runs ingest and worker in this process against the local PostgreSQL and RabbitMQ (each run
 //! gets its own database and queue, removed afterwards) and prints:
@@ -6,7 +6,8 @@
 //!    send them, then paced at half of that rate;
 //! 2. indexing rate: jobs per second a worker drains from a backlog.
 //!
-//! With `hook=COMMAND`, the worker runs `sh -c COMMAND` as a hook on every voicemail
+//! With `s3`, the voicemails are stored in a bucket of a real Garage (started for the run)
+//! instead of a directory. With `hook=COMMAND`, the worker runs `sh -c COMMAND` as a hook on every voicemail
 //! (`hook_concurrency=N` at a time). `worker_concurrency=N` sets the worker's prefetch.
 //! With `whisper`, the worker also runs the Whisper transcriber on every voicemail (the venv and
 //! model of `scripts/python-env.sh --test-env`: VMPIPE_TEST_PYTHON, VMPIPE_TEST_WHISPER_MODEL),
@@ -58,11 +59,19 @@ async fn main() {
         .collect();
     let queue_name = format!("vmpipe.bench.{}", hex32());
     let queue = TestQueue::declare(&queue_name).await;
+    // `s3`: the voicemails go to a bucket of a Garage started for the run.
+    let backend = if std::env::args().any(|a| a == "s3") {
+        Backend::S3
+    } else {
+        Backend::Fs
+    };
     let ingest = TestIngest::start(Options {
         queue: Some(queue_name),
+        backend,
         ..Options::default()
     })
     .await;
+    println!("storage: {backend:?}");
     let database = TestDatabase::new();
     let settings = Settings {
         database_url: SecretUrl(database.url.clone()),

@@ -186,6 +186,11 @@ api_bind_addr = "127.0.0.1:{admin}"
         settings.s3_secret_access_key = Some(Secret(self.secret.clone()));
     }
 
+    /// The server's process id (for CPU and memory figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (SIGKILL): the store is down.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -31,12 +31,19 @@ pub(super) async fn fetch(
     };
     metrics::counter!("vmpipe_fetches_total", "outcome" => "found").increment(1);
     crate::request_span::note_key(req, key.as_str());
+    let mut response = HttpResponse::Ok();
+    // KAZOO ignores the response type (it kept the one it uploaded with); this is for people.
+    response.content_type(key.content_type().unwrap_or("application/octet-stream"));
+    if req.method() == actix_web::http::Method::HEAD {
+        // The length only: no body is read (from a bucket, a HEAD rather than a GET).
+        let info = state.store.stat(&key).await?.ok_or(ApiError::NotFound)?;
+        crate::request_span::note_bytes(req, info.size);
+        let nothing = futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>();
+        return Ok(response.body(SizedStream::new(info.size, nothing)));
+    }
     let object = state.store.open(&key).await?.ok_or(ApiError::NotFound)?;
     crate::request_span::note_bytes(req, object.size);
-    Ok(HttpResponse::Ok()
-        // KAZOO ignores the response type (it kept the one it uploaded with); this is for people.
-        .content_type(key.content_type().unwrap_or("application/octet-stream"))
-        .body(SizedStream::new(object.size, object.body)))
+    Ok(response.body(SizedStream::new(object.size, object.body)))
 }
 
 /// A fetch from KAZOO >= 4.3.106 through `.../?key=` glues its segment on twice with nothing

@@ -22,6 +22,9 @@ use crate::store::{BoxFuture, Committed, ObjectWriter, Revoked, StorageError};
 
 /// Bodies up to this are one PUT; larger ones go in parts of this size (S3's smallest part).
 pub(crate) const PART: usize = 5 * 1024 * 1024;
+/// A buffer grows as bodies arrive up to this (most voicemails are smaller); past it, it is
+/// made a whole part at once.
+const GROW_UP_TO: usize = 1024 * 1024;
 
 pub(super) struct S3Writer {
     store: S3Store,
@@ -65,6 +68,11 @@ impl ObjectWriter for S3Writer {
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 let take = rest.len().min(PART - self.buffer.len());
+                if self.buffer.len() + take > GROW_UP_TO {
+                    // A part, then: its one allocation, rather than doubling into a larger one
+                    // and copying on the way.
+                    self.buffer.reserve_exact(PART - self.buffer.len());
+                }
                 self.buffer.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
                 if self.buffer.len() == PART {
