@@ -4,6 +4,7 @@
 # - every setting of the code (`cargo run --example setting-names`, from the settings struct)
 #   reaches the ingest and worker containers, except the few only ingest gets;
 # - without VMPIPE_ACCESS_TOKEN it refuses to start: no unauthenticated ingest on the network.
+# - the `s3` profile (Garage and its setup) is valid, and the files it mounts exist.
 #   scripts/check-compose.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,3 +42,12 @@ for service in ("ingest", "worker"):
 [ -z "$missing" ] || fail "docker-compose.yml does not pass these settings:
 $missing"
 echo "check-compose: docker-compose.yml passes all $(wc -w <<<"$names") settings"
+
+# The `s3` profile (Garage and its one-time setup) is valid too, and what it mounts exists.
+VMPIPE_ACCESS_TOKEN=check docker-compose --env-file "$empty_env" --profile s3 config -q \
+  || fail "the s3 profile is not valid"
+for mounted in config/garage.toml scripts/garage-setup.py; do
+  [ -f "$mounted" ] || fail "the s3 profile mounts $mounted, which is missing"
+done
+python3 -m py_compile scripts/garage-setup.py || fail "scripts/garage-setup.py does not compile"
+echo "check-compose: the s3 profile is valid"

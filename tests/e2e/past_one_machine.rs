@@ -45,18 +45,14 @@ async fn a_voicemail_stored_through_one_ingest_is_fetched_through_another_and_in
     let audio = wav_pcm16(8000, 1200);
     let document_id = format!("202611-{}", hex32());
     let key = format!("{ACCOUNT}/{document_id}/vm.wav");
-    let stored = stack
-        .ingest
-        .client()
-        .store_voicemail_at(
-            &format!("/{key}"),
-            &document_id,
-            "vm.wav",
-            &audio,
-            "audio/wav",
-        )
-        .await;
-    assert_eq!(stored.status, 201);
+    let store_through = async |kazoo: Kazoo| {
+        let path = format!("/{key}");
+        let stored = kazoo
+            .store_voicemail_at(&path, &document_id, "vm.wav", &audio, "audio/wav")
+            .await;
+        assert_eq!(stored.status, 201);
+    };
+    store_through(stack.ingest.client()).await;
     // KAZOO's doubled fetch path, through the ingest that did not store it.
     let fetched = other
         .client()
@@ -70,17 +66,7 @@ async fn a_voicemail_stored_through_one_ingest_is_fetched_through_another_and_in
         Some(audio.len().to_string().as_str())
     );
     // KAZOO retries the upload through the other one: still one voicemail.
-    let again = other
-        .client()
-        .store_voicemail_at(
-            &format!("/{key}"),
-            &document_id,
-            "vm.wav",
-            &audio,
-            "audio/wav",
-        )
-        .await;
-    assert_eq!(again.status, 201);
+    store_through(other.client()).await;
     wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 1, WAIT).await;
     // Both jobs done: the row is the one row, measured and hashed from the bucket's copy.
     tokio::time::sleep(Duration::from_millis(500)).await;
