@@ -385,3 +385,34 @@ async fn hooks_get_a_temporary_copy_of_the_audio_in_the_bucket_deleted_afterward
     stack.stop_worker().await;
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_worker_start_while_the_store_is_down_and_serve_once_it_is_up() {
+    let mut garage = Garage::start();
+    let mut bucket = Settings::default();
+    garage.use_bucket(&mut bucket, &garage.bucket("late"));
+    garage.stop();
+    // Both start (compose starts them with the store): uploads get 503 meanwhile.
+    let stack = Stack::start_with(
+        Options {
+            tweak: Some(same_bucket(&bucket)),
+            ..Options::default()
+        },
+        true,
+    )
+    .await;
+    let kazoo = stack.ingest.client();
+    let audio = wav_pcm16(8000, 300);
+    let early = kazoo
+        .store_voicemail(ACCOUNT, "early.wav", &audio, "audio/wav")
+        .await;
+    assert_eq!(early.status, 503);
+    garage.restart();
+    let late = kazoo
+        .store_voicemail(ACCOUNT, "late.wav", &audio, "audio/wav")
+        .await;
+    assert_eq!(late.status, 201);
+    wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 1, WAIT).await;
+    stack.finish().await;
+    drop(garage);
+}

@@ -68,6 +68,14 @@ impl Worker {
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
         let store = vmpipe_common::store::open(&settings)?;
+        // Temporary copies a crash left (an hour old: another worker on this disk may be
+        // using younger ones).
+        let removed = store
+            .remove_stale_temp_files(std::time::Duration::from_secs(3600))
+            .await?;
+        if removed > 0 {
+            info!(removed, "removed temporary files left by a crash");
+        }
         let listener = tokio::net::TcpListener::bind(&settings.worker_listen)
             .await
             .map_err(|source| WorkerError::Listen {

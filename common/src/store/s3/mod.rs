@@ -292,7 +292,13 @@ impl Storage for S3Store {
             let copies = self.inner.copies.clone();
             let local =
                 super::file_io::blocking(move || Ok(copy::remove_stale(&copies, min_age))).await?;
-            Ok(local + self.remove_stale_previous(min_age).await?)
+            // The bucket may not answer yet (the store starting with the stack): a start is
+            // not refused for that, the copies are removed at a later one.
+            let previous = self.remove_stale_previous(min_age).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not look for stale copies of replaced versions");
+                0
+            });
+            Ok(local + previous)
         })
     }
 }
