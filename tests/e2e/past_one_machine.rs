@@ -416,3 +416,95 @@ async fn ingest_and_worker_start_while_the_store_is_down_and_serve_once_it_is_up
     stack.finish().await;
     drop(garage);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_flight_when_the_store_dies_get_a_5xx_and_every_201_is_indexed() {
+    let mut garage = Garage::start();
+    let mut bucket = Settings::default();
+    garage.use_bucket(&mut bucket, &garage.bucket("dies"));
+    let stack = Stack::start_with(
+        Options {
+            tweak: Some(same_bucket(&bucket)),
+            ..Options::default()
+        },
+        true,
+    )
+    .await;
+    let port = stack.ingest.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let audio = Bytes::from(wav_pcm16(8000, 400));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (stop, audio) = (stop.clone(), audio.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut outcomes = Vec::new();
+                for n in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let key = format!("{ACCOUNT}/202612-{client:08x}{n:024x}/d{n}.wav");
+                    let status = http
+                        .put(format!("http://127.0.0.1:{port}/{key}"))
+                        .header("content-type", "audio/wav")
+                        .body(audio.clone())
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    outcomes.push((key, status));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    garage.stop();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    garage.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut per_client = Vec::new();
+    for client in clients {
+        per_client.push(client.await.unwrap());
+    }
+    for outcomes in &per_client {
+        let last = outcomes.last().map(|(_, status)| *status);
+        assert_eq!(last, Some(201), "uploads resume once the store is back");
+    }
+    let outcomes: Vec<(String, u16)> = per_client.into_iter().flatten().collect();
+    let accepted: BTreeSet<String> = outcomes
+        .iter()
+        .filter(|(_, status)| *status == 201)
+        .map(|(key, _)| key.clone())
+        .collect();
+    let refused = outcomes
+        .iter()
+        .filter(|(_, s)| (500..600).contains(s))
+        .count();
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, s)| *s != 201 && !(500..600).contains(s))
+        .collect();
+    assert!(other.is_empty(), "only 201 or a 5xx: {other:?}");
+    assert!(refused > 0, "the outage was seen");
+    // Every 201 is indexed; nothing refused is.
+    wait_for_count(
+        stack.pool(),
+        "SELECT count(*) FROM voicemails",
+        accepted.len() as i64,
+        WAIT,
+    )
+    .await;
+    let indexed: BTreeSet<String> = sqlx::query_scalar("SELECT storage_key FROM voicemails")
+        .fetch_all(stack.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(indexed, accepted);
+    stack.finish().await;
+    drop(garage);
+}
