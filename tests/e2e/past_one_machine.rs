@@ -288,7 +288,7 @@ async fn uploads_get_503_while_the_store_is_down_and_everything_resumes_when_it_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconcile_and_prune_work_on_a_bucket() {
+async fn reconcile_reindex_and_prune_work_on_a_bucket() {
     let mut stack = Stack::start_on(Backend::S3, true).await;
     for name in ["a.wav", "b.wav", "c.wav"] {
         stack.upload_wav(ACCOUNT, name).await;
@@ -314,6 +314,22 @@ async fn reconcile_and_prune_work_on_a_bucket() {
     assert_eq!(report["files"], 5, "{report}");
     assert_eq!(report["enqueued"]["count"], 2, "{report}");
     wait_for_count(stack.pool(), "SELECT count(*) FROM voicemails", 5, WAIT).await;
+    // Reindex measures every object again, from the bucket.
+    sqlx::query("UPDATE voicemails SET duration_ms = NULL")
+        .execute(stack.pool())
+        .await
+        .unwrap();
+    let output = worker(&settings, &["reindex"])
+        .output()
+        .expect("worker runs");
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["reprobed"], 5, "{report}");
+    let measured: i64 = sqlx::query_scalar("SELECT count(*) FROM voicemails WHERE duration_ms > 0")
+        .fetch_one(stack.pool())
+        .await
+        .unwrap();
+    assert_eq!(measured, 5);
 
     sqlx::query("UPDATE voicemails SET received_at = now() - interval '100 days'")
         .execute(stack.pool())
