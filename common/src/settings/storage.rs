@@ -48,9 +48,15 @@ pub(super) fn validate(settings: &Settings) -> Result<(), String> {
         ));
     }
     let prefix = &settings.s3_prefix;
-    if prefix.starts_with('/') || prefix.contains("//") || prefix.split('/').any(|s| s == "..") {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./".contains(c);
+    if prefix.starts_with('/')
+        || prefix.contains("//")
+        || prefix.split('/').any(|s| s == ".." || s == ".")
+        || !prefix.chars().all(plain)
+    {
         return Err(format!(
-            "VMPIPE_S3_PREFIX is a key prefix like `vmpipe/` (no leading `/`, no `//`, no `..`): {prefix:?}"
+            "VMPIPE_S3_PREFIX is a key prefix like `vmpipe/`: letters, digits, `-_./`, no leading \
+             `/`, no `//`, `.` or `..`: {prefix:?}"
         ));
     }
     Ok(())

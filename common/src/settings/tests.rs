@@ -406,3 +406,66 @@ fn the_drain_defaults_to_five_seconds_and_is_bounded() {
     let err = Settings::load_from(None, &env(&[("VMPIPE_DRAIN_SECS", "301")])).unwrap_err();
     assert!(err.to_string().contains("drain_secs"), "{err}");
 }
+
+#[test]
+fn s3_storage_needs_a_bucket_and_a_whole_key_and_keeps_the_secret_out_of_logs() {
+    let s3 = |extra: &[(&str, &str)]| {
+        let mut vars = vec![("VMPIPE_STORAGE", "s3"), ("VMPIPE_S3_BUCKET", "voicemails")];
+        vars.extend_from_slice(extra);
+        Settings::load_from(None, &env(&vars))
+    };
+    let s = s3(&[
+        ("VMPIPE_S3_ENDPOINT", "http://garage:3900"),
+        ("VMPIPE_S3_ACCESS_KEY_ID", "GK0123"),
+        ("VMPIPE_S3_SECRET_ACCESS_KEY", "topsecret"),
+        ("VMPIPE_S3_PREFIX", "vmpipe/prod"),
+    ])
+    .unwrap();
+    assert_eq!(s.storage, super::StorageKind::S3);
+    assert_eq!(s.s3_bucket.as_deref(), Some("voicemails"));
+    assert!(
+        !format!("{s:?}").contains("topsecret"),
+        "the secret is masked"
+    );
+    // AWS itself, credentials from its environment.
+    assert!(s3(&[]).is_ok());
+    let refused = |vars: &[(&str, &str)], says: &str| {
+        let e = Settings::load_from(None, &env(vars))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{vars:?}: {e}");
+    };
+    refused(&[("VMPIPE_STORAGE", "s3")], "VMPIPE_S3_BUCKET");
+    refused(&[("VMPIPE_STORAGE", "nfs")], "storage");
+    refused(
+        &[
+            ("VMPIPE_STORAGE", "s3"),
+            ("VMPIPE_S3_BUCKET", "b"),
+            ("VMPIPE_S3_ACCESS_KEY_ID", "GK0123"),
+        ],
+        "go together",
+    );
+    refused(
+        &[
+            ("VMPIPE_STORAGE", "s3"),
+            ("VMPIPE_S3_BUCKET", "b"),
+            ("VMPIPE_S3_ENDPOINT", "garage:3900"),
+        ],
+        "http://",
+    );
+    for prefix in ["/abs", "a//b", "a/../b", "a b", "100%"] {
+        refused(
+            &[
+                ("VMPIPE_STORAGE", "s3"),
+                ("VMPIPE_S3_BUCKET", "b"),
+                ("VMPIPE_S3_PREFIX", prefix),
+            ],
+            "VMPIPE_S3_PREFIX",
+        );
+    }
+    // The file system needs none of it.
+    assert_eq!(
+        Settings::load_from(None, &env(&[])).unwrap().storage,
+        super::StorageKind::Fs
+    );
+}
