@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# Both binaries in one small image; run `ingest` or `worker` (see docker-compose.yml).
-# The build step is the README's: `cargo build --release --locked --bin ingest --bin worker`.
+# The three binaries in one small image; run `ingest`, `worker` or `api` (see docker-compose.yml).
+# The build step is the README's: `cargo build --release --locked --bin ingest --bin worker --bin api`.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -12,22 +12,26 @@ COPY vendor vendor
 COPY common/Cargo.toml common/
 COPY ingest/Cargo.toml ingest/
 COPY worker/Cargo.toml worker/build.rs worker/
+COPY api/Cargo.toml api/
 COPY tests/Cargo.toml tests/
-RUN mkdir -p common/src ingest/src worker/src worker/benches tests/harness tests/e2e tests/benches migrations \
- && touch common/src/lib.rs ingest/src/lib.rs worker/src/lib.rs tests/harness/lib.rs \
- && for f in ingest/src/main.rs worker/src/main.rs worker/benches/probe.rs tests/e2e/main.rs \
+RUN mkdir -p common/src ingest/src worker/src api/src worker/benches tests/harness tests/e2e tests/benches migrations \
+ && touch common/src/lib.rs ingest/src/lib.rs worker/src/lib.rs api/src/lib.rs tests/harness/lib.rs \
+ && for f in ingest/src/main.rs worker/src/main.rs api/src/main.rs worker/benches/probe.rs tests/e2e/main.rs \
              tests/benches/pipeline.rs tests/benches/soak.rs tests/benches/upload.rs \
-             tests/benches/hostile.rs tests/benches/transcribe.rs; do echo 'fn main() {}' > $f; done \
- && cargo build --release --locked --bin ingest --bin worker \
- && rm -rf common/src ingest/src worker/src
+             tests/benches/hostile.rs tests/benches/transcribe.rs tests/benches/s3.rs \
+             tests/benches/api.rs; do echo 'fn main() {}' > $f; done \
+ && cargo build --release --locked --bin ingest --bin worker --bin api \
+ && rm -rf common/src ingest/src worker/src api/src
 COPY common common
 COPY ingest ingest
 COPY worker worker
+COPY api api
 COPY migrations migrations
 COPY hooks hooks
 # Newer than the placeholders' build, so cargo rebuilds our crates (and only them).
 RUN touch common/src/lib.rs ingest/src/lib.rs ingest/src/main.rs worker/src/lib.rs worker/src/main.rs \
- && cargo build --release --locked --bin ingest --bin worker
+          api/src/lib.rs api/src/main.rs \
+ && cargo build --release --locked --bin ingest --bin worker --bin api
 
 # The Whisper engine's venv (hooks/requirements.txt) and its models, made in a stage of their own
 # so that pip and python3-venv stay out of the image. Same base as the image: the venv's python
@@ -71,7 +75,8 @@ RUN apt-get update \
  && mkdir -p /var/lib/vmpipe/data /etc/vmpipe && chown vmpipe:vmpipe /var/lib/vmpipe/data
 COPY --from=python /opt/vmpipe/python /opt/vmpipe/python
 COPY --from=python /opt/vmpipe/huggingface /opt/vmpipe/huggingface
-COPY --from=build /src/target/release/ingest /src/target/release/worker /usr/local/bin/
+COPY --from=build /src/target/release/ingest /src/target/release/worker /src/target/release/api \
+     /usr/local/bin/
 # uid and gid 10001: a directory of the host mounted at /var/lib/vmpipe/data must be theirs
 # (`install -d -o 10001 -g 10001 /srv/vmpipe`). Settings file and certificates: /etc/vmpipe.
 USER 10001:10001
@@ -82,12 +87,13 @@ WORKDIR /var/lib/vmpipe
 # the network (HF_HUB_OFFLINE). The venv's bin comes first in PATH, for hook programs in Python.
 ENV VMPIPE_STORAGE_DIR=/var/lib/vmpipe/data \
     VMPIPE_WORKER_LISTEN=0.0.0.0:9091 \
+    VMPIPE_API_LISTEN=0.0.0.0:8081 \
     VMPIPE_PYTHON=/opt/vmpipe/python/bin/python \
     HF_HOME=/opt/vmpipe/huggingface \
     HF_HUB_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     PATH=/opt/vmpipe/python/bin:$PATH
-EXPOSE 8080 9091
+EXPOSE 8080 8081 9091
 # `-s`: tini reaps orphans even when it is not PID 1 (`docker run --init`, compose `init: true`).
 ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
 CMD ["ingest"]

@@ -2,7 +2,7 @@
 # Checks docker-compose.yml (run by CI, .ci/run):
 # - it is valid (`docker-compose config`), with an access token given;
 # - every setting of the code (`cargo run --example setting-names`, from the settings struct)
-#   reaches the ingest and worker containers, except the few only ingest gets;
+#   reaches the ingest, worker and api containers, except the few only ingest gets;
 # - without VMPIPE_ACCESS_TOKEN it refuses to start: no unauthenticated ingest on the network.
 # - the `s3` profile (Garage and its setup) is valid, and the files it mounts exist.
 #   scripts/check-compose.sh
@@ -33,10 +33,10 @@ missing=$(printf '%s\n' "$resolved" | python3 -c '
 import sys, yaml
 names, ingest_only = sys.argv[1].split(), set(sys.argv[2].split())
 services = yaml.safe_load(sys.stdin)["services"]
-for service in ("ingest", "worker"):
+for service in ("ingest", "worker", "api"):
     environment = services[service].get("environment") or {}
     for name in names:
-        if name not in environment and not (service == "worker" and name in ingest_only):
+        if name not in environment and not (service != "ingest" and name in ingest_only):
             print(f"{service}: {name}")
 ' "$names" "$ingest_only")
 [ -z "$missing" ] || fail "docker-compose.yml does not pass these settings:

@@ -1,6 +1,6 @@
 //! Prometheus metrics: one process-wide recorder; each service renders it on `GET /metrics`.
 //!
-//! Every metric is declared once, here, in [`INGEST`] or [`WORKER`]: its name, its HELP text,
+//! Every metric is declared once, here, in [`INGEST`], [`WORKER`] or [`API`]: its name, its HELP text,
 //! its kind (a histogram with the buckets that fit what it measures) and the label values it
 //! is known to take. A service calls [`register`] with its list at start-up: each metric gets
 //! its HELP line, and every counter (each known label set of it), gauge and histogram is
@@ -264,13 +264,55 @@ pub const WORKER: &[Metric] = &[
     ),
 ];
 
+const API_REQUEST_SERIES: &[Labels] = &[
+    &[("route", "list"), ("status", "2xx")],
+    &[("route", "list"), ("status", "3xx")],
+    &[("route", "list"), ("status", "4xx")],
+    &[("route", "list"), ("status", "5xx")],
+    &[("route", "voicemail"), ("status", "2xx")],
+    &[("route", "voicemail"), ("status", "3xx")],
+    &[("route", "voicemail"), ("status", "4xx")],
+    &[("route", "voicemail"), ("status", "5xx")],
+    &[("route", "audio"), ("status", "2xx")],
+    &[("route", "audio"), ("status", "3xx")],
+    &[("route", "audio"), ("status", "4xx")],
+    &[("route", "audio"), ("status", "5xx")],
+    &[("route", "other"), ("status", "2xx")],
+    &[("route", "other"), ("status", "3xx")],
+    &[("route", "other"), ("status", "4xx")],
+    &[("route", "other"), ("status", "5xx")],
+];
+
+/// The api's metrics.
+pub const API: &[Metric] = &[
+    Metric::new(
+        "vmpipe_api_requests_total",
+        Kind::Counter,
+        "Requests to the api by route (list, voicemail, audio, other: the page, health, \
+         unknown paths) and status class.",
+    )
+    .with(API_REQUEST_SERIES),
+    Metric::new(
+        "vmpipe_api_request_duration_seconds",
+        Kind::Histogram(SECONDS),
+        "Seconds from the start of an api request to its answer's head (an audio body streams \
+         on after it).",
+    )
+    .with(&[
+        &[("route", "list")],
+        &[("route", "voicemail")],
+        &[("route", "audio")],
+        &[("route", "other")],
+    ]),
+];
+
 /// Installs the recorder on first use and returns the handle that renders it.
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let mut builder = PrometheusBuilder::new();
-            for metric in INGEST.iter().chain(WORKER) {
+            for metric in INGEST.iter().chain(WORKER).chain(API) {
                 if let Kind::Histogram(buckets) = metric.kind {
                     builder = builder
                         .set_buckets_for_metric(Matcher::Full(metric.name.to_owned()), buckets)
@@ -310,7 +352,12 @@ pub fn register(metrics: &[Metric]) -> PrometheusHandle {
 /// Exports the series of `name` with `labels` at 0 (label values known at run time, such as
 /// a hook's name). Does nothing for a name no list declares.
 pub fn register_series(name: &str, labels: &[(&'static str, String)]) {
-    let Some(metric) = INGEST.iter().chain(WORKER).find(|m| m.name == name) else {
+    let Some(metric) = INGEST
+        .iter()
+        .chain(WORKER)
+        .chain(API)
+        .find(|m| m.name == name)
+    else {
         return;
     };
     let labels = labels

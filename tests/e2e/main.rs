@@ -18,6 +18,7 @@ macro_rules! on_both_backends {
 
 mod access;
 mod admin;
+mod api;
 mod audio;
 mod disk_full;
 mod drain;

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+pub mod api;
 pub mod audio;
 pub mod database;
 pub mod garage;
@@ -23,6 +24,7 @@ pub mod response;
 pub mod stack;
 pub mod worker;
 
+pub use api::{Answer, TestApi, api_command};
 pub use audio::{hex32, nasty_audio, sha256_hex, wav_pcm16};
 pub use database::{TestDatabase, database_admin_url, migrated, text, wait_for_count};
 pub use garage::Garage;

@@ -99,6 +99,8 @@ impl Service {
         let mut settings = settings.clone();
         if binary_name == "ingest" {
             settings.listen = format!("127.0.0.1:{health_port}");
+        } else if binary_name == "api" {
+            settings.api_listen = format!("127.0.0.1:{health_port}");
         } else {
             settings.worker_listen = format!("127.0.0.1:{health_port}");
         }
@@ -277,6 +279,15 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             s.worker_concurrency.to_string(),
         ),
         ("VMPIPE_WORKER_LISTEN", s.worker_listen.clone()),
+        ("VMPIPE_API_LISTEN", s.api_listen.clone()),
+        (
+            "VMPIPE_API_MAX_CONNECTIONS",
+            s.api_max_connections.to_string(),
+        ),
+        (
+            "VMPIPE_API_STATEMENT_TIMEOUT_MS",
+            s.api_statement_timeout_ms.to_string(),
+        ),
         ("VMPIPE_MAX_DELIVERIES", s.max_deliveries.to_string()),
         ("VMPIPE_MAX_UPLOADS", s.max_uploads.to_string()),
         ("VMPIPE_BODY_TIMEOUT_SECS", s.body_timeout_secs.to_string()),

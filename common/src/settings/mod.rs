@@ -157,6 +157,13 @@ pub struct Settings {
     /// `VMPIPE_MAX_AUDIO_SECS`: longest audio decoded for a `wav16k` hook; a voicemail that
     /// decodes to more fails the run (without retries).
     pub max_audio_secs: u64,
+    /// `VMPIPE_API_LISTEN`: address the `api` service (HTTP API and inbox page) listens on.
+    pub api_listen: String,
+    /// `VMPIPE_API_MAX_CONNECTIONS`: client connections the `api` service holds at once; more
+    /// wait in the listen backlog.
+    pub api_max_connections: usize,
+    /// `VMPIPE_API_STATEMENT_TIMEOUT_MS`: longest a query of the `api` service may run (then 503).
+    pub api_statement_timeout_ms: u64,
     /// Hooks run after a voicemail is indexed: `[[hooks]]` tables, in the settings file only.
     pub hooks: Vec<HookSettings>,
 }
@@ -210,6 +217,9 @@ impl Default for Settings {
             worker_id: None,
             probe_timeout_ms: 10_000,
             max_audio_secs: 4 * 3600,
+            api_listen: "127.0.0.1:8081".into(),
+            api_max_connections: 256,
+            api_statement_timeout_ms: 10_000,
             hooks: Vec::new(),
         }
     }
@@ -343,6 +353,16 @@ impl Settings {
             return Err(config::ConfigError::Message(format!(
                 "max_audio_secs must be 1 to {MAX_AUDIO_SECS} (a 16 kHz WAV holds at most 4 GiB)"
             )));
+        }
+        if self.api_max_connections == 0 {
+            return Err(config::ConfigError::Message(
+                "api_max_connections must be at least 1".into(),
+            ));
+        }
+        if self.api_statement_timeout_ms == 0 {
+            return Err(config::ConfigError::Message(
+                "api_statement_timeout_ms must be at least 1".into(),
+            ));
         }
         storage::validate(self).map_err(config::ConfigError::Message)?;
         hooks::validate_whisper(self).map_err(config::ConfigError::Message)?;

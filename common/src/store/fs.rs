@@ -132,6 +132,31 @@ impl Storage for FsStore {
         })
     }
 
+    fn open_range(
+        &self,
+        key: &StorageKey,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>> {
+        let (root, relative) = (self.voicemails.clone(), key.relative_path());
+        Box::pin(async move {
+            let path = root.join(&relative);
+            let Some(mut file) = blocking(move || nofollow::open_file(&root, &relative)).await?
+            else {
+                return Ok(None);
+            };
+            let len = range.end.saturating_sub(range.start);
+            if range.start > 0 {
+                use std::io::Seek as _;
+                file.seek(io::SeekFrom::Start(range.start))
+                    .map_err(|e| StorageError::io("seek", &path, e))?;
+            }
+            use tokio::io::AsyncReadExt as _;
+            let reader = tokio::fs::File::from_std(file).take(len);
+            let body = tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024).boxed();
+            Ok(Some(StoredObject { size: len, body }))
+        })
+    }
+
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         let probe = self
             .tmp

@@ -115,6 +115,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Opens a stored file, or `None` when nothing is stored under `key`.
     fn open(&self, key: &StorageKey) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>>;
 
+    /// Bytes `range` of the file stored under `key` (a range within its size, as
+    /// [`Storage::stat`] gave it: a player seeking), or `None` when nothing is stored there.
+    /// The [`StoredObject`]'s size is the range's.
+    fn open_range(
+        &self,
+        key: &StorageKey,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>>;
+
     /// Whether a file can be written now (readiness).
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 

@@ -187,6 +187,29 @@ impl Storage for S3Store {
         })
     }
 
+    fn open_range(
+        &self,
+        key: &StorageKey,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, Result<Option<StoredObject>, StorageError>> {
+        let path = self.path(key);
+        Box::pin(async move {
+            let path = path?;
+            let options = object_store::GetOptions {
+                range: Some(object_store::GetRange::Bounded(range.clone())),
+                ..Default::default()
+            };
+            let got = match self.inner.store.get_opts(&path, options).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(failure("GET", &path, e)),
+            };
+            let size = range.end - range.start;
+            let body = got.into_stream().map_err(std::io::Error::other).boxed();
+            Ok(Some(StoredObject { size, body }))
+        })
+    }
+
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
             let probe = self.own_object("health");

@@ -1,0 +1,85 @@
+//! PostgreSQL: the pool the api reads through, and the migrations it applies at start (the
+//! same files as the worker's, under the same advisory lock, so that either may start first).
+
+use std::time::Duration;
+
+use sqlx::Postgres;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use vmpipe_common::Settings;
+
+/// The SQL files in `migrations/`, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// A database failure, and whether retrying later can help.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("PostgreSQL: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("PostgreSQL migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl DbError {
+    /// Whether the database is away, overloaded or restarting (retry), as opposed to refusing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Query(e) => is_transient(e),
+            DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient(e),
+            DbError::Migrate(_) => false,
+        }
+    }
+}
+
+/// The pool, connecting on first use (the api starts while PostgreSQL is still away), each
+/// connection with `VMPIPE_API_STATEMENT_TIMEOUT_MS`. Creates the database when it does not
+/// exist yet (a fresh install where the api starts first).
+pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool, DbError> {
+    let url = settings.database_url.expose();
+    let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([(
+        "statement_timeout",
+        settings.api_statement_timeout_ms.to_string(),
+    )]);
+    if Postgres::database_exists(url).await.unwrap_or(true) {
+        // Unknown (PostgreSQL away) or there: connect lazily.
+    } else if let Err(e) = Postgres::create_database(url).await
+        && !Postgres::database_exists(url).await?
+    {
+        return Err(e.into());
+    }
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations (under PostgreSQL's advisory lock: safe beside the workers).
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Whether retrying later can help: the database is away, overloaded or restarting.
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08 connection, 40 serialization, 53 resources, 57 operator action (including a
+            // statement timeout, 57014), 58 system error.
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether the statement ran past `statement_timeout`.
+pub(crate) fn is_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
+}
