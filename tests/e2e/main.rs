@@ -19,6 +19,7 @@ macro_rules! on_both_backends {
 mod access;
 mod admin;
 mod api;
+mod api_spec;
 mod audio;
 mod disk_full;
 mod drain;
@@ -29,6 +30,7 @@ mod hooks;
 mod hostile;
 mod hostile_worker;
 mod hung_broker;
+mod inbox_page;
 mod ingest;
 mod object_store;
 mod observability;

@@ -28,9 +28,11 @@ use crate::server::State;
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
     ),
     responses(
-        (status = 200, description = "The whole file", content_type = "audio/mpeg",
+        (status = 200, description = "The whole file: MP3 or WAV (as measured), else the type KAZOO declared",
+         content(("audio/mpeg"), ("audio/wav"), ("application/octet-stream")),
          headers(("ETag" = String, description = "The file's SHA-256, quoted"), ("Accept-Ranges" = String))),
-        (status = 206, description = "The requested range", content_type = "audio/mpeg",
+        (status = 206, description = "The requested range",
+         content(("audio/mpeg"), ("audio/wav"), ("application/octet-stream")),
          headers(("Content-Range" = String), ("ETag" = String))),
         (status = 304, description = "Not modified (If-None-Match)"),
         (status = 400, description = "A bad id", body = crate::error::ErrorBody),

@@ -62,9 +62,11 @@ pub(crate) async fn list(
             .fetch_one(&state.pool)
             .await?;
         if words == 0 {
-            return Err(ApiError::BadQuery(format!(
-                "q {q:?} has no words to search for (only punctuation or common words such as \"the\")"
-            )));
+            // Only common words ("the"): PostgreSQL would match nothing.
+            return Ok(super::json(&ListPage {
+                items: Vec::new(),
+                next_cursor: None,
+            }));
         }
     }
     let mut query = build(&filters, caller.accounts());

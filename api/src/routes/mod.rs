@@ -23,23 +23,37 @@ const MAX_QUERY_STRING: usize = 4096;
 /// The routes, for the server and for the OpenAPI document's check.
 pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
-        .route("/", web::get().to(inbox::page))
-        .route("/inbox.js", web::get().to(inbox::script))
-        .route("/inbox.css", web::get().to(inbox::style))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
-        .route(
-            "/api/v1/openapi.json",
-            web::get().to(crate::openapi::document),
-        )
-        .route("/api/v1/voicemails", web::get().to(list::list))
-        .route("/api/v1/voicemails/{id}", web::get().to(voicemail::get))
+        .service(get("/", inbox::page))
+        .service(get("/inbox.js", inbox::script))
+        .service(get("/inbox.css", inbox::style))
+        .service(get("/healthz", health::healthz))
+        .service(get("/readyz", health::readyz))
+        .service(get("/metrics", health::metrics))
+        .service(get("/api/v1/openapi.json", crate::openapi::document))
+        .service(get("/api/v1/voicemails", list::list))
+        .service(get("/api/v1/voicemails/{id}", voicemail::get))
         .service(
             web::resource("/api/v1/voicemails/{id}/audio")
                 .route(web::get().to(audio::audio))
-                .route(web::head().to(audio::audio)),
+                .route(web::head().to(audio::audio))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET, HEAD"))
+                })),
         );
+}
+
+/// A resource answering GET, and 405 to any other method.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET"))
+        }))
 }
 
 /// An endpoint that takes no parameters (so that a misspelt one is a 400, not ignored).

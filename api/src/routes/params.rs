@@ -1,7 +1,6 @@
 //! The query string of `GET /api/v1/voicemails`, checked into [`Filters`]: an unknown or
 //! repeated parameter, a value out of bounds or a cursor not made here is a 400 that names it.
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -23,16 +22,41 @@ const MAX_QUERY: usize = 512;
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Only this KAZOO account's voicemails.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub account_id: Option<String>,
     /// Only this voicemail box (its KAZOO id).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub mailbox_id: Option<String>,
     /// Only this mailbox number (the called user, `to_user`).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub mailbox_number: Option<String>,
     /// A part of the caller's number or name, case-insensitive.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub caller: Option<String>,
     /// Full-text search over the transcripts (web search syntax: `invoice -paid`,
-    /// `"call me back"`, `invoice or bill`), English stemming.
-    #[param(max_length = 512)]
+    /// `"call me back"`, `invoice or bill`), English stemming. At least one letter or digit;
+    /// a search of common words only (`the`) finds nothing.
+    #[param(
+        min_length = 1,
+        max_length = 512,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\w[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub q: Option<String>,
     /// From this time on (RFC 3339), by `time`.
     #[param(value_type = Option<String>, format = DateTime)]
@@ -41,11 +65,17 @@ pub(crate) struct ListParams {
     #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<String>,
     /// Only this KAZOO folder (new, saved, deleted).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub folder: Option<String>,
     /// Only voicemails with (true) or without (false) a transcript.
     #[param(value_type = Option<bool>)]
     pub has_transcript: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,16}_[0-9a-f]{32}$")]
     pub cursor: Option<String>,
     /// Voicemails per page, 1 to 200 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
@@ -60,26 +90,33 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
+    /// `{microseconds since 1970}_{id as 32 hex digits}`: any string of that form is a valid
+    /// place to start (the pattern the OpenAPI document gives).
     pub(crate) fn encode(&self) -> String {
-        let text = format!("{}.{}", self.time.timestamp_micros(), self.id.simple());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+        format!("{}_{}", self.time.timestamp_micros(), self.id.simple())
     }
 
     pub(crate) fn decode(cursor: &str) -> Result<Self, ApiError> {
-        let bad = |why: &str| ApiError::BadCursor(why.to_owned());
-        if cursor.len() > 128 {
-            return Err(bad("too long"));
+        let bad = || ApiError::BadCursor(format!("not a cursor: {:?}", truncated(cursor)));
+        let (micros, id) = cursor.split_once('_').ok_or_else(bad)?;
+        let digits = micros.strip_prefix('-').unwrap_or(micros);
+        if digits.is_empty()
+            || digits.len() > 16
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || id.len() != 32
+            || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(bad());
         }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(cursor)
-            .map_err(|_| bad("not base64url"))?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| bad("not a cursor"))?;
-        let (micros, id) = text.split_once('.').ok_or_else(|| bad("not a cursor"))?;
-        let micros: i64 = micros.parse().map_err(|_| bad("not a cursor"))?;
-        let time = DateTime::from_timestamp_micros(micros).ok_or_else(|| bad("not a cursor"))?;
-        let id = Uuid::try_parse(id).map_err(|_| bad("not a cursor"))?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let time = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+        let id = Uuid::try_parse(id).map_err(|_| bad())?;
         Ok(Cursor { time, id })
     }
+}
+
+fn truncated(value: &str) -> String {
+    value.chars().take(64).collect()
 }
 
 /// A checked list request.
@@ -167,8 +204,12 @@ impl ListParams {
             }
         };
         let q = text("q", self.q, MAX_QUERY)?;
-        if q.as_deref().is_some_and(|q| q.trim().is_empty()) {
-            return Err(ApiError::BadQuery("q has no words to search for".into()));
+        if q.as_deref()
+            .is_some_and(|q| !q.chars().any(char::is_alphanumeric))
+        {
+            return Err(ApiError::BadQuery(
+                "q has no words to search for (no letter or digit)".into(),
+            ));
         }
         let filters = Filters {
             account_id: text("account_id", self.account_id, MAX_VALUE)?,
@@ -183,13 +224,6 @@ impl ListParams {
             cursor: self.cursor.as_deref().map(Cursor::decode).transpose()?,
             limit,
         };
-        if let (Some(since), Some(until)) = (filters.since, filters.until)
-            && since >= until
-        {
-            return Err(ApiError::BadParameter(format!(
-                "since ({since}) must be before until ({until})"
-            )));
-        }
         Ok(filters)
     }
 }
@@ -205,7 +239,15 @@ mod tests {
             id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
-        for bad in ["", "!!", "bm90IGEgY3Vyc29y", &"A".repeat(200)] {
+        for bad in [
+            "",
+            "!!",
+            "bm90IGEgY3Vyc29y",
+            &"A".repeat(200),
+            "1_0193",
+            "12345678901234567_01930000000070008000000000000001",
+            "1_0193000000007000800000000000000G",
+        ] {
             assert!(
                 matches!(Cursor::decode(bad), Err(ApiError::BadCursor(_))),
                 "{bad}"
