@@ -17,4 +17,5 @@ mod server;
 pub mod tokens;
 
 pub use db::{DbError, connect, migrate};
+pub use routes::list::explain;
 pub use server::Application;

@@ -23,6 +23,14 @@ struct Cli {
 enum Command {
     /// Serve the API and the inbox page on VMPIPE_API_LISTEN (the default).
     Run,
+    /// Print PostgreSQL's plan (EXPLAIN ANALYZE) of a list query, given as the query string of
+    /// GET /api/v1/voicemails (`q=invoice&limit=50`), for a token reading --accounts (default:
+    /// every account).
+    Explain {
+        query: String,
+        #[arg(long, value_delimiter = ',')]
+        accounts: Vec<String>,
+    },
     /// Create, list and revoke the API's tokens.
     Token {
         #[command(subcommand)]
@@ -66,7 +74,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     // The service's logs are its output; a command's output is what it prints.
     let logs_to = match command {
         Command::Run => logging::Output::Stdout,
-        Command::Token { .. } => logging::Output::Stderr,
+        Command::Token { .. } | Command::Explain { .. } => logging::Output::Stderr,
     };
     logging::init(settings.log_format, logs_to);
     match command {
@@ -76,6 +84,18 @@ async fn main() -> anyhow::Result<ExitCode> {
             Application::build(settings).await?.run(shutdown).await?;
         }
         Command::Token { command } => return token(command, &settings).await,
+        Command::Explain { query, accounts } => {
+            let pool = vmpipe_api::connect(&settings, 1).await?;
+            vmpipe_api::migrate(&pool).await?;
+            let accounts = (!accounts.is_empty()).then_some(accounts);
+            match vmpipe_api::explain(&pool, &query, accounts.as_deref()).await {
+                Ok(plan) => println!("{plan}"),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

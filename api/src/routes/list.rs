@@ -69,7 +69,7 @@ pub(crate) async fn list(
             }));
         }
     }
-    let mut query = build(&filters, caller.accounts());
+    let mut query = build("", &filters, caller.accounts());
     let mut rows: Vec<Row> = query.build_query_as().fetch_all(&state.pool).await?;
     let next_cursor = if rows.len() as i64 > filters.limit {
         rows.truncate(filters.limit as usize);
@@ -157,8 +157,8 @@ fn plain(text: &str) -> Vec<SnippetPart> {
 
 /// The page's query: the voicemails first (over the `*_listed` indexes), `limit + 1` of them
 /// to know whether another page follows, then each one's snippet.
-fn build(filters: &Filters, accounts: Option<&[String]>) -> QueryBuilder<Postgres> {
-    let mut query = QueryBuilder::new("WITH page AS (SELECT ");
+fn build(prefix: &str, filters: &Filters, accounts: Option<&[String]>) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(format!("{prefix}WITH page AS (SELECT "));
     query.push(VOICEMAIL_COLUMNS);
     query.push(" FROM voicemails v WHERE true");
     if let Some(accounts) = accounts {
@@ -251,6 +251,27 @@ fn build(filters: &Filters, accounts: Option<&[String]>) -> QueryBuilder<Postgre
          LIMIT 1) tr ON true ORDER BY page.time DESC, page.id DESC",
     );
     query
+}
+
+/// PostgreSQL's plan of the list `query_string` asks for (as `GET /api/v1/voicemails?...`
+/// would run it for a token reading `accounts`), run with `EXPLAIN (ANALYZE, BUFFERS)`:
+/// `api explain`.
+pub async fn explain(
+    pool: &sqlx::PgPool,
+    query_string: &str,
+    accounts: Option<&[String]>,
+) -> Result<String, String> {
+    let params: ListParams = web::Query::<ListParams>::from_query(query_string)
+        .map_err(|e| format!("bad query string: {e}"))?
+        .into_inner();
+    let filters = params.check().map_err(|e| e.to_string())?;
+    let mut query = build("EXPLAIN (ANALYZE, BUFFERS) ", &filters, accounts);
+    let lines: Vec<String> = query
+        .build_query_scalar()
+        .fetch_all(pool)
+        .await
+        .map_err(|e| format!("PostgreSQL: {e}"))?;
+    Ok(lines.join("\n"))
 }
 
 #[cfg(test)]

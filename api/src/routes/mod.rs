@@ -4,7 +4,7 @@
 pub(crate) mod audio;
 pub(crate) mod health;
 pub(crate) mod inbox;
-pub(crate) mod list;
+pub mod list;
 pub(crate) mod model;
 pub(crate) mod params;
 pub(crate) mod voicemail;
