@@ -172,7 +172,8 @@ fn route_group(pattern: Option<&str>) -> &'static str {
 }
 
 /// One line per request: method, path (never the query string: it holds searches), status,
-/// time, the token's name; a 5xx with its cause at `warn`. Health and metrics at `debug`.
+/// time, the token's name; a 5xx with its cause at `warn`. Health and metrics at `debug`, and
+/// not counted in the request metrics (probes would drown the requests).
 async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -183,24 +184,26 @@ async fn access_log(
     let response = next.call(req).await?;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    let group = route_group(response.request().match_pattern().as_deref());
-    let class = match status {
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!("vmpipe_api_requests_total", "route" => group, "status" => class)
-        .increment(1);
-    metrics::histogram!("vmpipe_api_request_duration_seconds", "route" => group)
-        .record(elapsed.as_secs_f64());
+    let quiet = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    if !quiet {
+        let group = route_group(response.request().match_pattern().as_deref());
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        metrics::counter!("vmpipe_api_requests_total", "route" => group, "status" => class)
+            .increment(1);
+        metrics::histogram!("vmpipe_api_request_duration_seconds", "route" => group)
+            .record(elapsed.as_secs_f64());
+    }
     let token = response
         .request()
         .extensions()
         .get::<CallerName>()
         .map(|c| c.0.clone());
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    let quiet = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
     if let Some(error) = response.response().error()
         && status >= 500
     {

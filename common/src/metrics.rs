@@ -288,8 +288,9 @@ pub const API: &[Metric] = &[
     Metric::new(
         "vmpipe_api_requests_total",
         Kind::Counter,
-        "Requests to the api by route (list, voicemail, audio, other: the page, health, \
-         unknown paths) and status class.",
+        "Requests to the api by route (list, voicemail, audio; other: the inbox page, the \
+         OpenAPI document, unknown paths) and status class. /healthz, /readyz and /metrics \
+         are not counted.",
     )
     .with(API_REQUEST_SERIES),
     Metric::new(

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmpipe_common::metrics::{INGEST, Kind, WORKER};
+use vmpipe_common::metrics::{API, INGEST, Kind, WORKER};
 use vmpipe_tests::*;
 
 const ACCOUNT: &str = "4e3005310add6229778caf6babfe7cfb";
@@ -366,6 +366,11 @@ async fn fresh_services_export_every_metric_at_zero_with_help_and_the_ops_files_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!worker_metrics.is_empty(), "the worker served /metrics");
+    let api = Service::spawn("api", &stack.worker_settings()).await;
+    api.wait_ready(WAIT).await;
+    let (status, api_metrics) = api.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    api.sigkill().await;
     worker.sigkill().await;
     ingest.sigkill().await;
 
@@ -373,6 +378,7 @@ async fn fresh_services_export_every_metric_at_zero_with_help_and_the_ops_files_
     for (service, list, text) in [
         ("ingest", INGEST, &ingest_metrics),
         ("worker", WORKER, &worker_metrics),
+        ("api", API, &api_metrics),
     ] {
         let all = samples(text);
         for metric in list {
