@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole pipeline in the foreground without Docker: builds both binaries, then starts
-# ingest and worker (the worker applies the database migrations first). Ctrl-C stops both.
+# Runs the whole pipeline in the foreground without Docker: builds the three binaries, then
+# starts ingest, worker and api (the inbox page and HTTP API on VMPIPE_API_LISTEN, by default
+# http://127.0.0.1:8081/; a token: target/release/api token create --name me --all-accounts).
+# The worker and the api apply the database migrations first. Ctrl-C stops all three.
 # Needs PostgreSQL and RabbitMQ on localhost (scripts/services.sh starts them, or installs them;
 # it never changes how PostgreSQL authenticates: a fresh one needs a role and
 # VMPIPE_DATABASE_URL, which it tells you how to make).
@@ -8,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
-cargo build --release --locked --bin ingest --bin worker
+cargo build --release --locked --bin ingest --bin worker --bin api
 
 pids=()
 stop() {
@@ -22,5 +24,7 @@ target/release/worker &
 pids+=($!)
 target/release/ingest &
 pids+=($!)
-# Either one exiting (or Ctrl-C) stops the other.
+target/release/api &
+pids+=($!)
+# Any one exiting (or Ctrl-C) stops the others.
 wait -n || true

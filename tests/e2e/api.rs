@@ -434,6 +434,13 @@ async fn a_token_reads_only_its_accounts() {
     assert!(first["revoked_at"].is_string());
     assert!(first["last_used_at"].is_string(), "its use was recorded");
 
+    // The access log names tokens, never shows them (nor the query strings that held one).
+    let log = api.log();
+    assert!(log.contains("\"token\":\"tenant-b\""), "{log}");
+    for secret in [&for_a, &for_b, &for_both, &everyone] {
+        assert!(!log.contains(secret.as_str()), "a token in the log:\n{log}");
+    }
+
     api.stop().await;
     stack.finish().await;
 }

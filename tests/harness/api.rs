@@ -15,6 +15,8 @@ pub struct TestApi {
     /// `http://127.0.0.1:PORT`
     pub base: String,
     client: reqwest::Client,
+    /// Holds its JSON log (`api.log`), read by [`TestApi::log`].
+    logs: tempfile::TempDir,
 }
 
 /// An answer: status, headers, body.
@@ -46,15 +48,12 @@ impl Answer {
 }
 
 impl TestApi {
-    /// Starts the api with `settings` (the test's database and storage) and waits until it is
-    /// ready (its migrations applied).
+    /// Starts the api with `settings` (the test's database and storage), its JSON log at
+    /// `info` kept, and waits until it is ready (its migrations applied).
     pub async fn start(settings: &Settings) -> Self {
-        Self::start_logging(settings, None).await
-    }
-
-    /// Like [`TestApi::start`], with the JSON log written to `log`.
-    pub async fn start_logging(settings: &Settings, log: Option<&std::path::Path>) -> Self {
-        let service = Service::spawn_logging("api", settings, log).await;
+        let logs = tempfile::tempdir().unwrap();
+        let service =
+            Service::spawn_logging("api", settings, Some(&logs.path().join("api.log"))).await;
         service.wait_ready(Duration::from_secs(30)).await;
         let base = format!("http://127.0.0.1:{}", service.health_port);
         let client = reqwest::Client::builder()
@@ -66,7 +65,13 @@ impl TestApi {
             settings: settings.clone(),
             base,
             client,
+            logs,
         }
+    }
+
+    /// Its log so far (JSON lines).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("api.log")).unwrap_or_default()
     }
 
     /// Runs `api ARGS` with the api's settings: exit status, standard output, standard error.
