@@ -53,9 +53,18 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool
         .connect_lazy_with(options))
 }
 
-/// Applies pending migrations (under PostgreSQL's advisory lock: safe beside the workers).
-pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
+/// Applies pending migrations (under PostgreSQL's advisory lock: safe beside the workers), on a
+/// connection of their own without `VMPIPE_API_STATEMENT_TIMEOUT_MS`: building an index on a
+/// large table may take minutes.
+pub async fn migrate(settings: &Settings) -> Result<(), DbError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(settings.database_url.expose())
+        .await?;
+    let migrated = MIGRATOR.run(&pool).await;
+    pool.close().await;
+    migrated?;
     Ok(())
 }
 

@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Token { command } => return token(command, &settings).await,
         Command::Explain { query, accounts } => {
             let pool = vmpipe_api::connect(&settings, 1).await?;
-            vmpipe_api::migrate(&pool).await?;
+            vmpipe_api::migrate(&settings).await?;
             let accounts = (!accounts.is_empty()).then_some(accounts);
             match vmpipe_api::explain(&pool, &query, accounts.as_deref()).await {
                 Ok(plan) => println!("{plan}"),
@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<ExitCode> {
 
 async fn token(command: TokenCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = vmpipe_api::connect(settings, 2).await?;
-    vmpipe_api::migrate(&pool).await?;
+    vmpipe_api::migrate(settings).await?;
     match command {
         TokenCommand::Create {
             name,

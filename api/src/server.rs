@@ -50,6 +50,7 @@ pub enum StartError {
 
 /// The api, bound to its address and ready to run.
 pub struct Application {
+    settings: Settings,
     server: actix_web::dev::Server,
     state: web::Data<State>,
     port: u16,
@@ -107,6 +108,7 @@ impl Application {
         .run();
         info!(address = %settings.api_listen, port, storage = %state.store.location(), "api listening");
         Ok(Application {
+            settings,
             server,
             state,
             port,
@@ -120,7 +122,11 @@ impl Application {
 
     /// Serves until `shutdown`, then lets requests in flight finish.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let migrations = tokio::spawn(migrate_when_reachable(self.state.clone(), shutdown.clone()));
+        let migrations = tokio::spawn(migrate_when_reachable(
+            self.settings.clone(),
+            self.state.clone(),
+            shutdown.clone(),
+        ));
         let handle = self.server.handle();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -136,10 +142,14 @@ impl Application {
 }
 
 /// Applies the migrations once PostgreSQL answers, retrying with backoff while it is away.
-async fn migrate_when_reachable(state: web::Data<State>, shutdown: CancellationToken) {
+async fn migrate_when_reachable(
+    settings: Settings,
+    state: web::Data<State>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::reconnect();
     loop {
-        match db::migrate(&state.pool).await {
+        match db::migrate(&settings).await {
             Ok(()) => {
                 state.migrated.store(true, Ordering::Relaxed);
                 info!("database migrated");

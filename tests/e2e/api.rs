@@ -622,8 +622,9 @@ on_both_backends!(audio_is_served_with_ranges_and_etags);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_400_that_says_why() {
     let mut stack = Stack::start(false).await;
-    stack.start_worker().await;
+    // The api first, on a database that does not exist yet: it makes and migrates it.
     let api = TestApi::start(&stack.worker_settings()).await;
+    stack.start_worker().await;
     let token = api.token("tester", None);
     let cases: &[(&str, &str, &str)] = &[
         ("cursor=bm90LWEtY3Vyc29y", "bad_cursor", "bad cursor"),
