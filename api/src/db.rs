@@ -3,13 +3,10 @@
 
 use std::time::Duration;
 
-use sqlx::Postgres;
-use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use vmpipe_common::Settings;
-
-/// The SQL files in `migrations/`, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+use vmpipe_common::db::MIGRATOR;
+pub(crate) use vmpipe_common::db::is_transient;
 
 /// A database failure, and whether retrying later can help.
 #[derive(Debug, thiserror::Error)]
@@ -32,21 +29,13 @@ impl DbError {
 }
 
 /// The pool, connecting on first use (the api starts while PostgreSQL is still away), each
-/// connection with `VMPIPE_API_STATEMENT_TIMEOUT_MS`. Creates the database when it does not
-/// exist yet (a fresh install where the api starts first).
+/// connection with `VMPIPE_API_STATEMENT_TIMEOUT_MS`.
 pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool, DbError> {
     let url = settings.database_url.expose();
     let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([(
         "statement_timeout",
         settings.api_statement_timeout_ms.to_string(),
     )]);
-    if Postgres::database_exists(url).await.unwrap_or(true) {
-        // Unknown (PostgreSQL away) or there: connect lazily.
-    } else if let Err(e) = Postgres::create_database(url).await
-        && !Postgres::database_exists(url).await?
-    {
-        return Err(e.into());
-    }
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -57,6 +46,8 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool
 /// connection of their own without `VMPIPE_API_STATEMENT_TIMEOUT_MS`: building an index on a
 /// large table may take minutes.
 pub async fn migrate(settings: &Settings) -> Result<(), DbError> {
+    // A fresh install where the api starts before any worker.
+    vmpipe_common::db::create_if_missing(settings.database_url.expose()).await?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(5))
@@ -66,26 +57,6 @@ pub async fn migrate(settings: &Settings) -> Result<(), DbError> {
     pool.close().await;
     migrated?;
     Ok(())
-}
-
-/// Whether retrying later can help: the database is away, overloaded or restarting.
-pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08 connection, 40 serialization, 53 resources, 57 operator action (including a
-            // statement timeout, 57014), 58 system error.
-            ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        _ => false,
-    }
 }
 
 /// Whether the statement ran past `statement_timeout`.

@@ -4,6 +4,8 @@
 
 pub mod amqp;
 pub mod backoff;
+#[cfg(feature = "postgres")]
+pub mod db;
 pub mod job;
 pub mod key;
 pub mod logging;

@@ -3,25 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Postgres, types::Json};
+use sqlx::types::Json;
 
 use super::VoicemailRow;
 
-/// The SQL files in `migrations/`, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+pub use vmpipe_common::db::{MIGRATOR, is_transient};
 
 /// Connects, creating the database first if it does not exist (a fresh install).
 pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    if !Postgres::database_exists(url).await? {
-        // Several workers may race here; whoever loses sees "already exists", which is fine.
-        if let Err(e) = Postgres::create_database(url).await
-            && !Postgres::database_exists(url).await?
-        {
-            return Err(e);
-        }
-    }
+    vmpipe_common::db::create_if_missing(url).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -32,27 +23,6 @@ pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, s
 /// Applies pending migrations (under PostgreSQL's advisory lock: safe with several workers).
 pub(crate) async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
-}
-
-/// Whether retrying later can help: the database is away, overloaded or restarting, as
-/// opposed to refusing this data.
-pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08 connection, 40 serialization/deadlock, 53 resources, 57 operator action
-            // (admin shutdown, crash recovery), 58 system error.
-            ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        _ => false,
-    }
 }
 
 /// A database failure, as jobs see it: cloneable (a batch's failure is every one of its jobs'),
