@@ -516,6 +516,24 @@ async fn pages_are_stable_while_voicemails_arrive() {
     stack.finish().await;
 }
 
+/// A real spoken voicemail ("... calling about your invoice ...", 8.5 s of MP3) uploaded under
+/// an account of its own, indexed and transcribed: the account and the file.
+pub(crate) async fn upload_spoken(stack: &Stack) -> (String, Vec<u8>) {
+    let audio = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/spoken/invoice.mp3"
+    ))
+    .unwrap();
+    let account = hex32();
+    stack
+        .upload(&account, "invoice.mp3", &audio, "audio/mpeg")
+        .await;
+    stack
+        .finished_transcription("invoice.mp3", "transcriber", WAIT)
+        .await;
+    (account, audio)
+}
+
 /// A row as the worker writes it, at `time` (tests of paging only).
 async fn insert_row(pool: &sqlx::PgPool, account: &str, time: DateTime<Utc>) {
     let name = format!("{}.wav", hex32());
@@ -536,18 +554,7 @@ async fn insert_row(pool: &sqlx::PgPool, account: &str, time: DateTime<Utc>) {
 
 async fn audio_is_served_with_ranges_and_etags(backend: Backend) {
     let (stack, api) = stack_with_api(backend).await;
-    let audio = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/spoken/invoice.mp3"
-    ))
-    .unwrap();
-    let account = hex32();
-    stack
-        .upload(&account, "invoice.mp3", &audio, "audio/mpeg")
-        .await;
-    stack
-        .finished_transcription("invoice.mp3", "transcriber", WAIT)
-        .await;
+    let (account, audio) = upload_spoken(&stack).await;
     let token = api.token("player", Some(&[&account]));
     let page = api.json(&token, "/api/v1/voicemails").await;
     let url = page["items"][0]["audio_url"].as_str().unwrap().to_owned();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vmpipe_tests::*;
 
-use crate::api::stack_with_api;
+use crate::api::{stack_with_api, upload_spoken};
 
 fn from_env(name: &str) -> String {
     std::env::var(name)
@@ -26,19 +26,7 @@ async fn the_inbox_page_searches_plays_and_seeks_in_a_real_browser() {
     let chromium = from_env("VMPIPE_TEST_CHROMIUM");
     let browser_dir = from_env("VMPIPE_TEST_BROWSER_DIR");
     let (stack, api) = stack_with_api(Backend::Fs).await;
-    // A real spoken voicemail ("... calling about your invoice ..."), 8.5 s of MP3.
-    let audio = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/spoken/invoice.mp3"
-    ))
-    .unwrap();
-    let account = hex32();
-    stack
-        .upload(&account, "invoice.mp3", &audio, "audio/mpeg")
-        .await;
-    stack
-        .finished_transcription("invoice.mp3", "transcriber", WAIT)
-        .await;
+    let (account, _) = upload_spoken(&stack).await;
     let token = api.token("browser", Some(&[&account]));
     let out = tempfile::tempdir().unwrap();
     let screenshot = out.path().join("inbox.png");
