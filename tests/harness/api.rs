@@ -159,8 +159,10 @@ impl TestApi {
         }
     }
 
+    /// SIGTERM: it must stop by itself, gracefully (exit status 0), within 15 s.
     pub async fn stop(self) {
-        self.service.sigterm(Duration::from_secs(15)).await;
+        let status = self.service.sigterm(Duration::from_secs(15)).await;
+        assert!(status.success(), "the api stopped with {status}");
     }
 }
 
