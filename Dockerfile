@@ -9,9 +9,9 @@ WORKDIR /src
 # placeholder of a target that is not declared yet does no harm).
 COPY Cargo.toml Cargo.lock ./
 COPY vendor vendor
-COPY common/Cargo.toml common/
+COPY common/Cargo.toml common/build.rs common/
 COPY ingest/Cargo.toml ingest/
-COPY worker/Cargo.toml worker/build.rs worker/
+COPY worker/Cargo.toml worker/
 COPY api/Cargo.toml api/
 COPY tests/Cargo.toml tests/
 RUN mkdir -p common/src ingest/src worker/src api/src worker/benches tests/harness tests/e2e tests/benches migrations \

@@ -3,6 +3,7 @@
 //! neither repeat nor skip any).
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -69,8 +70,14 @@ pub(crate) async fn list(
             }));
         }
     }
-    let mut query = build("", &filters, caller.accounts());
-    let mut rows: Vec<Row> = query.build_query_as().fetch_all(&state.pool).await?;
+    let mut rows: Vec<Row> = Vec::new();
+    for window in windows(&filters) {
+        let mut query = build("", &filters, caller.accounts(), window);
+        rows = query.build_query_as().fetch_all(&state.pool).await?;
+        if rows.len() as i64 > filters.limit || window.is_last {
+            break;
+        }
+    }
     let next_cursor = if rows.len() as i64 > filters.limit {
         rows.truncate(filters.limit as usize);
         rows.last().map(|row| {
@@ -155,35 +162,101 @@ fn plain(text: &str) -> Vec<SnippetPart> {
     }]
 }
 
-/// The page's query: the voicemails first (over the `*_listed` indexes), `limit + 1` of them
-/// to know whether another page follows, then each one's snippet.
-fn build(prefix: &str, filters: &Filters, accounts: Option<&[String]>) -> QueryBuilder<Postgres> {
-    let mut query = QueryBuilder::new(format!("{prefix}WITH page AS (SELECT "));
-    query.push(VOICEMAIL_COLUMNS);
-    query.push(" FROM voicemails v WHERE true");
-    // The token's accounts, written so that the `*_account_listed` index is read in order: an
-    // `= ANY` of several accounts makes PostgreSQL sort their rows (it cannot merge the
-    // ordered scans), so one account, or an `account_id` filter within them, is an equality.
-    match (accounts, &filters.account_id) {
-        (None, _) => {}
-        (Some(allowed), Some(asked)) => {
-            if !allowed.contains(asked) {
+/// How far back from where the page starts a full-text search looks, one query each, until
+/// one finds a page: the matches of a common word are found in the first window (a few
+/// hundred rows read), a rare word's in the last, which has few matches at all.
+const SEARCH_WINDOWS_HOURS: [i64; 5] = [1, 8, 72, 24 * 24, 24 * 192];
+
+/// The part of the timeline a full-text search reads: `time` from `since` on.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    since: Option<DateTime<Utc>>,
+    /// Nothing older is left to read: what this window finds is the answer.
+    is_last: bool,
+}
+
+/// The windows to try, widest last (one unbounded window without a search).
+fn windows(filters: &Filters) -> Vec<Window> {
+    let whole = Window {
+        since: filters.since,
+        is_last: true,
+    };
+    if filters.q.is_none() {
+        return vec![whole];
+    }
+    let start = filters
+        .cursor
+        .map(|c| c.time)
+        .or(filters.until)
+        .unwrap_or_else(Utc::now);
+    let mut windows = Vec::new();
+    for hours in SEARCH_WINDOWS_HOURS {
+        let since = start - chrono::Duration::hours(hours);
+        if filters.since.is_some_and(|floor| floor >= since) {
+            break;
+        }
+        windows.push(Window {
+            since: Some(since),
+            is_last: false,
+        });
+    }
+    windows.push(whole);
+    windows
+}
+
+/// `column` limited to the token's accounts, written so that an index on the account is read
+/// in order: an `= ANY` of several accounts makes PostgreSQL sort their rows (it cannot merge
+/// the ordered scans), so one account, or an `account_id` filter within them, is an equality.
+fn push_scope(
+    query: &mut QueryBuilder<Postgres>,
+    column: &str,
+    accounts: Option<&[String]>,
+    asked: Option<&String>,
+) {
+    match (accounts, asked) {
+        (_, Some(asked)) => {
+            if accounts.is_some_and(|allowed| !allowed.contains(asked)) {
                 // Another account's voicemails: none, whatever else the filters say.
                 query.push(" AND false");
+            } else {
+                query
+                    .push(format_args!(" AND {column} = "))
+                    .push_bind(asked.clone());
             }
         }
+        (None, None) => {}
         (Some([one]), None) => {
-            query.push(" AND v.account_id = ").push_bind(one.clone());
+            query
+                .push(format_args!(" AND {column} = "))
+                .push_bind(one.clone());
         }
         (Some(allowed), None) => {
             query
-                .push(" AND v.account_id = ANY(")
+                .push(format_args!(" AND {column} = ANY("))
                 .push_bind(allowed.to_vec())
                 .push(")");
         }
     }
+}
+
+/// The page's query: the voicemails first (over the `*_listed` indexes), `limit + 1` of them
+/// to know whether another page follows, then each one's snippet.
+fn build(
+    prefix: &str,
+    filters: &Filters,
+    accounts: Option<&[String]>,
+    window: Window,
+) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(format!("{prefix}WITH page AS (SELECT "));
+    query.push(VOICEMAIL_COLUMNS);
+    query.push(" FROM voicemails v WHERE true");
+    push_scope(
+        &mut query,
+        "v.account_id",
+        accounts,
+        filters.account_id.as_ref(),
+    );
     let equal = [
-        ("v.account_id", &filters.account_id),
         ("v.mailbox_id", &filters.mailbox_id),
         ("v.to_user", &filters.mailbox_number),
         ("v.folder", &filters.folder),
@@ -203,7 +276,7 @@ fn build(prefix: &str, filters: &Filters, accounts: Option<&[String]>) -> QueryB
             )
             .push_bind(pattern.clone());
     }
-    if let Some(since) = filters.since {
+    if let Some(since) = window.since {
         query
             .push(" AND coalesce(v.recorded_at, v.received_at) >= ")
             .push_bind(since);
@@ -214,13 +287,34 @@ fn build(prefix: &str, filters: &Filters, accounts: Option<&[String]>) -> QueryB
             .push_bind(until);
     }
     if let Some(q) = &filters.q {
+        // The window's matches first (text_search's GIN index and listed_at's btree together),
+        // then their voicemails: never the planner's guess of how common a word is.
         query
             .push(
-                " AND EXISTS (SELECT 1 FROM transcriptions t WHERE t.voicemail_id = v.id \
-                 AND t.text_search @@ websearch_to_tsquery('english', ",
+                " AND v.id = ANY(ARRAY(SELECT t.voicemail_id FROM transcriptions t \
+                 WHERE t.text_search @@ websearch_to_tsquery('english', ",
             )
             .push_bind(q.clone())
-            .push("))");
+            .push(")");
+        if let Some(since) = window.since {
+            query.push(" AND t.listed_at >= ").push_bind(since);
+        }
+        match (filters.cursor, filters.until) {
+            (Some(cursor), _) => {
+                query.push(" AND t.listed_at <= ").push_bind(cursor.time);
+            }
+            (None, Some(until)) => {
+                query.push(" AND t.listed_at < ").push_bind(until);
+            }
+            (None, None) => {}
+        }
+        push_scope(
+            &mut query,
+            "t.account_id",
+            accounts,
+            filters.account_id.as_ref(),
+        );
+        query.push("))");
     }
     if let Some(has) = filters.has_transcript {
         query.push(if has { " AND " } else { " AND NOT " }).push(
@@ -268,9 +362,9 @@ fn build(prefix: &str, filters: &Filters, accounts: Option<&[String]>) -> QueryB
     query
 }
 
-/// PostgreSQL's plan of the list `query_string` asks for (as `GET /api/v1/voicemails?...`
-/// would run it for a token reading `accounts`), run with `EXPLAIN (ANALYZE, BUFFERS)`:
-/// `api explain`.
+/// PostgreSQL's plans of the queries the list `query_string` asks for runs (as
+/// `GET /api/v1/voicemails?...` would for a token reading `accounts`: a search, one per window
+/// until one finds a page), run with `EXPLAIN (ANALYZE, BUFFERS)`: `api explain`.
 pub async fn explain(
     pool: &sqlx::PgPool,
     query_string: &str,
@@ -280,13 +374,37 @@ pub async fn explain(
         .map_err(|e| format!("bad query string: {e}"))?
         .into_inner();
     let filters = params.check().map_err(|e| e.to_string())?;
-    let mut query = build("EXPLAIN (ANALYZE, BUFFERS) ", &filters, accounts);
-    let lines: Vec<String> = query
-        .build_query_scalar()
-        .fetch_all(pool)
-        .await
-        .map_err(|e| format!("PostgreSQL: {e}"))?;
-    Ok(lines.join("\n"))
+    // Each query the request runs: a search, window after window until one finds a page.
+    let windows = windows(&filters);
+    let mut plans = Vec::new();
+    for (n, window) in windows.iter().enumerate() {
+        let mut query = build("EXPLAIN (ANALYZE, BUFFERS) ", &filters, accounts, *window);
+        let lines: Vec<String> = query
+            .build_query_scalar()
+            .fetch_all(pool)
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))?;
+        if windows.len() > 1 {
+            let since = window
+                .since
+                .map_or("the start".to_owned(), |t| t.to_rfc3339());
+            plans.push(format!(
+                "-- query {} of at most {}: since {since}",
+                n + 1,
+                windows.len()
+            ));
+        }
+        plans.push(lines.join("\n"));
+        let rows: Vec<Row> = build("", &filters, accounts, *window)
+            .build_query_as()
+            .fetch_all(pool)
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))?;
+        if rows.len() as i64 > filters.limit {
+            break;
+        }
+    }
+    Ok(plans.join("\n"))
 }
 
 #[cfg(test)]

@@ -69,7 +69,8 @@ pub async fn queue_hooks(
     for hook in names.iter().filter(|n| only.is_none_or(|o| o == *n)) {
         let (new_rows, reset, running): (i64, i64, i64) = sqlx::query_as(
             "WITH chosen AS (
-                SELECT v.id, v.received_at, t.id AS row_id, t.status
+                SELECT v.id, v.received_at, coalesce(v.recorded_at, v.received_at) AS listed_at,
+                    v.account_id, t.id AS row_id, t.status
                 FROM voicemails v
                 LEFT JOIN transcriptions t ON t.voicemail_id = v.id AND t.hook = $1
                 WHERE CASE
@@ -77,8 +78,9 @@ pub async fn queue_hooks(
                     WHEN $2 = 'none' THEN t.id IS NULL
                     ELSE t.status = $2 END
              ), inserted AS (
-                INSERT INTO transcriptions (voicemail_id, hook, audio_received_at)
-                SELECT id, $1, received_at FROM chosen WHERE row_id IS NULL
+                INSERT INTO transcriptions (voicemail_id, hook, audio_received_at, listed_at,
+                    account_id)
+                SELECT id, $1, received_at, listed_at, account_id FROM chosen WHERE row_id IS NULL
                 ON CONFLICT (voicemail_id, hook) DO NOTHING
                 RETURNING 1
              ), reset AS (

@@ -120,15 +120,28 @@ pub(crate) async fn upsert_voicemails(
                 dropped_metadata = EXCLUDED.dropped_metadata
             WHERE voicemails.received_at <= EXCLUDED.received_at
             -- xmax is 0 on a row this statement inserted (not on one it updated).
-            RETURNING id, storage_key, received_at, (xmax = 0) AS inserted
+            RETURNING id, storage_key, received_at, recorded_at, account_id,
+                (xmax = 0) AS inserted
         ), queued AS (
-            INSERT INTO transcriptions (voicemail_id, hook, audio_received_at)
-            SELECT indexed.id, hook, indexed.received_at FROM indexed, unnest($2::text[]) AS hook
+            INSERT INTO transcriptions (voicemail_id, hook, audio_received_at, listed_at, account_id)
+            SELECT indexed.id, hook, indexed.received_at,
+                coalesce(indexed.recorded_at, indexed.received_at), indexed.account_id
+            FROM indexed, unnest($2::text[]) AS hook
             ON CONFLICT (voicemail_id, hook) DO UPDATE SET
                 status = 'pending', attempts = 0, text = NULL, language = NULL,
                 confidence = NULL, error = NULL, queued_at = now(), next_attempt_at = now(),
-                attempt_id = NULL, audio_received_at = EXCLUDED.audio_received_at
+                attempt_id = NULL, audio_received_at = EXCLUDED.audio_received_at,
+                listed_at = EXCLUDED.listed_at, account_id = EXCLUDED.account_id
             WHERE transcriptions.audio_received_at < EXCLUDED.audio_received_at
+        ), relisted AS (
+            -- The rows of hooks no longer configured keep their voicemail's time and account.
+            UPDATE transcriptions t
+            SET listed_at = coalesce(indexed.recorded_at, indexed.received_at),
+                account_id = indexed.account_id
+            FROM indexed
+            WHERE t.voicemail_id = indexed.id AND NOT (t.hook = ANY($2::text[]))
+              AND (t.listed_at, t.account_id) IS DISTINCT FROM
+                  (coalesce(indexed.recorded_at, indexed.received_at), indexed.account_id)
         )
         SELECT storage_key, inserted FROM indexed",
     )

@@ -279,9 +279,10 @@ impl TranscriptionQueue {
         sqlx::query_as(
             "INSERT INTO transcriptions (voicemail_id, hook, audio_received_at, status,
                 attempts, attempt_id, started_at, next_attempt_at, leased_by, leased_pid,
-                leased_instance)
+                leased_instance, listed_at, account_id)
              SELECT id, $2, received_at, 'running', 1, $3, now(),
-                now() + $4 * interval '1 second', $5, $6, $7
+                now() + $4 * interval '1 second', $5, $6, $7,
+                coalesce(recorded_at, received_at), account_id
              FROM voicemails WHERE id = $1
              ON CONFLICT (voicemail_id, hook) DO UPDATE SET status = 'running', attempts = 1,
                 attempt_id = EXCLUDED.attempt_id, started_at = now(), queued_at = now(),
