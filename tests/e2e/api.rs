@@ -534,15 +534,20 @@ pub(crate) async fn upload_spoken(stack: &Stack) -> (String, Vec<u8>) {
     (account, audio)
 }
 
-/// A row as the worker writes it, at `time` (tests of paging only).
-async fn insert_row(pool: &sqlx::PgPool, account: &str, time: DateTime<Utc>) {
+/// A row as the worker writes it, at `time` (tests of paging and searching); its id.
+pub(crate) async fn insert_row(
+    pool: &sqlx::PgPool,
+    account: &str,
+    time: DateTime<Utc>,
+) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
     let name = format!("{}.wav", hex32());
     sqlx::query(
         "INSERT INTO voicemails (id, storage_key, account_id, attachment_name, recorded_at,
              size_bytes, sha256, upload_mode, received_at, job_id)
          VALUES ($1, $2, $3, $4, $5, 1, 'x', 'raw', now(), $1)",
     )
-    .bind(uuid::Uuid::now_v7())
+    .bind(id)
     .bind(format!("{account}/d/{name}"))
     .bind(account)
     .bind(&name)
@@ -550,6 +555,7 @@ async fn insert_row(pool: &sqlx::PgPool, account: &str, time: DateTime<Utc>) {
     .execute(pool)
     .await
     .unwrap();
+    id
 }
 
 async fn audio_is_served_with_ranges_and_etags(backend: Backend) {

@@ -19,6 +19,7 @@ macro_rules! on_both_backends {
 mod access;
 mod admin;
 mod api;
+mod api_search;
 mod api_spec;
 mod audio;
 mod disk_full;

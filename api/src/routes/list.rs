@@ -3,7 +3,6 @@
 //! neither repeat nor skip any).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -12,6 +11,7 @@ use super::model::{
 };
 use super::params::{Cursor, Filters, ListParams};
 use super::query_string;
+use super::search;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::server::State;
@@ -57,21 +57,21 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let params: ListParams = query_string(&req)?;
     let filters = params.check()?;
-    if let Some(q) = &filters.q {
-        let words: i32 = sqlx::query_scalar("SELECT numnode(websearch_to_tsquery('english', $1))")
-            .bind(q)
-            .fetch_one(&state.pool)
-            .await?;
-        if words == 0 {
+    let strategy = match &filters.q {
+        None => None,
+        Some(q) => match search::strategy(&state.pool, q).await? {
+            Some(strategy) => Some(strategy),
             // Only common words ("the"): PostgreSQL would match nothing.
-            return Ok(super::json(&ListPage {
-                items: Vec::new(),
-                next_cursor: None,
-            }));
-        }
-    }
+            None => {
+                return Ok(super::json(&ListPage {
+                    items: Vec::new(),
+                    next_cursor: None,
+                }));
+            }
+        },
+    };
     let mut rows: Vec<Row> = Vec::new();
-    for window in windows(&filters) {
+    for window in search::windows(&filters, strategy) {
         let mut query = build("", &filters, caller.accounts(), window);
         rows = query.build_query_as().fetch_all(&state.pool).await?;
         if rows.len() as i64 > filters.limit || window.is_last {
@@ -162,52 +162,10 @@ fn plain(text: &str) -> Vec<SnippetPart> {
     }]
 }
 
-/// How far back from where the page starts a full-text search looks, one query each, until
-/// one finds a page: the matches of a common word are found in the first window (a few
-/// hundred rows read), a rare word's in the last, which has few matches at all.
-const SEARCH_WINDOWS_HOURS: [i64; 5] = [1, 8, 72, 24 * 24, 24 * 192];
-
-/// The part of the timeline a full-text search reads: `time` from `since` on.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    since: Option<DateTime<Utc>>,
-    /// Nothing older is left to read: what this window finds is the answer.
-    is_last: bool,
-}
-
-/// The windows to try, widest last (one unbounded window without a search).
-fn windows(filters: &Filters) -> Vec<Window> {
-    let whole = Window {
-        since: filters.since,
-        is_last: true,
-    };
-    if filters.q.is_none() {
-        return vec![whole];
-    }
-    let start = filters
-        .cursor
-        .map(|c| c.time)
-        .or(filters.until)
-        .unwrap_or_else(Utc::now);
-    let mut windows = Vec::new();
-    for hours in SEARCH_WINDOWS_HOURS {
-        let since = start - chrono::Duration::hours(hours);
-        if filters.since.is_some_and(|floor| floor >= since) {
-            break;
-        }
-        windows.push(Window {
-            since: Some(since),
-            is_last: false,
-        });
-    }
-    windows.push(whole);
-    windows
-}
-
 /// `column` limited to the token's accounts, written so that an index on the account is read
 /// in order: an `= ANY` of several accounts makes PostgreSQL sort their rows (it cannot merge
 /// the ordered scans), so one account, or an `account_id` filter within them, is an equality.
-fn push_scope(
+pub(super) fn push_scope(
     query: &mut QueryBuilder<Postgres>,
     column: &str,
     accounts: Option<&[String]>,
@@ -245,7 +203,7 @@ fn build(
     prefix: &str,
     filters: &Filters,
     accounts: Option<&[String]>,
-    window: Window,
+    window: search::Window,
 ) -> QueryBuilder<Postgres> {
     let mut query = QueryBuilder::new(format!("{prefix}WITH page AS (SELECT "));
     query.push(VOICEMAIL_COLUMNS);
@@ -287,34 +245,7 @@ fn build(
             .push_bind(until);
     }
     if let Some(q) = &filters.q {
-        // The window's matches first (text_search's GIN index and listed_at's btree together),
-        // then their voicemails: never the planner's guess of how common a word is.
-        query
-            .push(
-                " AND v.id = ANY(ARRAY(SELECT t.voicemail_id FROM transcriptions t \
-                 WHERE t.text_search @@ websearch_to_tsquery('english', ",
-            )
-            .push_bind(q.clone())
-            .push(")");
-        if let Some(since) = window.since {
-            query.push(" AND t.listed_at >= ").push_bind(since);
-        }
-        match (filters.cursor, filters.until) {
-            (Some(cursor), _) => {
-                query.push(" AND t.listed_at <= ").push_bind(cursor.time);
-            }
-            (None, Some(until)) => {
-                query.push(" AND t.listed_at < ").push_bind(until);
-            }
-            (None, None) => {}
-        }
-        push_scope(
-            &mut query,
-            "t.account_id",
-            accounts,
-            filters.account_id.as_ref(),
-        );
-        query.push("))");
+        search::push_condition(&mut query, q, filters, accounts, window);
     }
     if let Some(has) = filters.has_transcript {
         query.push(if has { " AND " } else { " AND NOT " }).push(
@@ -375,7 +306,13 @@ pub async fn explain(
         .into_inner();
     let filters = params.check().map_err(|e| e.to_string())?;
     // Each query the request runs: a search, window after window until one finds a page.
-    let windows = windows(&filters);
+    let strategy = match &filters.q {
+        None => None,
+        Some(q) => search::strategy(pool, q)
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))?,
+    };
+    let windows = search::windows(&filters, strategy);
     let mut plans = Vec::new();
     for (n, window) in windows.iter().enumerate() {
         let mut query = build("EXPLAIN (ANALYZE, BUFFERS) ", &filters, accounts, *window);

@@ -7,6 +7,7 @@ pub(crate) mod inbox;
 pub mod list;
 pub(crate) mod model;
 pub(crate) mod params;
+pub(crate) mod search;
 pub(crate) mod voicemail;
 
 use actix_web::http::header;
