@@ -21,6 +21,7 @@ COMMENT ON COLUMN api_tokens.accounts IS 'KAZOO account ids the token may read; 
 CREATE INDEX voicemails_listed ON voicemails ((coalesce(recorded_at, received_at)) DESC, id DESC);
 CREATE INDEX voicemails_account_listed ON voicemails (account_id, (coalesce(recorded_at, received_at)) DESC, id DESC);
 CREATE INDEX voicemails_mailbox_listed ON voicemails (mailbox_id, (coalesce(recorded_at, received_at)) DESC, id DESC);
+CREATE INDEX voicemails_mailbox_number_listed ON voicemails (to_user, (coalesce(recorded_at, received_at)) DESC, id DESC);
 
 -- The `caller` filter: a part of the caller's number or name, case-insensitive (trigrams).
 CREATE EXTENSION IF NOT EXISTS pg_trgm;

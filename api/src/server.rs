@@ -95,6 +95,13 @@ impl Application {
                 )
                 .wrap(from_fn(access_log))
         })
+        // An answer's head and body go out at once, not 40 ms apart (Nagle's algorithm waiting
+        // for the client's delayed ACK).
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .workers(workers)
         .max_connections(settings.api_max_connections.div_ceil(workers))
         .client_request_timeout(Duration::from_secs(10))

@@ -18,7 +18,7 @@ use super::list::push_scope;
 use super::params::Filters;
 
 /// The share of transcripts above which a word counts as common.
-const COMMON: f64 = 0.05;
+const COMMON: f64 = 0.02;
 /// How far back from where the page starts each query of a windowed search looks.
 /// After the last, every match: a word with fewer than a page in the last 24 days is rare
 /// enough for its whole posting list (a window of half a year would cost more, in the btree).
