@@ -57,27 +57,7 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let params: ListParams = query_string(&req)?;
     let filters = params.check()?;
-    let strategy = match &filters.q {
-        None => None,
-        Some(q) => match search::strategy(&state.pool, q).await? {
-            Some(strategy) => Some(strategy),
-            // Only common words ("the"): PostgreSQL would match nothing.
-            None => {
-                return Ok(super::json(&ListPage {
-                    items: Vec::new(),
-                    next_cursor: None,
-                }));
-            }
-        },
-    };
-    let mut rows: Vec<Row> = Vec::new();
-    for window in search::windows(&filters, strategy) {
-        let mut query = build("", &filters, caller.accounts(), window);
-        rows = query.build_query_as().fetch_all(&state.pool).await?;
-        if rows.len() as i64 > filters.limit || window.is_last {
-            break;
-        }
-    }
+    let mut rows = page_rows(&state.pool, &filters, caller.accounts(), None).await?;
     let next_cursor = if rows.len() as i64 > filters.limit {
         rows.truncate(filters.limit as usize);
         rows.last().map(|row| {
@@ -93,6 +73,51 @@ pub(crate) async fn list(
     let searched = filters.q.is_some();
     let items = rows.into_iter().map(|row| item(row, searched)).collect();
     Ok(super::json(&ListPage { items, next_cursor }))
+}
+
+/// The rows of a page (`limit + 1` at most): one query, or a search's window after window
+/// until one holds a page; none for a search of common words only ("the"), which PostgreSQL
+/// would match with nothing. With `plans`, each query's `EXPLAIN (ANALYZE, BUFFERS)` too.
+async fn page_rows(
+    pool: &sqlx::PgPool,
+    filters: &Filters,
+    accounts: Option<&[String]>,
+    mut plans: Option<&mut Vec<String>>,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let strategy = match &filters.q {
+        None => None,
+        Some(q) => match search::strategy(pool, q).await? {
+            None => return Ok(Vec::new()),
+            some => some,
+        },
+    };
+    let windows = search::windows(filters, strategy);
+    let mut rows = Vec::new();
+    for (n, window) in windows.iter().enumerate() {
+        if let Some(plans) = plans.as_deref_mut() {
+            let mut query = build("EXPLAIN (ANALYZE, BUFFERS) ", filters, accounts, *window);
+            let lines: Vec<String> = query.build_query_scalar().fetch_all(pool).await?;
+            if windows.len() > 1 {
+                let since = window
+                    .since
+                    .map_or("the start".to_owned(), |t| t.to_rfc3339());
+                plans.push(format!(
+                    "-- query {} of at most {}: since {since}",
+                    n + 1,
+                    windows.len()
+                ));
+            }
+            plans.push(lines.join("\n"));
+        }
+        rows = build("", filters, accounts, *window)
+            .build_query_as()
+            .fetch_all(pool)
+            .await?;
+        if rows.len() as i64 > filters.limit || window.is_last {
+            break;
+        }
+    }
+    Ok(rows)
 }
 
 fn item(row: Row, searched: bool) -> ListItem {
@@ -305,41 +330,12 @@ pub async fn explain(
         .map_err(|e| format!("bad query string: {e}"))?
         .into_inner();
     let filters = params.check().map_err(|e| e.to_string())?;
-    // Each query the request runs: a search, window after window until one finds a page.
-    let strategy = match &filters.q {
-        None => None,
-        Some(q) => search::strategy(pool, q)
-            .await
-            .map_err(|e| format!("PostgreSQL: {e}"))?,
-    };
-    let windows = search::windows(&filters, strategy);
     let mut plans = Vec::new();
-    for (n, window) in windows.iter().enumerate() {
-        let mut query = build("EXPLAIN (ANALYZE, BUFFERS) ", &filters, accounts, *window);
-        let lines: Vec<String> = query
-            .build_query_scalar()
-            .fetch_all(pool)
-            .await
-            .map_err(|e| format!("PostgreSQL: {e}"))?;
-        if windows.len() > 1 {
-            let since = window
-                .since
-                .map_or("the start".to_owned(), |t| t.to_rfc3339());
-            plans.push(format!(
-                "-- query {} of at most {}: since {since}",
-                n + 1,
-                windows.len()
-            ));
-        }
-        plans.push(lines.join("\n"));
-        let rows: Vec<Row> = build("", &filters, accounts, *window)
-            .build_query_as()
-            .fetch_all(pool)
-            .await
-            .map_err(|e| format!("PostgreSQL: {e}"))?;
-        if rows.len() as i64 > filters.limit {
-            break;
-        }
+    page_rows(pool, &filters, accounts, Some(&mut plans))
+        .await
+        .map_err(|e| format!("PostgreSQL: {e}"))?;
+    if plans.is_empty() {
+        return Ok("q has no words to search for: no query runs".into());
     }
     Ok(plans.join("\n"))
 }
