@@ -235,6 +235,27 @@ pub const WORKER: &[Metric] = &[
     )
     .labelled_at_run_time(),
     Metric::new(
+        "vmpipe_event_deliveries_total",
+        Kind::Counter,
+        "Event delivery attempts by sink and outcome: delivered, retry (failed, will be \
+         retried), failed (gave up). Counts attempts: a retried delivery counts each time.",
+    )
+    .labelled_at_run_time(),
+    Metric::new(
+        "vmpipe_event_delivery_seconds",
+        Kind::Histogram(SECONDS),
+        "Seconds one event delivery attempt took (a publish's confirm, a webhook's answer, an \
+         SMTP session), by sink.",
+    )
+    .labelled_at_run_time(),
+    Metric::new(
+        "vmpipe_event_lag_seconds",
+        Kind::Histogram(LONG_SECONDS),
+        "Seconds from an event's writing (occurred_at) to its delivery, by sink: how far \
+         behind a sink is.",
+    )
+    .labelled_at_run_time(),
+    Metric::new(
         "vmpipe_whisper_engine_starts_total",
         Kind::Counter,
         "Starts of the Whisper engine (VMPIPE_TRANSCRIBER=whisper): 1 per worker process, plus \

@@ -288,6 +288,14 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             "VMPIPE_API_STATEMENT_TIMEOUT_MS",
             s.api_statement_timeout_ms.to_string(),
         ),
+        (
+            "VMPIPE_API_PUBLIC_URL",
+            s.api_public_url.clone().unwrap_or_default(),
+        ),
+        (
+            "VMPIPE_EVENT_RETENTION_HOURS",
+            s.event_retention_hours.to_string(),
+        ),
         ("VMPIPE_MAX_DELIVERIES", s.max_deliveries.to_string()),
         ("VMPIPE_MAX_UPLOADS", s.max_uploads.to_string()),
         ("VMPIPE_BODY_TIMEOUT_SECS", s.body_timeout_secs.to_string()),

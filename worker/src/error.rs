@@ -116,6 +116,8 @@ pub enum WorkerError {
     Io(String, #[source] std::io::Error),
     #[error("hook: {0:#}")]
     Hook(#[source] anyhow::Error),
+    #[error("notify sink: {0:#}")]
+    Sink(#[source] anyhow::Error),
     #[error(transparent)]
     Runner(#[from] crate::hooks::runner::RunnerError),
 }

@@ -4,14 +4,16 @@
 //!
 //! Along the data flow: `consumer` (RabbitMQ deliveries and how each is settled) →
 //! `pipeline` (one job: probe, hash, row) → `index` (batched upserts) → [`hooks`] (the
-//! runner works through the `transcriptions` queue). [`audio`] measures and decodes, [`admin`]
-//! holds the operator commands, `health` and `activity` the state others watch.
+//! runner works through the `transcriptions` queue) → [`events`] (the outbox's dispatcher,
+//! to the `[[notify]]` sinks). [`audio`] measures and decodes, [`admin`] holds the operator
+//! commands, `health` and `activity` the state others watch.
 
 mod activity;
 pub mod admin;
 pub mod audio;
 mod consumer;
 mod error;
+pub mod events;
 mod health;
 pub mod hooks;
 mod index;
@@ -58,6 +60,10 @@ pub struct Worker {
     pool: sqlx::PgPool,
     store: Arc<dyn Storage>,
     hooks: Vec<Arc<dyn hooks::Hook>>,
+    sinks: Vec<(
+        vmpipe_common::settings::NotifySettings,
+        Arc<dyn events::Sink>,
+    )>,
     listener: tokio::net::TcpListener,
 }
 
@@ -68,6 +74,7 @@ impl Worker {
         audio::probe::set_timeout(settings.probe_timeout());
         let hooks = hooks::from_settings(&settings).map_err(WorkerError::Hook)?;
         let store = vmpipe_common::store::open(&settings)?;
+        let sinks = events::sink::from_settings(&settings, &store).map_err(WorkerError::Sink)?;
         // Temporary copies a crash left (an hour old: another worker on this disk may be
         // using younger ones).
         let removed = store
@@ -108,6 +115,7 @@ impl Worker {
             pool,
             store,
             hooks,
+            sinks,
             listener,
         })
     }
@@ -134,6 +142,16 @@ impl Worker {
     /// hook runs in progress are handed back for later.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let activity = Arc::new(activity::Activity::default());
+        let identity =
+            hooks::runner::WorkerIdentity::of_this_process(self.settings.worker_id.as_deref());
+        let dispatcher = events::Dispatcher::new(
+            self.pool.clone(),
+            self.sinks,
+            self.settings.api_public_url().map(str::to_owned),
+            self.settings.event_retention(),
+            identity.clone(),
+        );
+        let events_wake = dispatcher.waker();
         let runner = Arc::new(
             hooks::runner::HookRunner::new(
                 self.pool.clone(),
@@ -143,9 +161,8 @@ impl Worker {
                 activity.clone(),
                 self.settings.max_audio_secs,
             )
-            .identified_as(hooks::runner::WorkerIdentity::of_this_process(
-                self.settings.worker_id.as_deref(),
-            )),
+            .identified_as(identity)
+            .telling(events_wake.clone()),
         );
         for hook in runner.names() {
             let hook = || ("hook", hook.clone());
@@ -157,7 +174,8 @@ impl Worker {
             }
             vmpipe_common::metrics::register_series("vmpipe_hook_run_seconds", &[hook()]);
         }
-        let index = index::IndexWriter::start(self.pool.clone(), runner.names().to_vec());
+        let index =
+            index::IndexWriter::start(self.pool.clone(), runner.names().to_vec(), events_wake);
         let database = index::watch::DatabaseWatch::new(self.pool.clone());
         let context = Arc::new(pipeline::Context {
             settings: self.settings,
@@ -178,8 +196,10 @@ impl Worker {
         });
         let http = tokio::spawn(health::serve(self.listener, server, shutdown.clone()));
         let hook_runner = tokio::spawn(runner.run(shutdown.clone()));
+        let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
         consumer::consume(context.clone(), shutdown).await;
         let _ = hook_runner.await;
+        let _ = dispatcher.await;
         let _ = http.await;
         context.pool.close().await;
         info!("worker stopped");

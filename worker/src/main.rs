@@ -103,11 +103,82 @@ enum Command {
         #[arg(long, requires = "all")]
         status: Option<admin::QueueStatus>,
     },
+    /// See the events (the outbox) and their deliveries, or send them again.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Measure audio files: one JSON object per line; exits non-zero if any cannot be probed.
     Probe {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print the matching events, oldest first, one JSON object per line: the event as sinks
+    /// receive it, with its `deliveries` (sink, status, attempts, last_error).
+    List {
+        #[command(flatten)]
+        filter: EventArgs,
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Make the matching events due again for the configured sinks that take them (with their
+    /// event_id unchanged); the running workers deliver them.
+    Replay {
+        #[command(flatten)]
+        filter: EventArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct EventArgs {
+    /// Events since an age ago (30m, 2h, 7d) or a time (2026-12-03T09:00:00Z); `replay` needs it.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events of this type (voicemail.indexed, voicemail.transcribed, ...).
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Only this account's events.
+    #[arg(long)]
+    account: Option<String>,
+    /// Only this voicemail's events (its id or storage key).
+    #[arg(long)]
+    voicemail: Option<String>,
+    /// Only events with a delivery in this state: pending, sending, delivered or failed.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only this sink's deliveries (`replay`: only to this sink).
+    #[arg(long)]
+    sink: Option<String>,
+}
+
+impl EventArgs {
+    fn filter(self) -> anyhow::Result<admin::EventFilter> {
+        let since = match self.since {
+            None => None,
+            Some(text) => Some(match chrono::DateTime::parse_from_rfc3339(&text) {
+                Ok(time) => time.with_timezone(&chrono::Utc),
+                Err(_) => {
+                    let age = admin::parse_age(&text).map_err(|e| {
+                        anyhow::anyhow!("--since is an age (2h) or an RFC 3339 time: {e}")
+                    })?;
+                    chrono::Utc::now() - chrono::Duration::from_std(age)?
+                }
+            }),
+        };
+        Ok(admin::EventFilter {
+            since,
+            kind: self.kind,
+            account: self.account,
+            voicemail: self.voicemail,
+            status: self.status,
+            sink: self.sink,
+        })
+    }
 }
 
 #[tokio::main]
@@ -237,6 +308,23 @@ async fn run(
             if reports.iter().any(|report| report.status != "done") {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Events {
+            command: EventsCommand::List { filter, limit },
+        } => {
+            for event in admin::list_events(&settings, &filter.filter()?, limit).await? {
+                emit(serde_json::to_string(&event)?)?;
+            }
+        }
+        Command::Events {
+            command: EventsCommand::Replay { filter },
+        } => {
+            let filter = filter.filter()?;
+            if filter.since.is_none() {
+                anyhow::bail!("replay needs --since (an age, 2h, or a time)");
+            }
+            let replayed = admin::replay_events(&settings, &filter).await?;
+            emit(serde_json::to_string(&replayed)?)?;
         }
         Command::Probe { .. } => unreachable!("handled before the settings load"),
     }

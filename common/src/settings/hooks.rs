@@ -120,15 +120,7 @@ impl HookSettings {
     }
 
     pub(super) fn validate(&self) -> Result<(), String> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !name_ok {
-            return Err("name must be 1 to 64 letters, digits, '-', '_' or '.'".into());
-        }
+        check_name(&self.name)?;
         if self.timeout_secs == 0 || self.max_attempts == 0 || self.concurrency == Some(0) {
             return Err("timeout_secs, max_attempts and concurrency must be at least 1".into());
         }
@@ -228,6 +220,19 @@ pub enum HookAudio {
     Original,
     /// Decoded to 16 kHz mono 16-bit PCM WAV, what most speech engines want.
     Wav16k,
+}
+
+/// A hook's or a sink's name: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub(super) fn check_name(name: &str) -> Result<(), String> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return Err("name must be 1 to 64 letters, digits, '-', '_' or '.'".into());
+    }
+    Ok(())
 }
 
 /// A language code as Whisper knows them: `en`, `de`, `haw`.

@@ -9,6 +9,7 @@
 
 mod hooks;
 mod network;
+mod notify;
 mod secret;
 mod storage;
 #[cfg(test)]
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use hooks::{HookAudio, HookKind, HookSettings, Transcriber, WHISPER_HOOK, WhisperDevice};
 pub use network::{DEFAULT_NETWORKS, Networks};
+pub use notify::{DEFAULT_EVENTS_EXCHANGE, EVENT_TYPES, NotifyKind, NotifySettings, SmtpTls};
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use storage::StorageKind;
 pub use values::{Base64Mode, ByteSize, LogFormat};
@@ -31,7 +33,7 @@ pub use values::{Base64Mode, ByteSize, LogFormat};
 pub const CONFIG_FILE_ENV: &str = "VMPIPE_CONFIG";
 const ENV_PREFIX: &str = "VMPIPE_";
 /// Settings only a TOML file can give (tables, not one value).
-const FILE_ONLY: &[&str] = &["hooks"];
+const FILE_ONLY: &[&str] = &["hooks", "notify"];
 /// The most `max_audio_secs` can be: the seconds of 16 kHz 16-bit mono a WAV file holds.
 pub const MAX_AUDIO_SECS: u64 = (u32::MAX as u64 - 44) / 32_000;
 /// Longest drain of a stopping ingest: a supervisor waits for the stop (compose's
@@ -164,8 +166,17 @@ pub struct Settings {
     pub api_max_connections: usize,
     /// `VMPIPE_API_STATEMENT_TIMEOUT_MS`: longest a query of the `api` service may run (then 503).
     pub api_statement_timeout_ms: u64,
+    /// `VMPIPE_API_PUBLIC_URL`: the `api` service's address as event receivers reach it
+    /// (`https://voicemail.example.com`); set, every event carries its voicemail's
+    /// `audio_url`.
+    pub api_public_url: Option<String>,
+    /// `VMPIPE_EVENT_RETENTION_HOURS`: how long an event stays in the outbox (`events`) once
+    /// every sink has settled it (delivered, or failed for good).
+    pub event_retention_hours: u64,
     /// Hooks run after a voicemail is indexed: `[[hooks]]` tables, in the settings file only.
     pub hooks: Vec<HookSettings>,
+    /// Where events go: `[[notify]]` tables, in the settings file only.
+    pub notify: Vec<NotifySettings>,
 }
 
 impl Default for Settings {
@@ -220,7 +231,10 @@ impl Default for Settings {
             api_listen: "127.0.0.1:8081".into(),
             api_max_connections: 256,
             api_statement_timeout_ms: 10_000,
+            api_public_url: None,
+            event_retention_hours: 168,
             hooks: Vec::new(),
+            notify: Vec::new(),
         }
     }
 }
@@ -364,6 +378,31 @@ impl Settings {
                 "api_statement_timeout_ms must be at least 1".into(),
             ));
         }
+        if let Some(url) = self.api_public_url()
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(config::ConfigError::Message(format!(
+                "api_public_url must be http(s)://...: {url:?}"
+            )));
+        }
+        if self.event_retention_hours == 0 {
+            return Err(config::ConfigError::Message(
+                "event_retention_hours must be at least 1".into(),
+            ));
+        }
+        let mut sinks: Vec<&str> = Vec::new();
+        for sink in &self.notify {
+            sink.validate().map_err(|e| {
+                config::ConfigError::Message(format!("notify sink {:?}: {e}", sink.name))
+            })?;
+            if sinks.contains(&sink.name.as_str()) {
+                return Err(config::ConfigError::Message(format!(
+                    "two notify sinks are named {:?}",
+                    sink.name
+                )));
+            }
+            sinks.push(&sink.name);
+        }
         storage::validate(self).map_err(config::ConfigError::Message)?;
         hooks::validate_whisper(self).map_err(config::ConfigError::Message)?;
         let mut names: Vec<&str> = Vec::new();
@@ -416,6 +455,19 @@ impl Settings {
 
     pub fn probe_timeout(&self) -> Duration {
         Duration::from_millis(self.probe_timeout_ms)
+    }
+
+    /// `VMPIPE_API_PUBLIC_URL` without its trailing slashes, when set (an empty value is unset).
+    pub fn api_public_url(&self) -> Option<&str> {
+        self.api_public_url
+            .as_deref()
+            .map(|url| url.trim().trim_end_matches('/'))
+            .filter(|url| !url.is_empty())
+    }
+
+    /// `VMPIPE_EVENT_RETENTION_HOURS` as a duration.
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_secs(self.event_retention_hours * 3600)
     }
 
     /// `VMPIPE_METRICS_LISTEN`, when set to an address (an empty value is unset).

@@ -1,8 +1,9 @@
 //! Operator commands, one file each (`worker reconcile`, `replay-dead`, `dead-letters`,
-//! `reindex`, `prune`, `transcribe`, `transcribe --all`, `probe`), sharing how they reach the
-//! database, the storage and RabbitMQ, and how their reports stay small ([`report`]).
+//! `reindex`, `prune`, `transcribe`, `transcribe --all`, `probe`, `events list|replay`),
+//! sharing how they reach the database, the storage and RabbitMQ, and how their reports stay small ([`report`]).
 
 mod dead_letters;
+mod events;
 mod probe;
 mod prune;
 mod queue_hooks;
@@ -21,6 +22,7 @@ use crate::WorkerError;
 use crate::index::db;
 
 pub use dead_letters::{DeadLetter, DeadLetterFilter, Dropped, dead_letters, drop_dead_letters};
+pub use events::{Delivery, EventFilter, Listed, Replayed, list_events, replay_events};
 pub use probe::probe_files;
 pub use prune::{PruneOptions, Pruned, parse_age, prune};
 pub use queue_hooks::{QueueStatus, Queued, queue_hooks};

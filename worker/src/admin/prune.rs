@@ -198,7 +198,15 @@ impl Table {
 
     fn delete(self) -> &'static str {
         match self {
-            Table::Voicemails => "DELETE FROM voicemails WHERE storage_key = ANY($1)",
+            // With its event, in the same statement (the outbox).
+            Table::Voicemails => {
+                "WITH gone AS (
+                    DELETE FROM voicemails WHERE storage_key = ANY($1) RETURNING *
+                 )
+                 INSERT INTO events (type, voicemail_id, account_id, voicemail)
+                 SELECT 'voicemail.deleted', gone.id, gone.account_id, to_jsonb(gone) - 'metadata'
+                 FROM gone"
+            }
             Table::CredentialProbes => "DELETE FROM credential_probes WHERE storage_key = ANY($1)",
         }
     }

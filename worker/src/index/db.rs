@@ -59,7 +59,9 @@ impl From<sqlx::Error> for DbError {
 ///
 /// In the same statement, queues a `transcriptions` row for each of `hooks`: a new one for a
 /// new voicemail, a reset one when the audio is newer than the one transcribed, nothing when a
-/// job is merely delivered again. Returns the storage keys whose row was written, each with
+/// job is merely delivered again. And writes the row's event to the outbox (`events`):
+/// `voicemail.indexed` for a new row, `voicemail.updated` for a newer upload, none for a job
+/// delivered again. Returns the storage keys whose row was written, each with
 /// whether its row is new (a voicemail indexed for the first time).
 pub(crate) async fn upsert_voicemails(
     pool: &PgPool,
@@ -73,6 +75,11 @@ pub(crate) async fn upsert_voicemails(
             SELECT DISTINCT ON (storage_key) *
             FROM jsonb_populate_recordset(NULL::voicemails, $1)
             ORDER BY storage_key, received_at DESC
+        ), old AS (
+            -- The rows as they were before this statement: tells a first index, a newer
+            -- upload and a job delivered again apart (for their events).
+            SELECT storage_key, received_at FROM voicemails
+            WHERE storage_key IN (SELECT storage_key FROM incoming)
         ), indexed AS (
             INSERT INTO voicemails (
             id, storage_key, account_id, document_id, attachment_name, mailbox_id,
@@ -121,7 +128,7 @@ pub(crate) async fn upsert_voicemails(
             WHERE voicemails.received_at <= EXCLUDED.received_at
             -- xmax is 0 on a row this statement inserted (not on one it updated).
             RETURNING id, storage_key, received_at, recorded_at, account_id,
-                (xmax = 0) AS inserted
+                (xmax = 0) AS inserted, to_jsonb(voicemails) - 'metadata' AS event_row
         ), queued AS (
             INSERT INTO transcriptions (voicemail_id, hook, audio_received_at, listed_at, account_id)
             SELECT indexed.id, hook, indexed.received_at,
@@ -142,6 +149,15 @@ pub(crate) async fn upsert_voicemails(
             WHERE t.voicemail_id = indexed.id AND NOT (t.hook = ANY($2::text[]))
               AND (t.listed_at, t.account_id) IS DISTINCT FROM
                   (coalesce(indexed.recorded_at, indexed.received_at), indexed.account_id)
+        ), told AS (
+            -- The outbox: an event with the row, in the same commit. None for a job delivered
+            -- again (the row was already written from the same upload).
+            INSERT INTO events (type, voicemail_id, account_id, voicemail)
+            SELECT CASE WHEN indexed.inserted THEN 'voicemail.indexed' ELSE 'voicemail.updated' END,
+                indexed.id, indexed.account_id, indexed.event_row
+            FROM indexed LEFT JOIN old USING (storage_key)
+            WHERE indexed.inserted OR old.received_at IS NULL
+               OR old.received_at < indexed.received_at
         )
         SELECT storage_key, inserted FROM indexed",
     )

@@ -5,8 +5,10 @@
 //! job is written at once and a backlog is written in batches that grow with it. A batch that
 //! the database refuses is retried row by row, so that one bad row fails only its own job.
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::VoicemailRow;
 use super::db::{self, DbError};
@@ -26,10 +28,11 @@ pub(crate) struct IndexWriter {
 }
 
 impl IndexWriter {
-    /// Starts the writer; `hooks` are queued with every new voicemail.
-    pub(crate) fn start(pool: PgPool, hooks: Vec<String>) -> Self {
+    /// Starts the writer; `hooks` are queued with every new voicemail, and `events` is
+    /// notified after each commit (which wrote their events to the outbox).
+    pub(crate) fn start(pool: PgPool, hooks: Vec<String>, events: Arc<Notify>) -> Self {
         let (rows, incoming) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(write_batches(pool, hooks, incoming));
+        tokio::spawn(write_batches(pool, hooks, events, incoming));
         Self { rows }
     }
 
@@ -45,7 +48,12 @@ impl IndexWriter {
     }
 }
 
-async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Receiver<Pending>) {
+async fn write_batches(
+    pool: PgPool,
+    hooks: Vec<String>,
+    events: Arc<Notify>,
+    mut incoming: mpsc::Receiver<Pending>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // A job that stopped waiting (its delivery's channel is gone) wants no row written
@@ -58,6 +66,7 @@ async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Rec
         let rows: Vec<&VoicemailRow> = batch.iter().map(|p| &p.row).collect();
         match db::upsert_voicemails(&pool, &rows, &hooks).await {
             Ok(written) => {
+                events.notify_one();
                 count_new_voicemails(&written);
                 for pending in batch.drain(..) {
                     let was_written = written
@@ -84,6 +93,7 @@ async fn write_batches(pool: PgPool, hooks: Vec<String>, mut incoming: mpsc::Rec
                             .map_err(DbError::from);
                         let _ = pending.written.send(result);
                     }
+                    events.notify_one();
                 }
             }
         }

@@ -55,7 +55,7 @@ impl WorkerIdentity {
 
     /// Whether a run leased by this worker's name and `pid` belongs to a process that is gone:
     /// our own pid (a restarted container gets the same), or no such process on this host.
-    pub(super) fn is_gone(&self, pid: Option<i32>) -> bool {
+    pub(crate) fn is_gone(&self, pid: Option<i32>) -> bool {
         match pid {
             Some(pid) if pid == self.pid => true,
             Some(pid) if pid > 0 => !std::path::Path::new(&format!("/proc/{pid}")).exists(),

@@ -68,6 +68,8 @@ pub struct HookRunner {
     /// Who this worker is, in the leases of its runs.
     identity: WorkerIdentity,
     leases: Arc<Leases>,
+    /// Notified after an outcome is recorded (with its event, in the outbox).
+    events: Arc<Notify>,
 }
 
 impl HookRunner {
@@ -95,12 +97,19 @@ impl HookRunner {
             max_audio_secs,
             identity: WorkerIdentity::of_this_process(None),
             leases: Arc::default(),
+            events: Arc::default(),
         }
     }
 
     /// Leases runs as `identity` (`VMPIPE_WORKER_ID`).
     pub fn identified_as(mut self, identity: WorkerIdentity) -> Self {
         self.identity = identity;
+        self
+    }
+
+    /// Notifies `events` (the event dispatcher) after each outcome recorded.
+    pub fn telling(mut self, events: Arc<Notify>) -> Self {
+        self.events = events;
         self
     }
 
@@ -319,6 +328,7 @@ impl HookRunner {
             self.queue
                 .record(&claim, result, run_ms, retry_after, shutdown)
                 .await;
+            self.events.notify_one();
         }
         .instrument(span)
         .await

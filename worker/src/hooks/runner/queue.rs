@@ -167,13 +167,25 @@ impl TranscriptionQueue {
         loop {
             let written = match &result {
                 Ok(transcript) => {
-                    sqlx::query(
-                        "UPDATE transcriptions SET status = 'done', text = $3, language = $4,
-                            confidence = $5, error = NULL, finished_at = now(), run_ms = $6,
-                            segments = $7,
-                            attempt_id = NULL, leased_by = NULL, leased_pid = NULL,
-                            leased_instance = NULL
-                         WHERE id = $1 AND attempt_id = $2",
+                    sqlx::query_scalar(
+                        "WITH done AS (
+                            UPDATE transcriptions SET status = 'done', text = $3, language = $4,
+                                confidence = $5, error = NULL, finished_at = now(), run_ms = $6,
+                                segments = $7,
+                                attempt_id = NULL, leased_by = NULL, leased_pid = NULL,
+                                leased_instance = NULL
+                            WHERE id = $1 AND attempt_id = $2
+                            RETURNING voicemail_id, hook, text, language, confidence, attempts
+                         ), told AS (
+                            INSERT INTO events (type, voicemail_id, account_id, voicemail, transcript)
+                            SELECT 'voicemail.transcribed', v.id, v.account_id,
+                                to_jsonb(v) - 'metadata',
+                                jsonb_build_object('hook', done.hook, 'text', done.text,
+                                    'language', done.language, 'confidence', done.confidence,
+                                    'attempts', done.attempts)
+                            FROM done JOIN voicemails v ON v.id = done.voicemail_id
+                         )
+                         SELECT count(*) FROM done",
                     )
                     .bind(claim.id)
                     .bind(claim.attempt_id)
@@ -195,17 +207,30 @@ impl TranscriptionQueue {
                                 .collect::<Vec<_>>(),
                         )
                     }))
-                    .execute(&self.pool)
+                    .fetch_one(&self.pool)
                     .await
                 }
                 Err(error) => {
-                    sqlx::query(
-                        "UPDATE transcriptions SET
-                            status = CASE WHEN $4 THEN 'pending' ELSE 'failed' END,
-                            error = $3, finished_at = now(), run_ms = $5, attempt_id = NULL,
-                            next_attempt_at = now() + $6 * interval '1 second',
-                            leased_by = NULL, leased_pid = NULL, leased_instance = NULL
-                         WHERE id = $1 AND attempt_id = $2",
+                    sqlx::query_scalar(
+                        "WITH done AS (
+                            UPDATE transcriptions SET
+                                status = CASE WHEN $4 THEN 'pending' ELSE 'failed' END,
+                                error = $3, finished_at = now(), run_ms = $5, attempt_id = NULL,
+                                next_attempt_at = now() + $6 * interval '1 second',
+                                leased_by = NULL, leased_pid = NULL, leased_instance = NULL
+                            WHERE id = $1 AND attempt_id = $2
+                            RETURNING voicemail_id, hook, status, error, attempts
+                         ), told AS (
+                            -- Only when it gave up: a retry is not news.
+                            INSERT INTO events (type, voicemail_id, account_id, voicemail, transcript)
+                            SELECT 'voicemail.transcription_failed', v.id, v.account_id,
+                                to_jsonb(v) - 'metadata',
+                                jsonb_build_object('hook', done.hook, 'error', done.error,
+                                    'attempts', done.attempts)
+                            FROM done JOIN voicemails v ON v.id = done.voicemail_id
+                            WHERE done.status = 'failed'
+                         )
+                         SELECT count(*) FROM done",
                     )
                     .bind(claim.id)
                     .bind(claim.attempt_id)
@@ -213,13 +238,14 @@ impl TranscriptionQueue {
                     .bind(retry_after.is_some())
                     .bind(run_ms)
                     .bind(retry_after.unwrap_or_default().as_secs_f64())
-                    .execute(&self.pool)
+                    .fetch_one(&self.pool)
                     .await
                 }
             };
             match written {
                 Ok(done) => {
-                    if done.rows_affected() == 0 {
+                    let done: i64 = done;
+                    if done == 0 {
                         info!("the transcription was re-queued meanwhile; result dropped");
                     }
                     return;
