@@ -24,6 +24,7 @@ mod api_spec;
 mod audio;
 mod disk_full;
 mod drain;
+mod events;
 mod failures;
 mod hook_leases;
 mod hook_queueing;

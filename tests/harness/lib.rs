@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod api;
 pub mod audio;
 pub mod database;
+pub mod events;
 pub mod garage;
 pub mod ingest;
 pub mod kazoo;
@@ -21,12 +22,15 @@ pub mod process;
 pub mod proxy;
 pub mod queue;
 pub mod response;
+pub mod smtp;
 pub mod stack;
+pub mod webhook;
 pub mod worker;
 
 pub use api::{Answer, TestApi, api_command};
 pub use audio::{hex32, nasty_audio, sha256_hex, wav_pcm16};
 pub use database::{TestDatabase, database_admin_url, migrated, text, wait_for_count};
+pub use events::{AmqpEvent, EventConsumer, amqp_sink, settings_file, webhook_sink};
 pub use garage::Garage;
 pub use ingest::{Backend, Options, TestIngest, Tweak, all_files, count_files};
 pub use kazoo::{
@@ -41,7 +45,9 @@ pub use process::{
 pub use proxy::{Proxy, url_addr};
 pub use queue::{TestQueue, amqp_url};
 pub use response::{Response, read_response, read_response_from};
+pub use smtp::{Mail, SmtpServer};
 pub use stack::Stack;
+pub use webhook::{Received, WebhookReceiver, blackhole};
 pub use worker::{TestWorker, hooks_file, shell_hook};
 
 /// How long end-to-end tests wait for something to happen.

@@ -127,6 +127,36 @@ pub enum SmtpTls {
 }
 
 impl NotifySettings {
+    /// A sink of `kind` named `name` with every other setting at its default (for code that
+    /// builds settings: tests, embedding).
+    pub fn new(name: &str, kind: NotifyKind) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            events: Vec::new(),
+            accounts: Vec::new(),
+            url: None,
+            exchange: None,
+            secret: None,
+            secret_file: None,
+            headers: Default::default(),
+            smtp_host: None,
+            smtp_port: None,
+            smtp_tls: SmtpTls::default(),
+            smtp_username: None,
+            smtp_password: None,
+            smtp_password_file: None,
+            from: None,
+            to: Vec::new(),
+            attach_audio: false,
+            max_attachment: Self::default_max_attachment(),
+            timeout_ms: Self::default_timeout_ms(),
+            max_attempts: Self::default_max_attempts(),
+            retry_delay_ms: Self::default_retry_delay_ms(),
+            concurrency: None,
+        }
+    }
+
     fn default_max_attachment() -> ByteSize {
         ByteSize(10 * 1024 * 1024)
     }

@@ -473,3 +473,128 @@ fn s3_storage_needs_a_bucket_and_a_whole_key_and_keeps_the_secret_out_of_logs() 
         super::StorageKind::Fs
     );
 }
+
+#[test]
+fn the_example_settings_file_s_notify_tables_load() {
+    // config/vmpipe.toml.example, its [[notify]] tables uncommented.
+    let example = include_str!("../../../config/vmpipe.toml.example");
+    let notify = &example[example.find("# [[notify]]").expect("notify tables")..];
+    let toml: String = notify
+        .lines()
+        .map(|line| {
+            line.strip_prefix("# ")
+                .unwrap_or(line.trim_start_matches('#'))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    std::fs::write(&file, toml).unwrap();
+    // The secret files are read by the worker when it starts, not when settings load.
+    let s = Settings::load_from(Some(&file), &env(&[])).unwrap();
+    let kinds: Vec<NotifyKind> = s.notify.iter().map(|n| n.kind).collect();
+    assert_eq!(
+        kinds,
+        [NotifyKind::Amqp, NotifyKind::Webhook, NotifyKind::Email]
+    );
+}
+
+#[test]
+fn notify_sinks_come_from_the_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[notify]]
+name = "bus"
+kind = "amqp"
+
+[[notify]]
+name = "crm"
+kind = "webhook"
+url = "https://crm.example/events"
+secret = "0123456789abcdef-secret"
+events = ["voicemail.transcribed"]
+accounts = ["4e3005310add6229778caf6babfe7cfb"]
+
+[[notify]]
+name = "mail"
+kind = "email"
+smtp_host = "smtp.example.com"
+smtp_tls = "tls"
+smtp_username = "vmpipe"
+smtp_password = "hunter2-but-longer"
+from = "Voicemail <voicemail@example.com>"
+to = ["support@example.com"]
+attach_audio = true
+max_attachment = "5MiB"
+"#,
+    )
+    .unwrap();
+    let s = Settings::load_from(Some(&file), &env(&[])).unwrap();
+    assert_eq!(s.notify.len(), 3);
+    let bus = &s.notify[0];
+    assert_eq!(bus.kind, NotifyKind::Amqp);
+    assert_eq!((bus.concurrency(), bus.max_attempts), (512, 20));
+    assert!(bus.wants("voicemail.deleted", None));
+    let crm = &s.notify[1];
+    assert!(crm.wants(
+        "voicemail.transcribed",
+        Some("4e3005310add6229778caf6babfe7cfb")
+    ));
+    assert!(!crm.wants(
+        "voicemail.indexed",
+        Some("4e3005310add6229778caf6babfe7cfb")
+    ));
+    assert!(!crm.wants("voicemail.transcribed", Some("another")));
+    assert!(!crm.wants("voicemail.transcribed", None));
+    let mail = &s.notify[2];
+    assert_eq!((mail.smtp_tls, mail.smtp_port()), (SmtpTls::Tls, 465));
+    assert_eq!(mail.max_attachment.0, 5 * 1024 * 1024);
+    let shown = format!("{s:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("abcdef-secret"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn bad_notify_sinks_are_refused_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    let webhook = "[[notify]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"https://x\"\n";
+    for (toml, expected) in [
+        (webhook.to_owned(), "needs `secret`"),
+        (format!("{webhook}secret = \"short\"\n"), "16 characters"),
+        (
+            format!("{webhook}secret = \"0123456789abcdef\"\nevents = [\"voicemail.created\"]\n"),
+            "unknown event type \"voicemail.created\"",
+        ),
+        (
+            format!("{webhook}secret = \"0123456789abcdef\"\nsmtp_host = \"x\"\n"),
+            "`smtp_host` is not a setting of `kind = \"webhook\"`",
+        ),
+        (
+            "[[notify]]\nname = \"a\"\nkind = \"amqp\"\n[[notify]]\nname = \"a\"\nkind = \"amqp\"\n"
+                .into(),
+            "two notify sinks",
+        ),
+        (
+            "[[notify]]\nname = \"a\"\nkind = \"amqp\"\nexchange = \"amq.topic\"\n".into(),
+            "amq.",
+        ),
+        (
+            "[[notify]]\nname = \"m\"\nkind = \"email\"\nsmtp_host = \"h\"\nto = [\"a@b\"]\n".into(),
+            "needs `from`",
+        ),
+        (
+            "[[notify]]\nname = \"q\"\nkind = \"sqs\"\n".into(),
+            "does not have variant constructor sqs",
+        ),
+    ] {
+        std::fs::write(&file, &toml).unwrap();
+        let err = Settings::load_from(Some(&file), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains(expected), "{toml}: {err}");
+    }
+}

@@ -168,7 +168,9 @@ pub(crate) async fn record(
     let durations: Vec<i32> = outcomes.iter().map(|o| o.duration_ms).collect();
     let retry_in: Vec<f64> = outcomes.iter().map(|o| o.retry_in.as_secs_f64()).collect();
     sqlx::query(
-        "UPDATE event_deliveries d SET status = o.status, last_error = o.error,
+        "UPDATE event_deliveries d SET status = o.status,
+            -- A delivery that succeeded keeps the error of the attempt before.
+            last_error = CASE WHEN o.status = 'delivered' THEN d.last_error ELSE o.error END,
             last_duration_ms = o.duration_ms,
             delivered_at = CASE WHEN o.status = 'delivered' THEN now() END,
             next_attempt_at = now() + o.retry_in * interval '1 second',
