@@ -495,3 +495,37 @@ async fn events_list_shows_deliveries_and_replay_sends_the_same_events_again() {
     stack.finish().await;
     consumer.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voicemail_s_transcript_waits_for_its_retried_indexed_event() {
+    // The first attempt fails; the retry comes a second later, long after the transcript.
+    let receiver = WebhookReceiver::start(SECRET, vec![503, 200]);
+    let mut stack = Stack::start(false).await;
+    let mut settings = stack.worker_settings();
+    settings.hooks = vec![saying("in order")];
+    settings.notify = vec![NotifySettings {
+        retry_delay_ms: 1000,
+        ..webhook_sink("ordered", &receiver.url, SECRET)
+    }];
+    stack.start_worker_with(settings).await;
+    stack.upload_wav(ACCOUNT, "ordered.wav").await;
+    stack
+        .finished_transcription("ordered.wav", "echo", WAIT)
+        .await;
+    let got = receiver.wait_for(3, WAIT).await;
+    let seen: Vec<(&str, u16)> = got
+        .iter()
+        .map(|r| (r.event_type.as_deref().unwrap(), r.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("voicemail.indexed", 503),
+            ("voicemail.indexed", 200),
+            ("voicemail.transcribed", 200),
+        ],
+        "the transcript waited for the indexed event's retry"
+    );
+    stack.finish().await;
+    receiver.stop().await;
+}

@@ -352,7 +352,12 @@ async fn fresh_services_export_every_metric_at_zero_with_help_and_the_ops_files_
     // A hook a child process is given by its environment: the built-in transcriber.
     let worker_settings = vmpipe_tests::worker::with_whisper(stack.worker_settings());
     let hook = vmpipe_common::settings::WHISPER_HOOK;
-    let worker = Service::spawn("worker", &worker_settings).await;
+    // And an event sink, from a settings file (a sink's series are labelled with its name).
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = format!("vmpipe.events.test.{}", hex32());
+    let config = settings_file(dir.path(), &[], &[amqp_sink("bus", &exchange)]);
+    let env = [("VMPIPE_CONFIG", config.display().to_string())];
+    let worker = Service::spawn_with_env("worker", &worker_settings, &env, None).await;
     stack.wait_for_schema().await;
     let (status, ingest_metrics) = ingest.get("/metrics").await.unwrap();
     assert_eq!(status, 200);
@@ -458,6 +463,21 @@ async fn fresh_services_export_every_metric_at_zero_with_help_and_the_ops_files_
         if name.starts_with("vmpipe_hook_run") {
             assert!(labels.contains(&hook_label), "{name}{{{labels}}}");
         }
+        if name.starts_with("vmpipe_event_") {
+            assert!(labels.contains("sink=\"bus\""), "{name}{{{labels}}}");
+        }
+    }
+    for outcome in ["delivered", "retry", "failed"] {
+        let labels = format!("outcome=\"{outcome}\"");
+        assert!(
+            samples(&worker_metrics)
+                .iter()
+                .any(|(n, l, v)| n == "vmpipe_event_deliveries_total"
+                    && l.contains("sink=\"bus\"")
+                    && l.contains(&labels)
+                    && *v == 0.0),
+            "vmpipe_event_deliveries_total{{sink=\"bus\",{labels}}}\n{worker_metrics}"
+        );
     }
     // Lag and hook runs go past a minute; batch sizes are row counts.
     assert_eq!(

@@ -50,6 +50,10 @@ impl Dispatcher {
         retention: Duration,
         identity: WorkerIdentity,
     ) -> Self {
+        // Every sink's series exported (at 0) from the start.
+        for (sink, _) in &sinks {
+            register_metrics(&sink.name);
+        }
         Self {
             pool,
             sinks,
@@ -69,9 +73,6 @@ impl Dispatcher {
     /// Fans new events out to the sinks and delivers them until `shutdown`; deliveries in
     /// progress get a few seconds to finish, the rest are handed back.
     pub async fn run(self, shutdown: CancellationToken) {
-        for sink in &self.sinks {
-            register_metrics(&sink.0.name);
-        }
         match dispatch::with_retries(&shutdown, || {
             outbox::hand_back_previous(&self.pool, &self.identity)
         })

@@ -106,8 +106,9 @@ impl WebhookSink {
             .send()
             .await
             .map_err(|e| {
-                // Whatever went wrong on the way (no connection, a timeout) may go right.
-                DeliveryError::retry(format!("POST failed: {}", error_chain(&e)))
+                // Whatever went wrong on the way (no connection, a timeout) may go right. The
+                // URL stays out of the message (it may carry a token).
+                DeliveryError::retry(format!("POST failed: {}", error_chain(&e.without_url())))
             })?;
         let status = response.status();
         if status.is_success() {
@@ -116,7 +117,15 @@ impl WebhookSink {
         let retry = status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS;
-        let body = response.text().await.unwrap_or_default();
+        // Only the start of the answer is read (a receiver's error page can be anything).
+        let mut response = response;
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY * 4
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            body.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&body);
         let mut snippet: String = body.chars().take(ERROR_BODY).collect();
         if snippet.len() < body.len() {
             snippet.push('…');
