@@ -20,7 +20,7 @@ CREATE TABLE events (
     dispatched_at  timestamptz                      -- when its deliveries were made (NULL: not yet)
 );
 
-COMMENT ON TABLE events IS 'The outbox: one row per event, written with the change it describes; pruned VMPIPE_EVENT_RETENTION_HOURS after every sink settled it.';
+COMMENT ON TABLE events IS 'The outbox: one row per event, written with the change it describes; pruned once every sink settled it and it is older than VMPIPE_EVENT_RETENTION_HOURS.';
 COMMENT ON COLUMN events.voicemail IS 'The voicemails row (without metadata) when the event happened, as sinks receive it.';
 
 CREATE INDEX events_undispatched ON events (seq) WHERE dispatched_at IS NULL;
@@ -57,3 +57,16 @@ CREATE INDEX event_deliveries_due ON event_deliveries (sink, next_attempt_at)
 CREATE INDEX event_deliveries_open ON event_deliveries (sink, voicemail_id, seq)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX event_deliveries_event ON event_deliveries (event_id);
+
+-- The sinks the workers run, as they last told: every event gets a delivery for each sink a
+-- worker ran in the last day whose filters take it, whichever worker hands it out.
+CREATE TABLE event_sinks (
+    name      text        PRIMARY KEY,          -- the [[notify]] table's name
+    kind      text        NOT NULL,             -- amqp, webhook, email
+    events    text[]      NOT NULL DEFAULT '{}', -- the types it takes; empty: all
+    accounts  text[]      NOT NULL DEFAULT '{}', -- the accounts it takes; empty: all
+    seen_at   timestamptz NOT NULL DEFAULT now(), -- when a worker running it last said so
+    seen_by   text                               -- that worker (VMPIPE_WORKER_ID)
+);
+
+COMMENT ON TABLE event_sinks IS 'The [[notify]] sinks the workers run; a sink no worker has run for a day gets no new deliveries.';

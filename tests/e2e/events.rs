@@ -529,3 +529,41 @@ async fn a_voicemail_s_transcript_waits_for_its_retried_indexed_event() {
     stack.finish().await;
     receiver.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_sink_still_hands_its_events_out_to_it() {
+    let exchange = own("vmpipe.events.test");
+    let mut consumer = EventConsumer::bind(&exchange).await;
+    let mut stack = Stack::start(false).await;
+    let mut settings = stack.worker_settings();
+    settings.notify = vec![amqp_sink("bus", &exchange)];
+    settings.worker_id = Some(own("bus-worker"));
+    stack.start_worker_with(settings).await;
+    // A second worker sharing the queue and the outbox, with no [[notify]] tables: it indexes
+    // (and fans out) about half of the voicemails.
+    let other = TestWorker::start(Settings {
+        worker_id: Some(own("other-worker")),
+        ..stack.worker_settings()
+    });
+    for i in 0..30 {
+        stack.upload_wav(ACCOUNT, &format!("w{i}.wav")).await;
+    }
+    let got = consumer.take(30, WAIT).await;
+    let names: BTreeSet<&str> = got
+        .iter()
+        .map(|e| e.body["voicemail"]["attachment_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        30,
+        "every voicemail's event, whoever indexed it"
+    );
+    let indexed_by: i64 = sqlx::query_scalar("SELECT count(DISTINCT seen_by) FROM event_sinks")
+        .fetch_one(stack.pool())
+        .await
+        .unwrap();
+    assert_eq!(indexed_by, 1, "one worker runs the sink");
+    other.stop().await;
+    stack.finish().await;
+    consumer.delete().await;
+}

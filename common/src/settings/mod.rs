@@ -170,8 +170,8 @@ pub struct Settings {
     /// (`https://voicemail.example.com`); set, every event carries its voicemail's
     /// `audio_url`.
     pub api_public_url: Option<String>,
-    /// `VMPIPE_EVENT_RETENTION_HOURS`: how long an event stays in the outbox (`events`) once
-    /// every sink has settled it (delivered, or failed for good).
+    /// `VMPIPE_EVENT_RETENTION_HOURS`: how long an event stays in the outbox (`events`): it is
+    /// deleted once it is this old and every sink has settled it (delivered, or failed for good).
     pub event_retention_hours: u64,
     /// Hooks run after a voicemail is indexed: `[[hooks]]` tables, in the settings file only.
     pub hooks: Vec<HookSettings>,
@@ -385,9 +385,9 @@ impl Settings {
                 "api_public_url must be http(s)://...: {url:?}"
             )));
         }
-        if self.event_retention_hours == 0 {
+        if !(1..=87_600).contains(&self.event_retention_hours) {
             return Err(config::ConfigError::Message(
-                "event_retention_hours must be at least 1".into(),
+                "event_retention_hours must be 1 to 87600 (ten years)".into(),
             ));
         }
         let mut sinks: Vec<&str> = Vec::new();

@@ -20,6 +20,13 @@ pub const EVENT_TYPES: &[&str] = &[
 /// The exchange an `amqp` sink publishes to when it names none.
 pub const DEFAULT_EVENTS_EXCHANGE: &str = "vmpipe.events";
 
+/// Bounds of a sink's settings.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+const MAX_ATTEMPTS: u32 = 1000;
+const MAX_RETRY_DELAY_MS: u64 = 3_600_000;
+const MAX_CONCURRENCY: u16 = 4096;
+const MAX_ATTACHMENT: u64 = 25 * 1024 * 1024;
+
 /// One `[[notify]]` table of the settings file: where events go.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,8 +226,30 @@ impl NotifySettings {
                 EVENT_TYPES.join(", ")
             ));
         }
-        if self.timeout_ms == 0 || self.max_attempts == 0 || self.concurrency == Some(0) {
-            return Err("timeout_ms, max_attempts and concurrency must be at least 1".into());
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(format!(
+                "timeout_ms must be 1 to {MAX_TIMEOUT_MS} (10 minutes)"
+            ));
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(format!("max_attempts must be 1 to {MAX_ATTEMPTS}"));
+        }
+        if !(10..=MAX_RETRY_DELAY_MS).contains(&self.retry_delay_ms) {
+            return Err(format!(
+                "retry_delay_ms must be 10 to {MAX_RETRY_DELAY_MS} (an hour)"
+            ));
+        }
+        if self
+            .concurrency
+            .is_some_and(|c| c == 0 || c > MAX_CONCURRENCY)
+        {
+            return Err(format!("concurrency must be 1 to {MAX_CONCURRENCY}"));
+        }
+        if self.max_attachment.0 > MAX_ATTACHMENT {
+            return Err(format!(
+                "max_attachment must be at most {} MiB (each e-mail in flight holds its attachment)",
+                MAX_ATTACHMENT >> 20
+            ));
         }
         let set = |name: &'static str, set: bool| (name, set);
         let (own, others): (&[&str], Vec<(&str, bool)>) = (

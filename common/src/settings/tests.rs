@@ -598,3 +598,27 @@ fn bad_notify_sinks_are_refused_with_their_name() {
         assert!(err.to_string().contains(expected), "{toml}: {err}");
     }
 }
+
+#[test]
+fn a_sink_s_numbers_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmpipe.toml");
+    let sink = "[[notify]]\nname = \"a\"\nkind = \"amqp\"\n";
+    for (extra, expected) in [
+        ("timeout_ms = 86400000\n", "timeout_ms must be 1 to"),
+        ("retry_delay_ms = 0\n", "retry_delay_ms must be 10 to"),
+        ("max_attempts = 4000000000\n", "max_attempts must be 1 to"),
+        ("concurrency = 0\n", "concurrency must be 1 to"),
+        (
+            "max_attachment = \"1GiB\"\n",
+            "max_attachment must be at most",
+        ),
+    ] {
+        std::fs::write(&file, format!("{sink}{extra}")).unwrap();
+        let err = Settings::load_from(Some(&file), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains(expected), "{extra}: {err}");
+    }
+    let err =
+        Settings::load_from(None, &env(&[("VMPIPE_EVENT_RETENTION_HOURS", "0")])).unwrap_err();
+    assert!(err.to_string().contains("event_retention_hours"), "{err}");
+}

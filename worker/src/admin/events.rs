@@ -96,9 +96,10 @@ async fn matching(
            AND ($3::text IS NULL OR account_id = $3)
            AND ($4::uuid IS NULL OR voicemail_id = $4)
            AND ($5::text IS NULL OR voicemail->>'storage_key' = $5)
-           AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM event_deliveries d
-                                            WHERE d.seq = e.seq AND d.status = $6
-                                              AND ($7::text IS NULL OR d.sink = $7)))
+           AND (($6::text IS NULL AND $7::text IS NULL)
+                OR EXISTS (SELECT 1 FROM event_deliveries d
+                           WHERE d.seq = e.seq AND ($6::text IS NULL OR d.status = $6)
+                             AND ($7::text IS NULL OR d.sink = $7)))
            AND seq > $9
          ORDER BY seq LIMIT $8",
     )
@@ -136,9 +137,10 @@ pub async fn list_events(
         ),
     >(
         "SELECT seq, sink, status, attempts, last_error, delivered_at FROM event_deliveries
-         WHERE seq = ANY($1) ORDER BY seq, sink",
+         WHERE seq = ANY($1) AND ($2::text IS NULL OR sink = $2) ORDER BY seq, sink",
     )
     .bind(&seqs)
+    .bind(&filter.sink)
     .fetch_all(&pool)
     .await?
     .into_iter()
@@ -206,7 +208,13 @@ pub async fn replay_events(
     };
     let mut after = 0i64;
     loop {
-        let events = matching(&pool, filter, after, REPLAY_BATCH).await?;
+        // `--sink` picks where to replay to; it narrows the events only with `--status` (a
+        // sink added since has no deliveries yet).
+        let narrowing = EventFilter {
+            sink: filter.status.as_ref().and(filter.sink.clone()),
+            ..filter.clone()
+        };
+        let events = matching(&pool, &narrowing, after, REPLAY_BATCH).await?;
         let Some(last) = events.last() else { break };
         after = last.seq;
         report.events += events.len() as u64;
@@ -222,20 +230,44 @@ pub async fn replay_events(
                 voicemails.push(event.voicemail_id);
             }
         }
+        // A delivery in progress is left to finish; with `--status`, only deliveries in that
+        // state are made due again (a sink that has the event already does not get it twice).
         let replayed = sqlx::query(
             "INSERT INTO event_deliveries (seq, sink, event_id, voicemail_id)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::uuid[])
+             WHERE $5::text IS NULL
              ON CONFLICT (seq, sink) DO UPDATE SET status = 'pending', attempts = 0,
                 next_attempt_at = now(), last_error = NULL, delivered_at = NULL,
-                attempt_id = NULL, leased_by = NULL, leased_pid = NULL, leased_instance = NULL",
+                attempt_id = NULL, leased_by = NULL, leased_pid = NULL, leased_instance = NULL
+             WHERE event_deliveries.status <> 'sending'",
         )
         .bind(&seqs)
         .bind(&names)
         .bind(&ids)
         .bind(&voicemails)
+        .bind(&filter.status)
         .execute(&pool)
-        .await?;
-        report.deliveries += replayed.rows_affected();
+        .await?
+        .rows_affected()
+            + match &filter.status {
+                None => 0,
+                Some(status) => sqlx::query(
+                    "UPDATE event_deliveries d SET status = 'pending', attempts = 0,
+                        next_attempt_at = now(), last_error = NULL, delivered_at = NULL,
+                        attempt_id = NULL, leased_by = NULL, leased_pid = NULL,
+                        leased_instance = NULL
+                     FROM unnest($1::bigint[], $2::text[]) AS r(seq, sink)
+                     WHERE d.seq = r.seq AND d.sink = r.sink AND d.status = $3
+                       AND d.status <> 'sending'",
+                )
+                .bind(&seqs)
+                .bind(&names)
+                .bind(status)
+                .execute(&pool)
+                .await?
+                .rows_affected(),
+            };
+        report.deliveries += replayed;
         if (events.len() as i64) < REPLAY_BATCH {
             break;
         }

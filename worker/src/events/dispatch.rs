@@ -52,13 +52,12 @@ where
 /// Turns new events into deliveries, and wakes the sinks that got some.
 pub(super) async fn fan_out_loop(
     pool: PgPool,
-    sinks: Vec<NotifySettings>,
     wake: Arc<Notify>,
     sink_wakers: Vec<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let Some(taken) = with_retries(&shutdown, || outbox::fan_out(&pool, &sinks)).await else {
+        let Some(taken) = with_retries(&shutdown, || outbox::fan_out(&pool)).await else {
             return;
         };
         if taken > 0 {
@@ -86,83 +85,92 @@ pub(super) struct SinkLoop {
 }
 
 impl SinkLoop {
+    /// Claims, delivers and records until `shutdown`. Deliveries in flight are polled all the
+    /// time, also while the database is away (claims and records then wait their backoff
+    /// without holding them up).
     pub(super) async fn run(self, shutdown: CancellationToken) {
         let name = self.settings.name.clone();
         let concurrency = self.settings.concurrency();
         let lease = self.settings.timeout() + LEASE_MARGIN;
         let mut in_flight = FuturesUnordered::new();
         let mut done: Vec<Outcome> = Vec::new();
-        let mut backoff = Backoff::reconnect();
+        let (mut claim_backoff, mut claim_after) = (Backoff::reconnect(), Instant::now());
+        let (mut record_backoff, mut record_after) = (Backoff::reconnect(), Instant::now());
         let mut stop_by: Option<Instant> = None;
         info!(sink = %name, kind = self.settings.kind.as_str(), concurrency, "event sink started");
         loop {
+            let now = Instant::now();
+            if !done.is_empty() && now >= record_after {
+                match outbox::record(&self.pool, &name, &done).await {
+                    Ok(()) => {
+                        done.clear();
+                        record_backoff = Backoff::reconnect();
+                    }
+                    Err(e) => {
+                        let wait = record_backoff.next_delay();
+                        warn!(sink = %name, error = %e, deliveries = done.len(), retry_in_ms = wait.as_millis() as u64, "cannot record event deliveries");
+                        record_after = Instant::now() + wait;
+                    }
+                }
+            }
             let stopping = shutdown.is_cancelled();
-            let mut room_left = false;
-            if !stopping && in_flight.len() < concurrency {
+            if stopping && stop_by.is_none() {
+                stop_by = Some(Instant::now() + STOP_GRACE);
+            }
+            let mut more_due = false;
+            if !stopping && now >= claim_after && in_flight.len() < concurrency {
                 let free = concurrency - in_flight.len();
                 match outbox::claim(&self.pool, &name, free, lease, &self.identity).await {
                     Ok(claims) => {
-                        backoff = Backoff::reconnect();
-                        room_left = claims.len() < free;
+                        claim_backoff = Backoff::reconnect();
+                        more_due = claims.len() == free;
                         for claim in claims {
                             in_flight.push(self.attempt(claim));
                         }
                     }
                     Err(e) => {
-                        let wait = backoff.next_delay();
+                        let wait = claim_backoff.next_delay();
                         warn!(sink = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot claim event deliveries");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = shutdown.cancelled() => {}
-                        }
-                        continue;
+                        claim_after = Instant::now() + wait;
                     }
                 }
             }
-            if in_flight.is_empty() {
-                if stopping {
-                    break;
+            let past_grace = stop_by.is_some_and(|at| Instant::now() >= at);
+            if stopping && in_flight.is_empty() && (done.is_empty() || past_grace) {
+                if !done.is_empty() {
+                    // The database is away: the leases bring these back later.
+                    warn!(sink = %name, deliveries = done.len(), "stopping: outcomes not recorded");
                 }
-                if !room_left {
-                    continue; // A full claim: more may be due.
-                }
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-                continue;
+                break;
             }
-            if stopping && stop_by.is_none() {
-                stop_by = Some(Instant::now() + STOP_GRACE);
+            // How long to wait for news: not at all while more may be due and there is room,
+            // until the next record or claim retry, at most a poll.
+            let mut wait = if more_due && in_flight.len() < concurrency {
+                Duration::ZERO
+            } else {
+                POLL
+            };
+            if !done.is_empty() {
+                wait = wait.min(record_after.saturating_duration_since(Instant::now()));
             }
-            let deadline = stop_by.map_or_else(
-                || futures_util::future::Either::Left(std::future::pending::<()>()),
-                |at| futures_util::future::Either::Right(tokio::time::sleep_until(at.into())),
-            );
+            if let Some(at) = stop_by {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
-                Some(outcome) = in_flight.next() => {
+                Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
                     done.push(outcome);
                     while let Some(Some(outcome)) = in_flight.next().now_or_never() {
                         done.push(outcome);
                     }
                 }
-                // Room for more, and more to claim.
-                _ = self.wake.notified(), if !stopping && in_flight.len() < concurrency => {}
+                _ = self.wake.notified(), if !stopping => {}
                 _ = shutdown.cancelled(), if !stopping => {}
-                _ = deadline => {
-                    warn!(sink = %name, deliveries = in_flight.len(), "stopping: deliveries still in progress are handed back");
-                    drop(std::mem::take(&mut in_flight));
+                _ = tokio::time::sleep(wait) => {
+                    if past_grace && !in_flight.is_empty() {
+                        warn!(sink = %name, deliveries = in_flight.len(), "stopping: deliveries still in progress are handed back");
+                        in_flight.clear();
+                    }
                 }
-            }
-            if !done.is_empty() {
-                let written =
-                    with_retries(&shutdown, || outbox::record(&self.pool, &name, &done)).await;
-                if written.is_none() {
-                    // Stopping with the database away: the leases bring them back later.
-                    warn!(sink = %name, deliveries = done.len(), "stopping: outcomes not recorded");
-                }
-                done.clear();
             }
         }
         if let Err(e) = outbox::release_mine(&self.pool, &name, &self.identity).await {
@@ -196,7 +204,7 @@ impl SinkLoop {
                         .record(lag as f64 / 1000.0);
                     (Status::Delivered, None, Duration::ZERO)
                 }
-                Err(e) if e.retry && claim.attempts < max_attempts as i32 => {
+                Err(e) if e.retry && i64::from(claim.attempts) < i64::from(max_attempts) => {
                     let wait = exponential(
                         retry_delay,
                         MAX_RETRY_DELAY,

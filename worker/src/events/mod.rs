@@ -86,11 +86,14 @@ impl Dispatcher {
                 )
             }
         }
+        let settings: Vec<NotifySettings> = self.sinks.iter().map(|(s, _)| s.clone()).collect();
+        // The sinks this worker runs, told before it hands out any event (so that its fan-out
+        // makes their deliveries), and again at each pruning round.
+        self.register(&settings, &shutdown).await;
         let sink_wakers: Vec<Arc<Notify>> = self.sinks.iter().map(|_| Arc::default()).collect();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(dispatch::fan_out_loop(
             self.pool.clone(),
-            self.sinks.iter().map(|(s, _)| s.clone()).collect(),
             self.wake.clone(),
             sink_wakers.clone(),
             shutdown.clone(),
@@ -111,9 +114,13 @@ impl Dispatcher {
         let pool = self.pool.clone();
         let retention = self.retention;
         let stop = shutdown.clone();
+        let identity = self.identity.clone();
         tasks.spawn(async move {
             loop {
-                match outbox::prune(&pool, retention).await {
+                if let Err(e) = outbox::register_sinks(&pool, &settings, &identity).await {
+                    warn!(error = %e, "cannot record this worker's event sinks");
+                }
+                match outbox::prune(&pool, retention, &stop).await {
                     Ok(0) => {}
                     Ok(pruned) => info!(
                         events = pruned,
@@ -128,6 +135,21 @@ impl Dispatcher {
             }
         });
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Dispatcher {
+    /// Records this worker's sinks in `event_sinks`, retrying while the database is away, and
+    /// warns of a sink another worker runs with other filters (the last one told wins).
+    async fn register(&self, sinks: &[NotifySettings], shutdown: &CancellationToken) {
+        let differing = dispatch::with_retries(shutdown, || {
+            outbox::register_sinks(&self.pool, sinks, &self.identity)
+        })
+        .await
+        .unwrap_or_default();
+        for sink in differing {
+            warn!(sink = %sink, "another worker runs this event sink with other settings: every worker should have the same [[notify]] tables");
+        }
     }
 }
 

@@ -18,53 +18,81 @@ use crate::hooks::runner::WorkerIdentity;
 
 /// Events fanned out per statement.
 const FAN_OUT_BATCH: i64 = 1000;
-/// Events pruned per statement.
+/// Events looked at per pruning statement.
 const PRUNE_BATCH: i64 = 5000;
+/// The advisory lock of pruning (one worker at a time): "vmpipe events prune".
+const PRUNE_LOCK: i64 = 0x766d_7069_7065_7072;
 
-/// Makes the deliveries of events not fanned out yet: one per sink whose filters take the
-/// event. Returns how many events it took.
-pub(crate) async fn fan_out(pool: &PgPool, sinks: &[NotifySettings]) -> Result<usize, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let events: Vec<(i64, Uuid, String, Option<String>, Uuid)> = sqlx::query_as(
-        "SELECT seq, event_id, type, account_id, voicemail_id FROM events
-         WHERE dispatched_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+/// Records the sinks this worker runs in `event_sinks` (every worker's fan-out makes
+/// deliveries for them); returns the sinks another worker had registered with other filters.
+pub(crate) async fn register_sinks(
+    pool: &PgPool,
+    sinks: &[NotifySettings],
+    me: &WorkerIdentity,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut differing = Vec::new();
+    for sink in sinks {
+        let before: Option<(String, Vec<String>, Vec<String>, Option<String>)> = sqlx::query_as(
+            "SELECT kind, events, accounts, seen_by FROM event_sinks WHERE name = $1",
+        )
+        .bind(&sink.name)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((kind, events, accounts, by)) = before
+            && (kind != sink.kind.as_str() || events != sink.events || accounts != sink.accounts)
+            && by.as_deref() != Some(me.name.as_str())
+        {
+            differing.push(format!(
+                "{} (was {kind}, events {events:?}, accounts {accounts:?}, from {})",
+                sink.name,
+                by.as_deref().unwrap_or("?")
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO event_sinks (name, kind, events, accounts, seen_at, seen_by)
+             VALUES ($1, $2, $3, $4, now(), $5)
+             ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, events = EXCLUDED.events,
+                accounts = EXCLUDED.accounts, seen_at = now(), seen_by = EXCLUDED.seen_by",
+        )
+        .bind(&sink.name)
+        .bind(sink.kind.as_str())
+        .bind(&sink.events)
+        .bind(&sink.accounts)
+        .bind(&me.name)
+        .execute(pool)
+        .await?;
+    }
+    Ok(differing)
+}
+
+/// Makes the deliveries of events not fanned out yet: one per sink of `event_sinks` (run by a
+/// worker in the last day) whose filters take the event, whatever this worker runs. A delivery
+/// behind an earlier one of its voicemail that waits to be retried waits as long. Returns how
+/// many events it took.
+pub(crate) async fn fan_out(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH batch AS (
+            SELECT seq, event_id, type, account_id, voicemail_id FROM events
+            WHERE dispatched_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), made AS (
+            INSERT INTO event_deliveries (seq, sink, event_id, voicemail_id, next_attempt_at)
+            SELECT b.seq, s.name, b.event_id, b.voicemail_id,
+                greatest(now(), (SELECT max(p.next_attempt_at) FROM event_deliveries p
+                                 WHERE p.sink = s.name AND p.voicemail_id = b.voicemail_id
+                                   AND p.status = 'pending'))
+            FROM batch b JOIN event_sinks s
+              ON (cardinality(s.events) = 0 OR b.type = ANY(s.events))
+             AND (cardinality(s.accounts) = 0 OR b.account_id = ANY(s.accounts))
+            WHERE s.seen_at > now() - interval '1 day'
+            ON CONFLICT (seq, sink) DO NOTHING
+         ), marked AS (
+            UPDATE events SET dispatched_at = now() WHERE seq IN (SELECT seq FROM batch)
+         )
+         SELECT count(*) FROM batch",
     )
     .bind(FAN_OUT_BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    if events.is_empty() {
-        return Ok(0);
-    }
-    let mut seqs = Vec::new();
-    let mut names = Vec::new();
-    let mut event_ids = Vec::new();
-    let mut voicemails = Vec::new();
-    for (seq, event_id, kind, account, voicemail) in &events {
-        for sink in sinks.iter().filter(|s| s.wants(kind, account.as_deref())) {
-            seqs.push(*seq);
-            names.push(sink.name.as_str());
-            event_ids.push(*event_id);
-            voicemails.push(*voicemail);
-        }
-    }
-    sqlx::query(
-        "INSERT INTO event_deliveries (seq, sink, event_id, voicemail_id)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::uuid[])
-         ON CONFLICT (seq, sink) DO NOTHING",
-    )
-    .bind(&seqs)
-    .bind(&names)
-    .bind(&event_ids)
-    .bind(&voicemails)
-    .execute(&mut *tx)
-    .await?;
-    let taken: Vec<i64> = events.iter().map(|e| e.0).collect();
-    sqlx::query("UPDATE events SET dispatched_at = now() WHERE seq = ANY($1)")
-        .bind(&taken)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(events.len())
+    .fetch_one(pool)
+    .await
 }
 
 /// A delivery claimed by this worker: `sending`, leased, until its outcome is recorded.
@@ -100,10 +128,9 @@ pub(crate) async fn claim(
                 SELECT 1 FROM event_deliveries p
                 WHERE p.sink = c.sink AND p.voicemail_id = c.voicemail_id AND p.seq < c.seq
                   AND p.status IN ('pending', 'sending'))
-              AND NOT EXISTS (
-                SELECT 1 FROM events u
-                WHERE u.voicemail_id = c.voicemail_id AND u.seq < c.seq
-                  AND u.dispatched_at IS NULL)
+              -- An event not fanned out yet may be an earlier one of the same voicemail.
+              AND c.seq < coalesce((SELECT min(seq) FROM events WHERE dispatched_at IS NULL),
+                                   9223372036854775807)
             ORDER BY c.next_attempt_at, c.seq
             LIMIT $2
             FOR UPDATE OF c SKIP LOCKED)
@@ -168,7 +195,8 @@ pub(crate) async fn record(
     let durations: Vec<i32> = outcomes.iter().map(|o| o.duration_ms).collect();
     let retry_in: Vec<f64> = outcomes.iter().map(|o| o.retry_in.as_secs_f64()).collect();
     sqlx::query(
-        "UPDATE event_deliveries d SET status = o.status,
+        "WITH recorded AS (
+         UPDATE event_deliveries d SET status = o.status,
             -- A delivery that succeeded keeps the error of the attempt before.
             last_error = CASE WHEN o.status = 'delivered' THEN d.last_error ELSE o.error END,
             last_duration_ms = o.duration_ms,
@@ -177,7 +205,15 @@ pub(crate) async fn record(
             attempt_id = NULL, leased_by = NULL, leased_pid = NULL, leased_instance = NULL
          FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::int[], $7::float8[])
             AS o(seq, attempt_id, status, error, duration_ms, retry_in)
-         WHERE d.sink = $1 AND d.seq = o.seq AND d.attempt_id = o.attempt_id",
+         WHERE d.sink = $1 AND d.seq = o.seq AND d.attempt_id = o.attempt_id
+         RETURNING d.seq, d.voicemail_id, d.status, d.next_attempt_at
+         )
+         -- The voicemail's later deliveries wait for a retry too (instead of being looked at,
+         -- due and blocked, by every claim meanwhile). A batch holds one event per voicemail.
+         UPDATE event_deliveries l SET next_attempt_at = r.next_attempt_at
+         FROM recorded r
+         WHERE r.status = 'pending' AND l.sink = $1 AND l.voicemail_id = r.voicemail_id
+           AND l.seq > r.seq AND l.status = 'pending' AND l.next_attempt_at < r.next_attempt_at",
     )
     .bind(sink)
     .bind(&seqs)
@@ -231,32 +267,57 @@ pub(crate) async fn hand_back_previous(
 }
 
 /// Deletes events older than `retention` that every sink has settled (delivered, or failed
-/// for good), a batch at a time; returns how many.
-pub(crate) async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+/// for good), a batch at a time in `seq` order, until `stop`; returns how many. One worker at
+/// a time prunes (an advisory lock): the others skip the round.
+pub(crate) async fn prune(
+    pool: &PgPool,
+    retention: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<u64, sqlx::Error> {
     let mut pruned = 0;
-    loop {
-        let deleted = sqlx::query(
-            "DELETE FROM events WHERE seq IN (
-                SELECT seq FROM events e
-                WHERE e.occurred_at < now() - $1 * interval '1 second'
-                  AND e.dispatched_at IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
-                                  WHERE d.seq = e.seq AND d.status IN ('pending', 'sending'))
-                LIMIT $2)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(PRUNE_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        pruned += deleted;
-        if deleted < PRUNE_BATCH as u64 {
+    let mut after = 0i64;
+    while !stop.is_cancelled() {
+        let mut tx = pool.begin().await?;
+        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(PRUNE_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !mine {
             return Ok(pruned);
         }
+        let (deleted, last, seen): (i64, Option<i64>, i64) = sqlx::query_as(
+            "WITH candidates AS (
+                SELECT seq, dispatched_at FROM events
+                WHERE occurred_at < now() - $1 * interval '1 second' AND seq > $2
+                ORDER BY seq LIMIT $3
+             ), gone AS (
+                DELETE FROM events WHERE seq IN (
+                    SELECT c.seq FROM candidates c
+                    WHERE c.dispatched_at IS NOT NULL
+                      AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                                      WHERE d.seq = c.seq AND d.status IN ('pending', 'sending')))
+                RETURNING seq
+             )
+             SELECT (SELECT count(*) FROM gone), (SELECT max(seq) FROM candidates),
+                    (SELECT count(*) FROM candidates)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(after)
+        .bind(PRUNE_BATCH)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        pruned += deleted as u64;
+        match last {
+            Some(last) if seen == PRUNE_BATCH => after = last,
+            _ => break,
+        }
     }
+    Ok(pruned)
 }
 
-/// At shutdown: hands back, due now, `sink`'s deliveries this process still holds.
+/// At shutdown: hands back, due now, `sink`'s deliveries this process still holds (their
+/// attempt, cut short, does not count).
 pub(crate) async fn release_mine(
     pool: &PgPool,
     sink: &str,
@@ -264,6 +325,7 @@ pub(crate) async fn release_mine(
 ) -> Result<u64, sqlx::Error> {
     let released = sqlx::query(
         "UPDATE event_deliveries SET status = 'pending', next_attempt_at = now(),
+            attempts = greatest(attempts - 1, 0),
             attempt_id = NULL, leased_by = NULL, leased_pid = NULL, leased_instance = NULL
          WHERE sink = $1 AND status = 'sending' AND leased_instance = $2",
     )

@@ -24,8 +24,9 @@ pub(super) struct AmqpSink {
     exchange: String,
     timeout: Duration,
     /// The connection and its confirm channel, made at the first delivery and again after a
-    /// failure.
-    link: Mutex<Option<(Connection, ConfirmChannel)>>,
+    /// failure; numbered, so that a failure closes only the connection it happened on.
+    link: Mutex<Option<(u64, Connection, ConfirmChannel)>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl AmqpSink {
@@ -43,17 +44,18 @@ impl AmqpSink {
                 .unwrap_or_else(|| DEFAULT_EVENTS_EXCHANGE.to_owned()),
             timeout: settings.timeout(),
             link: Mutex::new(None),
+            generation: Default::default(),
         }
     }
 
     /// The confirm channel, connecting (and declaring the exchange) if there is none.
-    async fn channel(&self) -> Result<ConfirmChannel, DeliveryError> {
+    async fn channel(&self) -> Result<(u64, ConfirmChannel), DeliveryError> {
         let mut link = self.link.lock().await;
-        if let Some((connection, channel)) = link.as_ref()
+        if let Some((generation, connection, channel)) = link.as_ref()
             && connection.status().connected()
             && channel.status().connected()
         {
-            return Ok(channel.clone());
+            return Ok((*generation, channel.clone()));
         }
         let connect = async {
             let connection =
@@ -76,19 +78,29 @@ impl AmqpSink {
             .await
             .map_err(|_| DeliveryError::retry("connecting to RabbitMQ timed out"))?
             .map_err(|e| DeliveryError::retry(format!("connecting to RabbitMQ: {e}")))?;
-        *link = Some((connection, channel.clone()));
-        Ok(channel)
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *link = Some((generation, connection, channel.clone()));
+        Ok((generation, channel))
     }
 
-    /// Drops the connection after a failure: the next delivery connects again.
-    async fn reset(&self) {
-        if let Some((connection, _)) = self.link.lock().await.take() {
+    /// Drops connection `generation` after a failure on it (not a newer one another delivery
+    /// made meanwhile): the next delivery connects again.
+    async fn reset(&self, generation: u64) {
+        let mut link = self.link.lock().await;
+        if link
+            .as_ref()
+            .is_some_and(|(current, _, _)| *current == generation)
+            && let Some((_, connection, _)) = link.take()
+        {
+            drop(link);
             let _ = connection.close(0, "reconnecting".into()).await;
         }
     }
 
     async fn publish(&self, event: &Event) -> Result<(), DeliveryError> {
-        let channel = self.channel().await?;
+        let (generation, channel) = self.channel().await?;
         let body = serde_json::to_vec(event).expect("an event serialises");
         let properties = message_properties()
             .with_message_id(event.event_id.to_string().into())
@@ -107,17 +119,25 @@ impl AmqpSink {
                 .await?
                 .await
         };
-        let confirmed = match tokio::time::timeout(self.timeout, published).await {
-            Err(_) => Err(DeliveryError::retry("RabbitMQ did not confirm in time")),
-            Ok(Err(e)) => Err(DeliveryError::retry(format!("publishing: {e}"))),
-            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
-            Ok(Ok(Confirmation::Nack(_))) => Err(DeliveryError::retry("RabbitMQ refused (nack)")),
-            Ok(Ok(Confirmation::NotRequested)) => {
-                Err(DeliveryError::retry("the channel is not in confirm mode"))
+        // A nack is the broker's answer on a working channel; anything else may mean the
+        // connection is gone.
+        let (confirmed, broken) = match tokio::time::timeout(self.timeout, published).await {
+            Err(_) => (
+                Err(DeliveryError::retry("RabbitMQ did not confirm in time")),
+                true,
+            ),
+            Ok(Err(e)) => (Err(DeliveryError::retry(format!("publishing: {e}"))), true),
+            Ok(Ok(Confirmation::Ack(_))) => (Ok(()), false),
+            Ok(Ok(Confirmation::Nack(_))) => {
+                (Err(DeliveryError::retry("RabbitMQ refused (nack)")), false)
             }
+            Ok(Ok(Confirmation::NotRequested)) => (
+                Err(DeliveryError::retry("the channel is not in confirm mode")),
+                true,
+            ),
         };
-        if confirmed.is_err() {
-            self.reset().await;
+        if broken {
+            self.reset(generation).await;
         }
         confirmed
     }

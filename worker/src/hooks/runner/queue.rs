@@ -168,13 +168,19 @@ impl TranscriptionQueue {
             let written = match &result {
                 Ok(transcript) => {
                     sqlx::query_scalar(
-                        "WITH done AS (
+                        "WITH locked AS (
+                            -- The voicemail first (as indexing and prune lock it): its events
+                            -- are then written in the order they commit.
+                            SELECT v.id FROM voicemails v JOIN transcriptions t
+                                ON t.voicemail_id = v.id
+                            WHERE t.id = $1 FOR NO KEY UPDATE OF v
+                         ), done AS (
                             UPDATE transcriptions SET status = 'done', text = $3, language = $4,
                                 confidence = $5, error = NULL, finished_at = now(), run_ms = $6,
                                 segments = $7,
                                 attempt_id = NULL, leased_by = NULL, leased_pid = NULL,
                                 leased_instance = NULL
-                            WHERE id = $1 AND attempt_id = $2
+                            WHERE id = $1 AND attempt_id = $2 AND EXISTS (SELECT 1 FROM locked)
                             RETURNING voicemail_id, hook, text, language, confidence, attempts
                          ), told AS (
                             INSERT INTO events (type, voicemail_id, account_id, voicemail, transcript)
@@ -212,13 +218,17 @@ impl TranscriptionQueue {
                 }
                 Err(error) => {
                     sqlx::query_scalar(
-                        "WITH done AS (
+                        "WITH locked AS (
+                            SELECT v.id FROM voicemails v JOIN transcriptions t
+                                ON t.voicemail_id = v.id
+                            WHERE t.id = $1 FOR NO KEY UPDATE OF v
+                         ), done AS (
                             UPDATE transcriptions SET
                                 status = CASE WHEN $4 THEN 'pending' ELSE 'failed' END,
                                 error = $3, finished_at = now(), run_ms = $5, attempt_id = NULL,
                                 next_attempt_at = now() + $6 * interval '1 second',
                                 leased_by = NULL, leased_pid = NULL, leased_instance = NULL
-                            WHERE id = $1 AND attempt_id = $2
+                            WHERE id = $1 AND attempt_id = $2 AND EXISTS (SELECT 1 FROM locked)
                             RETURNING voicemail_id, hook, status, error, attempts
                          ), told AS (
                             -- Only when it gave up: a retry is not news.
