@@ -23,6 +23,9 @@ const PRUNE_BATCH: i64 = 5000;
 /// The advisory lock of pruning (one worker at a time): "vmpipe events prune".
 const PRUNE_LOCK: i64 = 0x766d_7069_7065_7072;
 
+/// A sink as `event_sinks` has it: kind, events, accounts, and who said so.
+type Registered = (String, Vec<String>, Vec<String>, Option<String>);
+
 /// Records the sinks this worker runs in `event_sinks` (every worker's fan-out makes
 /// deliveries for them); returns the sinks another worker had registered with other filters.
 pub(crate) async fn register_sinks(
@@ -32,7 +35,7 @@ pub(crate) async fn register_sinks(
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut differing = Vec::new();
     for sink in sinks {
-        let before: Option<(String, Vec<String>, Vec<String>, Option<String>)> = sqlx::query_as(
+        let before: Option<Registered> = sqlx::query_as(
             "SELECT kind, events, accounts, seen_by FROM event_sinks WHERE name = $1",
         )
         .bind(&sink.name)
