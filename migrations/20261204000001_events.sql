@@ -54,7 +54,9 @@ COMMENT ON TABLE event_deliveries IS 'One row per event and sink: pending, sendi
 -- What a sink's dispatcher claims, and the earlier events of a voicemail it waits for.
 CREATE INDEX event_deliveries_due ON event_deliveries (sink, next_attempt_at)
     WHERE status IN ('pending', 'sending');
-CREATE INDEX event_deliveries_open ON event_deliveries (sink, voicemail_id, seq)
+-- (voicemail_id first: with stale statistics the planner still takes this one for the
+-- per-voicemail check, rather than scanning the sink's whole part of the other.)
+CREATE INDEX event_deliveries_open ON event_deliveries (voicemail_id, sink, seq)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX event_deliveries_event ON event_deliveries (event_id);
 
@@ -70,3 +72,7 @@ CREATE TABLE event_sinks (
 );
 
 COMMENT ON TABLE event_sinks IS 'The [[notify]] sinks the workers run; a sink no worker has run for a day gets no new deliveries.';
+
+-- Both tables are queues that churn: fresh statistics keep the claim's plans good.
+ALTER TABLE events SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_scale_factor = 0.05);
+ALTER TABLE event_deliveries SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_scale_factor = 0.05);

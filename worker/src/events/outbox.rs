@@ -127,14 +127,20 @@ pub(crate) async fn claim(
             SELECT c.seq, c.sink FROM event_deliveries c
             WHERE c.sink = $1 AND c.status IN ('pending', 'sending')
               AND c.next_attempt_at <= now()
-              AND NOT EXISTS (
-                SELECT 1 FROM event_deliveries p
-                WHERE p.sink = c.sink AND p.voicemail_id = c.voicemail_id AND p.seq < c.seq
-                  AND p.status IN ('pending', 'sending'))
+              -- The voicemail's first open delivery to this sink: one lookup per row (a
+              -- subquery with LIMIT, which the planner cannot turn into a join that scans the
+              -- sink's deliveries, whatever its statistics say).
+              AND c.seq = (
+                SELECT p.seq FROM event_deliveries p
+                WHERE p.voicemail_id = c.voicemail_id AND p.sink = c.sink
+                  AND p.status IN ('pending', 'sending')
+                ORDER BY p.seq LIMIT 1)
               -- An event not fanned out yet may be an earlier one of the same voicemail.
-              AND c.seq < coalesce((SELECT min(seq) FROM events WHERE dispatched_at IS NULL),
-                                   9223372036854775807)
-            ORDER BY c.next_attempt_at, c.seq
+              -- (`+ 0`: no range scan on seq; the scan follows next_attempt_at and stops at
+              -- the limit.)
+              AND c.seq + 0 < coalesce((SELECT min(seq) FROM events WHERE dispatched_at IS NULL),
+                                       9223372036854775807)
+            ORDER BY c.next_attempt_at
             LIMIT $2
             FOR UPDATE OF c SKIP LOCKED)
          RETURNING d.attempts, d.attempt_id, e.seq, e.event_id, e.type, e.occurred_at,
