@@ -62,7 +62,7 @@ async fn webhook_latency(uploads: usize) {
         ..ingest.settings.clone()
     };
     let worker = TestWorker::start(settings);
-    let pool = wait_for_schema(&database).await;
+    let pool = database.wait_for_schema().await;
     // 10 s of 8 kHz mono 16-bit WAV, as FreeSWITCH records it.
     let wav = wav_pcm16(8000, 10_000);
     println!(
@@ -148,7 +148,7 @@ async fn dispatch_rate(events: i64) {
         notify: Vec::new(),
         ..settings.clone()
     });
-    let pool = wait_for_schema(&database).await;
+    let pool = database.wait_for_schema().await;
     migrating.stop().await;
     sqlx::query(
         "INSERT INTO events (type, voicemail_id, account_id, voicemail)
@@ -254,21 +254,6 @@ async fn dispatch_rate(events: i64) {
     drop(consumer);
     pool.close().await;
     database.drop().await;
-}
-
-async fn wait_for_schema(database: &TestDatabase) -> sqlx::PgPool {
-    for _ in 0..400 {
-        if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&database.url)
-            .await
-            && migrated(&pool).await
-        {
-            return pool;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("worker did not migrate the database");
 }
 
 async fn upload_many(

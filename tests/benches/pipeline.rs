@@ -114,7 +114,7 @@ async fn main() {
 
     // 1. Latency at a steady rate: 4 uploaders one after the other, worker keeping up.
     let worker = TestWorker::start(settings.clone());
-    let pool = wait_for_schema(&database).await;
+    let pool = database.wait_for_schema().await;
     let started = Instant::now();
     upload_many(&ingest, &wav, "steady", uploads, 4).await;
     let upload_secs = started.elapsed().as_secs_f64();
@@ -254,21 +254,6 @@ async fn upload_paced(ingest: &TestIngest, wav: &[u8], tag: &str, count: usize, 
     for task in tasks {
         task.await.unwrap();
     }
-}
-
-async fn wait_for_schema(database: &TestDatabase) -> sqlx::PgPool {
-    for _ in 0..400 {
-        if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&database.url)
-            .await
-            && migrated(&pool).await
-        {
-            return pool;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("worker did not migrate the database");
 }
 
 async fn wait_for_rows(pool: &sqlx::PgPool, expected: i64, timeout: Duration) {

@@ -49,6 +49,22 @@ impl TestDatabase {
         .await
         .expect("drop test database");
     }
+
+    /// Waits until a worker has created and migrated this database, and connects to it.
+    pub async fn wait_for_schema(&self) -> sqlx::PgPool {
+        for _ in 0..400 {
+            if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&self.url)
+                .await
+                && migrated(&pool).await
+            {
+                return pool;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("worker did not migrate the database");
+    }
 }
 
 impl Default for TestDatabase {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use vmpipe_common::Settings;
 use vmpipe_common::settings::SecretUrl;
 
-use crate::database::{TestDatabase, migrated};
+use crate::database::TestDatabase;
 use crate::ingest::{Backend, Options, TestIngest};
 use crate::kazoo::{Attachment, Body, Verb};
 use crate::queue::TestQueue;
@@ -101,19 +101,7 @@ impl Stack {
 
     /// Waits until a worker has created and migrated the database, and connects to it.
     pub async fn wait_for_schema(&mut self) {
-        for _ in 0..200 {
-            if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(2)
-                .connect(&self.database.url)
-                .await
-                && migrated(&pool).await
-            {
-                self.pool = Some(pool);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("worker did not migrate the database");
+        self.pool = Some(self.database.wait_for_schema().await);
     }
 
     pub async fn stop_worker(&mut self) {
