@@ -9,6 +9,8 @@
 //! everything shares the machine's cores and CPU per upload is what bounds the rate.
 //! Each case runs `BENCH_ROUNDS` (3) times per server, alternating, and the rounds are pooled.
 //! `BENCH_ONLY=raw:128:16` (body:KiB:connections) runs a single case, e.g. under a profiler.
+//! After the table, ingest's CPU per request by stage: its threads' CPU (/proc/PID/task),
+//! grouped by thread name, and RabbitMQ's.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,38 @@ struct Run {
     /// CPU time of the server's processes, and of RabbitMQ's, during the run.
     server_cpu: Duration,
     broker_cpu: Duration,
+    /// ingest's CPU by stage (its threads, grouped by name), during the run.
+    stages: std::collections::BTreeMap<&'static str, Duration>,
+}
+
+/// The stage an ingest thread works for, from its name.
+fn stage_of(thread: &str) -> &'static str {
+    if thread.starts_with("vmpipe-file-io") {
+        "file-io"
+    } else if thread.starts_with("actix-server wo") {
+        "http"
+    } else if thread.starts_with("lapin") {
+        "amqp-io"
+    } else if thread.starts_with("tokio-rt-worker") {
+        "runtime"
+    } else {
+        "other"
+    }
+}
+
+/// CPU ticks of each stage of `pid`'s threads (see [`stage_of`]).
+fn stage_ticks(pid: u32) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut stages = std::collections::BTreeMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    for task in tasks {
+        if let Some(stat) = stat_at(&task.path().join("stat")) {
+            *stages.entry(stage_of(&stat.name)).or_default() += stat.ticks;
+        }
+    }
+    stages
 }
 
 /// Who to charge CPU to while a server is driven.
@@ -80,7 +114,13 @@ struct ProcStat {
 }
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_at(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// A `stat` file of /proc: a process's, or one thread's (`/proc/PID/task/TID/stat`).
+fn stat_at(path: &std::path::Path) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let pid = path.parent()?.file_name()?.to_str()?.parse().ok()?;
     let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
     // After the name: state, ppid, ..., utime (field 14 of the line), stime (15).
@@ -107,6 +147,7 @@ async fn drive(
 ) -> Run {
     let port = server.port;
     let server_cpu_before = server.pid.map(tree_cpu).unwrap_or_default();
+    let stages_before = server.pid.map(stage_ticks).unwrap_or_default();
     let broker_cpu_before = named_cpu("beam.smp");
     let audio = nasty_audio(size);
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -162,6 +203,16 @@ async fn drive(
             .unwrap_or_default()
             .saturating_sub(server_cpu_before),
         broker_cpu: named_cpu("beam.smp").saturating_sub(broker_cpu_before),
+        stages: server
+            .pid
+            .map(stage_ticks)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(stage, ticks)| {
+                let before = stages_before.get(stage).copied().unwrap_or(0);
+                (stage, ticks_to_duration(ticks.saturating_sub(before)))
+            })
+            .collect(),
     }
 }
 
@@ -178,8 +229,12 @@ fn merge(runs: Vec<Run>) -> Run {
         elapsed: Duration::ZERO,
         server_cpu: Duration::ZERO,
         broker_cpu: Duration::ZERO,
+        stages: Default::default(),
     };
     for run in runs {
+        for (stage, cpu) in &run.stages {
+            *all.stages.entry(stage).or_default() += *cpu;
+        }
         all.server_cpu += run.server_cpu;
         all.broker_cpu += run.broker_cpu;
         all.requests += run.requests;
@@ -265,6 +320,7 @@ async fn main() {
         "CPU ms",
         "ratio"
     );
+    let mut stage_lines = Vec::new();
     for (body, sizes) in [
         (Body::Raw, [16 << 10, 128 << 10, 1 << 20]),
         (Body::Multipart, [16 << 10, 128 << 10, 1 << 20]),
@@ -312,6 +368,20 @@ async fn main() {
                     per_request(ours.server_cpu, &ours),
                     per_request(ours.broker_cpu, &ours)
                 );
+                let stages: Vec<String> = ours
+                    .stages
+                    .iter()
+                    .filter(|(_, cpu)| !cpu.is_zero())
+                    .map(|(stage, cpu)| format!("{stage} {:.3}", per_request(*cpu, &ours)))
+                    .collect();
+                stage_lines.push(format!(
+                    "{:<10} {:>7}K {:>5} | {} + rabbitmq {:.3}",
+                    format!("{body:?}"),
+                    size >> 10,
+                    connections,
+                    stages.join(", "),
+                    per_request(ours.broker_cpu, &ours)
+                ));
                 println!(
                     "{:<10} {:>7}K {:>5} | {:>9.0} {:>8.1} {:>8.2} {:>8.2} {:>11} | {:>9} {:>8} {:>8} {:>6} | {:>6}",
                     format!("{body:?}"),
@@ -329,6 +399,16 @@ async fn main() {
                     ratio
                 );
             }
+        }
+    }
+    if !stage_lines.is_empty() && ingest_pid.is_some() {
+        println!(
+            "ingest's CPU per request by stage, ms (its threads by name: file-io = vmpipe-file-io, \
+             http = actix workers, runtime = tokio workers (the publisher), amqp-io = lapin's \
+             I/O loop), and RabbitMQ's:"
+        );
+        for line in &stage_lines {
+            println!("{line}");
         }
     }
     if let Some(pid) = ingest_pid {
