@@ -143,13 +143,4 @@ impl ResponseError for ApiError {
 }
 
 /// `error` and its causes, `: `-separated, for logs.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use vmpipe_common::logging::chain;

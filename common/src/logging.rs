@@ -49,3 +49,16 @@ pub fn init(format: LogFormat, output: Output) {
             .try_init(),
     };
 }
+
+/// `error` and its causes, `: `-separated (`error sending request: connection refused`), for a
+/// log line or a recorded error.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -28,12 +28,7 @@ const SECRET: &str = "the-bench-webhook-secret";
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        vmpipe_common::logging::init(
-            vmpipe_common::settings::LogFormat::Text,
-            vmpipe_common::logging::Output::Stdout,
-        );
-    }
+    bench_logs();
     let uploads: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())

@@ -70,12 +70,7 @@ struct Outcome {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        vmpipe_common::logging::init(
-            vmpipe_common::settings::LogFormat::Text,
-            vmpipe_common::logging::Output::Stdout,
-        );
-    }
+    bench_logs();
     let set = PathBuf::from(std::env::var("BENCH_SET").expect("BENCH_SET: the set's directory"));
     let python = std::env::var("BENCH_PYTHON").expect("BENCH_PYTHON: the venv's interpreter");
     let scorer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/transcribe/score.py");

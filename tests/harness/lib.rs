@@ -52,3 +52,13 @@ pub use worker::{TestWorker, hooks_file, shell_hook};
 
 /// How long end-to-end tests wait for something to happen.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A benchmark's logs: on standard output when `RUST_LOG` is set, else none.
+pub fn bench_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        vmpipe_common::logging::init(
+            vmpipe_common::settings::LogFormat::Text,
+            vmpipe_common::logging::Output::Stdout,
+        );
+    }
+}

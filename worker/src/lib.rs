@@ -18,6 +18,7 @@ mod health;
 pub mod hooks;
 mod index;
 mod pipeline;
+mod secret;
 
 use std::sync::Arc;
 

@@ -117,9 +117,6 @@ impl Dispatcher {
         let identity = self.identity.clone();
         tasks.spawn(async move {
             loop {
-                if let Err(e) = outbox::register_sinks(&pool, &settings, &identity).await {
-                    warn!(error = %e, "cannot record this worker's event sinks");
-                }
                 match outbox::prune(&pool, retention, &stop).await {
                     Ok(0) => {}
                     Ok(pruned) => info!(
@@ -132,13 +129,15 @@ impl Dispatcher {
                     _ = tokio::time::sleep(PRUNE_EVERY) => {}
                     _ = stop.cancelled() => return,
                 }
+                // Still running these sinks (registered at the start, above).
+                if let Err(e) = outbox::register_sinks(&pool, &settings, &identity).await {
+                    warn!(error = %e, "cannot record this worker's event sinks");
+                }
             }
         });
         while tasks.join_next().await.is_some() {}
     }
-}
 
-impl Dispatcher {
     /// Records this worker's sinks in `event_sinks`, retrying while the database is away, and
     /// warns of a sink another worker runs with other filters (the last one told wins).
     async fn register(&self, sinks: &[NotifySettings], shutdown: &CancellationToken) {

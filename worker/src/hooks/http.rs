@@ -8,7 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::multipart::Part;
 use reqwest::{Body, StatusCode};
 use tokio_util::io::ReaderStream;
-use vmpipe_common::settings::HookSettings;
+use vmpipe_common::settings::Secret;
 
 use super::{HookError, HookInput};
 use crate::error::ResultExt as _;
@@ -30,10 +30,13 @@ pub(super) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .context("HTTP client")
 }
 
-/// The `headers` of a `[[hooks]]` table, marked sensitive (never shown by reqwest or hyper).
-pub(super) fn headers(settings: &HookSettings) -> anyhow::Result<HeaderMap> {
+/// The `headers` of a `[[hooks]]` or `[[notify]]` table, marked sensitive (never shown by
+/// reqwest or hyper).
+pub(crate) fn headers(
+    configured: &std::collections::BTreeMap<String, Secret>,
+) -> anyhow::Result<HeaderMap> {
     let mut headers = HeaderMap::new();
-    for (name, value) in &settings.headers {
+    for (name, value) in configured {
         let name = HeaderName::from_bytes(name.as_bytes())
             .with_context(|| format!("header name {name:?}"))?;
         let value = sensitive(value.expose()).with_context(|| format!("header {name}"))?;

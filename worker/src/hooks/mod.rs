@@ -12,7 +12,7 @@
 
 mod command;
 pub(crate) mod confidence;
-mod http;
+pub(crate) mod http;
 pub(crate) mod languages;
 mod openai;
 mod program;

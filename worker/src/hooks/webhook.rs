@@ -31,7 +31,7 @@ impl WebhookHook {
             name: settings.name.clone(),
             url: url.expose().to_owned(),
             client: http::client(policy.timeout)?,
-            headers: http::headers(settings)?,
+            headers: http::headers(&settings.headers)?,
             policy,
         })
     }

@@ -15,10 +15,11 @@ use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
+use vmpipe_common::logging::chain as error_chain;
 use vmpipe_common::settings::{NotifySettings, SmtpTls};
 use vmpipe_common::{Storage, StorageKey};
 
-use super::{DeliveryError, Event, Sink, error_chain};
+use super::{DeliveryError, Event, Sink};
 
 pub(super) struct EmailSink {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -63,7 +64,7 @@ impl EmailSink {
         let password = super::secret_value(
             settings.smtp_password.as_ref(),
             settings.smtp_password_file.as_deref(),
-            "the SMTP password",
+            "smtp_password_file",
         )?;
         if let (Some(user), Some(password)) = (&settings.smtp_username, password) {
             builder = builder.credentials(Credentials::new(user.clone(), password));

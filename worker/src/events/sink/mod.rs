@@ -67,33 +67,15 @@ pub fn from_settings(
         .collect()
 }
 
-/// A secret given inline or in a file (read once, at start-up; surrounding white space
-/// dropped).
+/// A secret given inline or in a file (read once, at start-up).
 fn secret_value(
     inline: Option<&vmpipe_common::settings::Secret>,
     file: Option<&std::path::Path>,
     what: &str,
 ) -> anyhow::Result<Option<String>> {
-    use anyhow::Context as _;
     match (inline, file) {
         (Some(secret), _) => Ok(Some(secret.expose().to_owned())),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {what} from {}", path.display()))?;
-            Ok(Some(text.trim().to_owned()))
-        }
+        (None, Some(path)) => crate::secret::read_file(path, what).map(Some),
         (None, None) => Ok(None),
     }
-}
-
-/// An error with its causes (`error sending request: connection refused`).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -12,11 +12,12 @@ use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use sha2::Sha256;
+use vmpipe_common::logging::chain as error_chain;
 use vmpipe_common::settings::NotifySettings;
 
-use super::{DeliveryError, Event, Sink, error_chain};
+use super::{DeliveryError, Event, Sink};
 
 pub const SIGNATURE_HEADER: &str = "x-vmpipe-signature";
 pub const TIMESTAMP_HEADER: &str = "x-vmpipe-timestamp";
@@ -53,22 +54,14 @@ impl WebhookSink {
         let secret = super::secret_value(
             settings.secret.as_ref(),
             settings.secret_file.as_deref(),
-            "the webhook secret",
+            "secret_file",
         )?
         .context("a webhook sink needs a secret")?;
         anyhow::ensure!(
             secret.len() >= 16,
             "the webhook secret must be at least 16 characters"
         );
-        let mut headers = HeaderMap::new();
-        for (name, value) in &settings.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .with_context(|| format!("header name {name:?}"))?;
-            let mut value =
-                HeaderValue::from_str(value.expose()).with_context(|| format!("header {name}"))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
+        let headers = crate::hooks::http::headers(&settings.headers)?;
         let client = reqwest::Client::builder()
             .user_agent(concat!("vmpipe-worker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout()))

@@ -62,10 +62,10 @@ impl OpenaiHook {
             .context("an openai hook needs a model")?;
         let api_key = match (&settings.api_key, &settings.api_key_file) {
             (Some(key), _) => Some(key.expose().trim().to_owned()),
-            (None, Some(file)) => Some(read_key(file)?),
+            (None, Some(file)) => Some(crate::secret::read_file(file, "api_key_file")?),
             (None, None) => None,
         };
-        let mut headers = http::headers(settings)?;
+        let mut headers = http::headers(&settings.headers)?;
         if let Some(key) = &api_key {
             let bearer = http::sensitive(&format!("Bearer {key}"))
                 .context("the API key is not a valid header value")?;
@@ -158,15 +158,6 @@ fn endpoint(base: &str) -> String {
         Some(without) => format!("{without}{ENDPOINT}"),
         None => format!("{base}{ENDPOINT}"),
     }
-}
-
-/// The API key in `file` (a Docker secret, say), without the line end around it.
-fn read_key(file: &std::path::Path) -> anyhow::Result<String> {
-    let key = std::fs::read_to_string(file)
-        .with_context(|| format!("api_key_file {}", file.display()))?;
-    let key = key.trim();
-    anyhow::ensure!(!key.is_empty(), "api_key_file {} is empty", file.display());
-    Ok(key.to_owned())
 }
 
 #[cfg(test)]
