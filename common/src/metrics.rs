@@ -110,45 +110,53 @@ pub const INGEST: &[Metric] = &[
     Metric::new(
         "vmpipe_jobs_published_total",
         Kind::Counter,
-        "Jobs confirmed by RabbitMQ: via=confirm while the upload waited, via=journal when \
-         published later from the local journal.",
+        "Jobs confirmed by RabbitMQ: via=confirm within the publish timeout of their upload, \
+         via=journal later (they waited in the journal for the broker).",
     )
     .with(&[&[("via", "confirm")], &[("via", "journal")]]),
     Metric::new(
         "vmpipe_publish_failures_total",
         Kind::Counter,
-        "Publishes that failed or got no confirm in time: an upload's (its job was journaled) \
-         or a group of the journal's drain (left in the journal). Not counted while no \
-         connection is up: see vmpipe_jobs_journaled_total.",
+        "Jobs whose confirm did not come within the publish timeout while connected (they \
+         stay in the journal until confirmed). Not counted while no connection is up: see \
+         vmpipe_jobs_journaled_total.",
     ),
     Metric::new(
         "vmpipe_journal_jobs",
         Kind::Gauge,
-        "Jobs waiting in the local journal for RabbitMQ.",
+        "Jobs in the local journal that RabbitMQ has not confirmed yet (under load, the few \
+         in flight; see vmpipe_journal_waiting_seconds).",
+    ),
+    Metric::new(
+        "vmpipe_journal_waiting_seconds",
+        Kind::Gauge,
+        "Seconds the journal's jobs have waited without RabbitMQ confirming any (0 when the \
+         journal is empty or confirms flow).",
     ),
     Metric::new(
         "vmpipe_jobs_journaled_total",
         Kind::Counter,
-        "Jobs written to the local journal instead of being confirmed by RabbitMQ at upload \
-         time, by reason (disconnected, timeout, failed, degraded). One per voicemail stored.",
+        "Jobs that waited in the local journal for RabbitMQ, by reason: disconnected or \
+         degraded (when stored), timeout (no confirm within the publish timeout). One per \
+         voicemail stored.",
     )
     .with(&[
         &[("reason", "disconnected")],
         &[("reason", "timeout")],
-        &[("reason", "failed")],
         &[("reason", "degraded")],
     ]),
     Metric::new(
         "vmpipe_publish_late_confirms_total",
         Kind::Counter,
-        "Journaled jobs whose publish RabbitMQ confirmed after the publish timeout: their \
-         journal entry was removed instead of being published again.",
+        "Jobs whose confirm came after the publish timeout (counted in \
+         vmpipe_publish_failures_total when it passed).",
     ),
     Metric::new(
         "vmpipe_publisher_degraded",
         Kind::Gauge,
         "1 while RabbitMQ is connected but not confirming in time \
-         (VMPIPE_PUBLISH_DEGRADED_AFTER timeouts in a row): uploads are journaled at once.",
+         (VMPIPE_PUBLISH_DEGRADED_AFTER timeouts in a row): jobs wait in the journal, uploads \
+         are still answered.",
     ),
     Metric::new(
         "vmpipe_journal_bad_entries_total",

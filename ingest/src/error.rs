@@ -65,7 +65,6 @@ impl From<JournalError> for ApiError {
     fn from(e: JournalError) -> Self {
         let full = match &e {
             JournalError::Io { source, .. } => vmpipe_common::store::is_storage_full(source),
-            JournalError::Storage(StorageError::Full(_)) => true,
             _ => false,
         };
         if full {

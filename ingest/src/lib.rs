@@ -1,8 +1,8 @@
 //! vmpipe ingest: the web server KAZOO's `http` storage handler stores voicemails on.
 //!
-//! Each upload is streamed to storage, made durable, and answered 201; its job is then
-//! confirmed by RabbitMQ or kept in a local journal until it can be. All post-processing is
-//! the worker's.
+//! Each upload is streamed to storage and made durable, its job appended to a local journal
+//! (group commit), and answered 201; the journal is streamed to RabbitMQ and trimmed as it
+//! confirms. All post-processing is the worker's.
 
 mod access;
 mod error;
@@ -26,7 +26,7 @@ use tracing::info;
 use tracing_actix_web::TracingLogger;
 use vmpipe_common::{Settings, StorageError};
 
-pub use crate::journal::JournalError;
+pub use crate::journal::{JournalError, jobs_on_disk};
 pub use crate::tls::TlsError;
 #[doc(hidden)]
 pub use crate::upload::fuzz_multipart;
@@ -64,6 +64,7 @@ pub struct Application {
     port: u16,
     jobs: Publisher,
     publisher_task: JoinHandle<()>,
+    journal: Journal,
     drain: Drain,
     drain_period: Duration,
 }
@@ -101,7 +102,7 @@ impl Application {
         let state = web::Data::new(AppState {
             store,
             jobs: jobs.clone(),
-            journal,
+            journal: journal.clone(),
             prefix: settings.normalized_prefix().to_owned(),
             limits: Limits {
                 max_body: settings.max_body.0,
@@ -162,6 +163,7 @@ impl Application {
             port,
             jobs,
             publisher_task,
+            journal,
             drain,
             drain_period: settings.drain_period(),
         })
@@ -199,6 +201,7 @@ impl Application {
         stopper.abort();
         self.jobs.stop();
         let _ = self.publisher_task.await;
+        self.journal.close().await;
         info!("ingest stopped");
         result
     }

@@ -148,7 +148,7 @@ async fn main() {
         .await
         .unwrap();
     let files = all_files(&settings.storage_dir.join("voicemails")).len();
-    let journal = count_files(&settings.storage_dir.join("journal"));
+    let journal = vmpipe_ingest::jobs_on_disk(&settings.storage_dir.join("journal")).unwrap_or(0);
     let dead = queue.dead_reasons().await.len();
     println!("uploads accepted (201): {expected} in {upload_secs:.1} s");
     println!("faults injected: {cuts} broker cuts, {kills} worker SIGKILLs");

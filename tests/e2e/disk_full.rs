@@ -132,9 +132,12 @@ async fn a_full_disk_at_the_journal_write_is_507_and_leaves_nothing_visible() {
     assert_eq!(small.files().len(), 1, "its job is journaled");
 
     let filler = small.fill();
+    // The journal appends to its segment while its last page has room: a job with a large
+    // KAZOO document needs more.
+    let large = serde_json::json!({ "notes": "x".repeat(16 * 1024) });
     let path = format!("/{ACCOUNT}/202612-{}/new.wav", hex32());
-    let att = attachment("new.wav", &audio, &document);
-    let r = kazoo.store(Verb::Put, &path, Body::Raw, &att).await;
+    let att = attachment("new.wav", &audio, &large);
+    let r = kazoo.store(Verb::Put, &path, Body::Multipart, &att).await;
     let fetched = kazoo.get(&path).await.status;
     eprintln!(
         "disk full at the journal write: new key {} {:?}, then GET {fetched}",
@@ -145,8 +148,10 @@ async fn a_full_disk_at_the_journal_write_is_507_and_leaves_nothing_visible() {
     assert_eq!(r.json()["error"], "storage_full");
     assert_eq!(fetched, 404, "no file without its job");
     // A new version of a stored file: refused, and the previous version stays.
-    let att = attachment("replaced.wav", &newer, &document);
-    let r = kazoo.store(Verb::Put, &replaced, Body::Raw, &att).await;
+    let att = attachment("replaced.wav", &newer, &large);
+    let r = kazoo
+        .store(Verb::Put, &replaced, Body::Multipart, &att)
+        .await;
     let fetched = kazoo.get(&replaced).await;
     eprintln!(
         "disk full at the journal write: replacement {}, then GET {} ({} bytes, previous {})",

@@ -164,8 +164,10 @@ impl TestIngest {
         keys
     }
 
+    /// Jobs in the journal that RabbitMQ has not confirmed, read from its files (what a
+    /// restart would publish).
     pub fn journal_entries(&self) -> usize {
-        count_files(&self.storage_dir().join("journal"))
+        vmpipe_ingest::jobs_on_disk(&self.storage_dir().join("journal")).unwrap_or(0)
     }
 
     /// Uploads in progress (files below tmp/).

@@ -1,7 +1,7 @@
 //! Talking to RabbitMQ: the connection, the queue topology both services declare, and the one
-//! way a vmpipe message is published (persistent, with a publisher confirm). Ingest's jobs, the
-//! worker's dead letters and the admin commands' re-published jobs all go through
-//! [`publish_confirmed`].
+//! way a vmpipe message is published (persistent, with a publisher confirm). Ingest's jobs
+//! ([`publish`], many confirms in flight), the worker's dead letters and the admin commands'
+//! re-published jobs ([`publish_confirmed`], one at a time) all go through it.
 
 mod publish;
 mod topology;
@@ -9,8 +9,9 @@ mod topology;
 use lapin::{Connection, ConnectionProperties};
 
 pub use publish::{
-    ConfirmChannel, ERROR_HEADER, FAILED_AT_HEADER, PublishError, header_text, job_properties,
-    message_properties, probe_confirmed, publish_confirmed,
+    ConfirmChannel, ERROR_HEADER, FAILED_AT_HEADER, Pending, PublishError, header_text,
+    job_properties, job_properties_of, message_properties, probe_confirmed, publish,
+    publish_confirmed,
 };
 pub use topology::{dead_letter_queue, declare_queues};
 

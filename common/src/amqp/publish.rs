@@ -63,10 +63,23 @@ pub fn message_properties() -> BasicProperties {
 /// A job's message: its AMQP `message_id` is the job id and its `correlation_id` the upload's
 /// request id.
 pub fn job_properties(job: &VoicemailJob) -> BasicProperties {
+    job_properties_of(
+        job.job_id,
+        &job.request_id,
+        job.received_at.timestamp().max(0) as u64,
+    )
+}
+
+/// [`job_properties`] from the job's id, request id and time received (Unix seconds).
+pub fn job_properties_of(
+    job_id: uuid::Uuid,
+    request_id: &str,
+    received_secs: u64,
+) -> BasicProperties {
     message_properties()
-        .with_message_id(job.job_id.to_string().into())
-        .with_correlation_id(job.request_id.as_str().into())
-        .with_timestamp(job.received_at.timestamp().max(0) as u64)
+        .with_message_id(job_id.to_string().into())
+        .with_correlation_id(request_id.into())
+        .with_timestamp(received_secs)
 }
 
 /// Publishes `payload` to `queue` on `channel` and waits for RabbitMQ's confirm.
@@ -76,6 +89,21 @@ pub async fn publish_confirmed(
     payload: &[u8],
     properties: BasicProperties,
 ) -> Result<(), PublishError> {
+    publish(channel, queue, payload, properties)
+        .await?
+        .confirmed()
+        .await
+}
+
+/// Publishes `payload` to `queue` on `channel` (`mandatory`), returning once its frames are on
+/// their way: many can be in flight at once, each safe only when its [`Pending::confirmed`]
+/// says so.
+pub async fn publish(
+    channel: &ConfirmChannel,
+    queue: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<Pending, PublishError> {
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -87,15 +115,24 @@ pub async fn publish_confirmed(
             payload,
             properties,
         )
-        .await?
         .await?;
-    match confirm {
-        Confirmation::Ack(None) => Ok(()),
-        // A mandatory message that no queue took comes back with the ack.
-        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
-        Confirmation::Nack(_) => Err(PublishError::Nacked),
-        // Cannot happen on a ConfirmChannel; never taken for a confirm.
-        Confirmation::NotRequested => Err(PublishError::NotConfirmed),
+    Ok(Pending(confirm))
+}
+
+/// A message published, its confirm awaited.
+pub struct Pending(lapin::PublisherConfirm);
+
+impl Pending {
+    /// RabbitMQ's word on it: taken by the queue, or why not.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        match self.0.await? {
+            Confirmation::Ack(None) => Ok(()),
+            // A mandatory message that no queue took comes back with the ack.
+            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            // Cannot happen on a ConfirmChannel; never taken for a confirm.
+            Confirmation::NotRequested => Err(PublishError::NotConfirmed),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The publisher's background task: keeps a connection to RabbitMQ, drains the journal while
-//! it lives, and probes while degraded.
+//! The publisher's background task: keeps a connection to RabbitMQ and streams the journal to
+//! it while it lives ([`super::stream`]).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use tracing::{debug, error, info, warn};
 use vmpipe_common::amqp::{self, ConfirmChannel, probe_confirmed};
 use vmpipe_common::backoff::Backoff;
 
-use super::{Drained, Link, Publisher};
+use super::{Link, Publisher};
 
 impl Publisher {
     pub(super) async fn maintain_connection(self) {
@@ -32,7 +32,10 @@ impl Publisher {
                         generation: self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1,
                     };
                     self.inner.link.send_replace(Some(link.clone()));
-                    let stopped = self.serve(&connection, &link).await;
+                    let streamed = self.stream(&link).await;
+                    if let Err(e) = &streamed {
+                        warn!(error = %e, "stopped publishing on this connection");
+                    }
                     self.inner.link.send_replace(None);
                     // A broken connection may never answer a close: do not wait on it.
                     let _ = tokio::time::timeout(
@@ -40,15 +43,15 @@ impl Publisher {
                         connection.close(200, "ingest stopping".into()),
                     )
                     .await;
-                    stopped
+                    streamed.is_ok()
                 }
                 Err(e) if refused => {
                     error!(error = %e, "RabbitMQ refused the credentials in VMPIPE_AMQP_URL; \
-                        uploads are journaled until they are fixed");
+                        jobs wait in the journal until they are fixed");
                     false
                 }
                 Err(e) => {
-                    warn!(error = %e, "RabbitMQ unreachable; uploads are journaled until it is back");
+                    warn!(error = %e, "RabbitMQ unreachable; jobs wait in the journal until it is back");
                     false
                 }
             };
@@ -57,7 +60,7 @@ impl Publisher {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = self.inner.stop.notified() => return,
+                _ = self.inner.stop.cancelled() => return,
             }
         }
     }
@@ -69,38 +72,9 @@ impl Publisher {
         Ok((connection, channel))
     }
 
-    /// Drains the journal while the connection lives (and, degraded with nothing to drain,
-    /// probes). Returns true when asked to stop.
-    ///
-    /// Confirms that do not come in time are no reason to drop the connection: a hung broker
-    /// confirms them when it resumes, and a new connection would publish them all again. A
-    /// dead one is noticed by lapin's heartbeat.
-    async fn serve(&self, connection: &Connection, link: &Link) -> bool {
-        loop {
-            if !connection.status().connected() || !link.channel.status().connected() {
-                warn!("lost the RabbitMQ connection");
-                return false;
-            }
-            match self.drain_journal(link).await {
-                Err(e) => {
-                    warn!(error = %e, "could not publish journaled jobs");
-                    return false;
-                }
-                Ok(Drained::Nothing) if self.inner.health.is_degraded() => self.probe(link),
-                Ok(_) => {}
-            }
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                // Also notices a connection that died while idle.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = self.inner.stop.notified() => return true,
-            }
-        }
-    }
-
     /// Sends a probe on `link` unless one is awaiting its confirm there already; confirmed in
     /// time, it ends the degraded state.
-    fn probe(&self, link: &Link) {
+    pub(super) fn probe(&self, link: &Link) {
         let generation = link.generation;
         let previous = self.inner.probing.swap(generation, Ordering::Relaxed);
         if previous == generation {

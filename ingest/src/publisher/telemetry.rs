@@ -1,33 +1,25 @@
-//! The names of ingest's publisher metrics: jobs journaled (one per voicemail, by why) and late
-//! confirms. They are declared, with their HELP texts, in `vmpipe_common::metrics::INGEST`.
+//! The names of ingest's publisher metrics: jobs that waited in the journal for the broker
+//! (one per voicemail, by why) and late confirms. They are declared, with their HELP texts, in `vmpipe_common::metrics::INGEST`.
 
 /// Why a job was journaled (the `reason` of `vmpipe_jobs_journaled_total`).
 #[derive(Clone, Copy, Debug)]
 pub(super) enum JournalReason {
     /// No connection to RabbitMQ.
     Disconnected,
-    /// The publish was not confirmed in time.
+    /// Its confirm did not come within the publish timeout.
     Timeout,
-    /// The publish failed (a nack, a channel error).
-    Failed,
-    /// The publisher is degraded: not even tried.
+    /// The publisher was degraded (RabbitMQ connected but not confirming in time).
     Degraded,
 }
 
 impl JournalReason {
     #[cfg(test)]
-    const ALL: [Self; 4] = [
-        Self::Disconnected,
-        Self::Timeout,
-        Self::Failed,
-        Self::Degraded,
-    ];
+    const ALL: [Self; 3] = [Self::Disconnected, Self::Timeout, Self::Degraded];
 
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Disconnected => "disconnected",
             Self::Timeout => "timeout",
-            Self::Failed => "failed",
             Self::Degraded => "degraded",
         }
     }

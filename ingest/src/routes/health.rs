@@ -63,10 +63,10 @@ pub(crate) async fn readyz(state: web::Data<AppState>, drain: web::Data<Drain>) 
         "rabbitmq": match broker {
             BrokerState::Confirming => "connected",
             BrokerState::NotConfirming =>
-                "connected but not confirming in time: jobs are journaled at once",
+                "connected but not confirming in time: jobs wait in the journal",
             BrokerState::CredentialsRefused =>
-                "refused the credentials (VMPIPE_AMQP_URL): jobs are journaled",
-            BrokerState::Unreachable => "unreachable: jobs are journaled",
+                "refused the credentials (VMPIPE_AMQP_URL): jobs wait in the journal",
+            BrokerState::Unreachable => "unreachable: jobs wait in the journal",
         },
         "publisher_degraded": broker == BrokerState::NotConfirming,
         "journaled_jobs": journaled,

@@ -1,6 +1,6 @@
 //! `PUT|POST {prefix}/{key…}`: the upload is streamed into storage and committed, then its job
-//! is made durable (confirmed by RabbitMQ or journaled), and only then answered 201. A job that
-//! cannot be made durable (the journal's disk full while RabbitMQ is away) takes the commit
+//! is appended to the journal (on disk, with the other uploads' of that moment), and only then
+//! answered 201. A job that cannot be made durable (the journal's disk full) takes the commit
 //! back: no file is visible under a key without its job, and KAZOO retries the upload.
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -17,8 +17,8 @@ use crate::error::ApiError;
 use crate::publisher::{Enqueued, Publisher};
 use crate::upload;
 
-/// Makes `job` durable (confirmed or journaled) and keeps the commit, or takes the commit back
-/// when the job cannot be recorded.
+/// Makes `job` durable in the journal and keeps the commit, or takes the commit back when the
+/// job cannot be recorded.
 async fn record_job(
     jobs: Publisher,
     committed: Box<dyn Committed>,
