@@ -86,6 +86,7 @@ impl Application {
             settings.queue.clone(),
             settings.publish_timeout(),
             settings.publish_degraded_after,
+            settings.publish_linger(),
             journal.clone(),
         );
         jobs.first_attempt(FIRST_CONNECT_WAIT).await;

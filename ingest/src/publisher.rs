@@ -85,6 +85,8 @@ struct Inner {
     amqp_url: String,
     queue: String,
     publish_timeout: Duration,
+    /// At most one group of jobs is sent per this long.
+    linger: Duration,
     journal: Journal,
     /// The publishing channel while connected.
     link: watch::Sender<Option<Link>>,
@@ -108,6 +110,7 @@ impl Publisher {
         queue: String,
         publish_timeout: Duration,
         degraded_after: u32,
+        linger: Duration,
         journal: Journal,
     ) -> (Self, JoinHandle<()>) {
         let queue = Self {
@@ -115,6 +118,7 @@ impl Publisher {
                 amqp_url,
                 queue,
                 publish_timeout,
+                linger,
                 journal,
                 link: watch::channel(None).0,
                 generations: AtomicU64::new(0),

@@ -19,6 +19,8 @@ use crate::journal::{JournalError, Record, SegmentId, now_ms};
 /// Confirms in flight at most. RabbitMQ's CPU per persistent message falls steeply with
 /// many in flight (it confirms them in bulk).
 pub(crate) const WINDOW: usize = 2048;
+/// And at most this much of their payloads (lapin holds each until it is sent).
+const WINDOW_BYTES: usize = 16 * 1024 * 1024;
 /// About how much of the journal one read takes.
 const READ_BYTES: usize = 1024 * 1024;
 /// How often confirms overdue and the connection are looked at.
@@ -47,6 +49,7 @@ struct Flight {
     held: bool,
     /// Counted since, its confirm not in time.
     late: bool,
+    bytes: usize,
 }
 
 /// Confirmed offsets to hand to the journal, by segment.
@@ -75,14 +78,30 @@ impl Publisher {
         let mut flights: VecDeque<Flight> = VecDeque::new();
         let mut tick = tokio::time::interval(TICK);
         let mut stopping: Option<Instant> = None;
+        let mut in_flight_bytes = 0;
+        // When the last group was sent: the next waits for `linger` to have passed.
+        let mut last_group: Option<tokio::time::Instant> = None;
         let timeout_ms = self.inner.publish_timeout.as_millis() as u64;
         loop {
-            while stopping.is_none() && confirms.len() < WINDOW {
+            // A group gathers for `linger` before it goes (the first after a pause goes at once).
+            let mut may_send = last_group
+                .is_none_or(|at| at + self.inner.linger <= tokio::time::Instant::now());
+            // Nothing more in the journal: wait for the next commit (not the next group).
+            let mut idle = false;
+            let room = |confirms: usize, bytes: usize| confirms < WINDOW && bytes < WINDOW_BYTES;
+            while stopping.is_none() && room(confirms.len(), in_flight_bytes) {
                 if ready.is_empty() {
-                    commits.borrow_and_update();
-                    if !self.fill(&mut read, &mut ready).await? {
+                    if !may_send {
                         break;
                     }
+                    may_send = false;
+                    commits.borrow_and_update();
+                    if !self.fill(&mut read, &mut ready).await? {
+                        last_group = None;
+                        idle = true;
+                        break;
+                    }
+                    last_group = Some(tokio::time::Instant::now());
                 }
                 let Some((segment, record, end)) = ready.pop_front() else {
                     break;
@@ -100,12 +119,14 @@ impl Publisher {
                 if late {
                     self.count_late(1);
                 }
+                in_flight_bytes += record.payload.len();
                 flights.push_back(Flight {
                     segment,
                     end,
                     appended_ms: record.appended_ms,
                     held: record.held,
                     late,
+                    bytes: record.payload.len(),
                 });
                 confirms.push_back(pending.confirmed());
             }
@@ -119,6 +140,7 @@ impl Publisher {
                     // And every confirm already in, without waiting.
                     while let Some(confirmed) = outcome.take() {
                         let flight = flights.pop_front().expect("a flight per confirm");
+                        in_flight_bytes -= flight.bytes;
                         if let Err(e) = confirmed {
                             self.record(acks);
                             return Err(e.into());
@@ -129,7 +151,11 @@ impl Publisher {
                     }
                     self.record(acks);
                 }
-                _ = commits.changed(), if stopping.is_none() && ready.is_empty() => {}
+                _ = commits.changed(), if stopping.is_none() && ready.is_empty() && idle => {}
+                _ = tokio::time::sleep_until(
+                    last_group.map_or_else(tokio::time::Instant::now, |at| at + self.inner.linger),
+                ), if stopping.is_none() && ready.is_empty() && !idle
+                    && room(confirms.len(), in_flight_bytes) => {}
                 _ = tick.tick() => {
                     let late = overdue(&mut flights, timeout_ms);
                     if late > 0 {
