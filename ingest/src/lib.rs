@@ -37,6 +37,8 @@ use crate::routes::{AppState, health};
 use crate::server::Drain;
 use crate::upload::Limits;
 
+/// How long a stop waits for the publisher (its confirms in flight get 2 s).
+const PUBLISHER_STOP: Duration = Duration::from_secs(5);
 /// How long startup waits for RabbitMQ before serving anyway (jobs are journaled meanwhile).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long a stop waits for the uploads in flight (and their publishes) to finish.
@@ -201,7 +203,15 @@ impl Application {
         let result = self.server.await;
         stopper.abort();
         self.jobs.stop();
-        let _ = self.publisher_task.await;
+        // The publisher gives its confirms in flight a moment (see `Publisher::stop`); one
+        // stuck on a broker that does not read is not waited for past that.
+        let mut publisher_task = self.publisher_task;
+        if tokio::time::timeout(PUBLISHER_STOP, &mut publisher_task)
+            .await
+            .is_err()
+        {
+            publisher_task.abort();
+        }
         self.journal.close().await;
         info!("ingest stopped");
         result

@@ -101,6 +101,10 @@ struct Inner {
     /// The last attempt was refused for its credentials.
     credentials_refused: AtomicBool,
     stop: CancellationToken,
+    /// When this process started (Unix ms): jobs journaled before are an earlier run's.
+    started_ms: u64,
+    /// By segment, how far jobs have been counted late (so that none is counted twice).
+    counted_late: std::sync::Mutex<std::collections::HashMap<crate::journal::SegmentId, u64>>,
 }
 
 impl Publisher {
@@ -127,6 +131,8 @@ impl Publisher {
                 attempts: watch::channel(0).0,
                 credentials_refused: Default::default(),
                 stop: CancellationToken::new(),
+                started_ms: now_ms(),
+                counted_late: Default::default(),
             }),
         };
         let task = tokio::spawn(queue.clone().maintain_connection());

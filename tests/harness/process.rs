@@ -274,10 +274,7 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
             "VMPIPE_PUBLISH_DEGRADED_AFTER",
             s.publish_degraded_after.to_string(),
         ),
-        (
-            "VMPIPE_PUBLISH_LINGER_MS",
-            s.publish_linger_ms.to_string(),
-        ),
+        ("VMPIPE_PUBLISH_LINGER_MS", s.publish_linger_ms.to_string()),
         (
             "VMPIPE_WORKER_CONCURRENCY",
             s.worker_concurrency.to_string(),

@@ -204,7 +204,7 @@ impl Default for Settings {
             base64: Base64Mode::Auto,
             publish_timeout_ms: 2000,
             publish_degraded_after: 3,
-            publish_linger_ms: 10,
+            publish_linger_ms: 25,
             log_format: LogFormat::Text,
             worker_concurrency: 64,
             worker_listen: "127.0.0.1:9091".into(),

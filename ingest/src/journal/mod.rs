@@ -173,6 +173,11 @@ impl Journal {
         let _ = self.commands.send(Command::Ack { id, ack, records });
     }
 
+    /// Segment `id` cannot be read (gone, damaged): dropped, set aside in `journal/bad/`.
+    pub(crate) fn forget(&self, id: SegmentId) {
+        let _ = self.commands.send(Command::Forget(id));
+    }
+
     /// Waits until everything asked of the writer so far is done (acks recorded).
     pub(crate) async fn flush(&self) {
         let (done, flushed) = oneshot::channel();

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use vmpipe_common::VoicemailJob;
 
 use super::record::{Record, now_ms};
-use super::segment::{self, SegmentId, TEMP_EXTENSION};
+use super::segment::{self, Scan, SegmentId, TEMP_EXTENSION};
 use super::writer::Writer;
 use super::{JournalError, SegmentState, io_err};
 
@@ -24,81 +24,162 @@ pub(super) fn is_legacy_entry(name: &str) -> bool {
         .is_some_and(|stem| !stem.contains('-') && uuid::Uuid::try_parse(stem).is_ok())
 }
 
-/// Adopts the segments of every owner whose newest segment nobody holds locked: its process
-/// is gone. They are published like this process's own, and deleted once confirmed.
-pub(super) fn adopt(writer: &mut Writer) {
-    let dir = writer.view.dir.clone();
-    let ids = match segment::list(&dir) {
-        Ok(ids) => ids,
+/// An owner that is gone, its segments scanned: what [`take`] makes part of the journal.
+pub(super) struct Adoption {
+    owner: String,
+    adopted: Adopted,
+    segments: Vec<(SegmentId, io::Result<Scan>)>,
+}
+
+/// The lock on an adopted owner's newest segment, held until its segments are gone.
+pub(super) struct Adopted {
+    pub(super) segment: SegmentId,
+    _lock: File,
+}
+
+/// Every owner other than `own` whose newest segment nobody holds locked (its process is
+/// gone; a process holds its lock from before its segment appears until after its next one
+/// does), locked, its segments scanned. Runs on any thread: scanning a large backlog takes a
+/// while.
+pub(super) fn find(dir: &Path, own: &str) -> Vec<Adoption> {
+    let owners = match owners(dir, own) {
+        Ok(owners) => owners,
         Err(e) => {
             warn!(journal = %dir.display(), error = %e, "could not list the journal");
-            return;
+            return Vec::new();
         }
     };
-    let mut owners: BTreeMap<String, Vec<SegmentId>> = BTreeMap::new();
-    for id in ids {
-        if id.owner != writer.view.owner && !writer.adopted.contains_key(&id.owner) {
-            owners.entry(id.owner.clone()).or_default().push(id);
-        }
-    }
-    let mut adopted_jobs = 0;
+    let mut found = Vec::new();
     for (owner, ids) in owners {
         let Some(newest) = ids.last() else { continue };
-        let lock = match OpenOptions::new().read(true).open(newest.path(&dir)) {
-            Ok(file) => file,
-            Err(_) => continue,
+        let Ok(lock) = OpenOptions::new().read(true).open(newest.path(dir)) else {
+            continue;
         };
         if lock.try_lock().is_err() {
-            // Its owner is alive (or another process adopted it first).
+            // Its owner is alive, or another process adopted it first.
+            continue;
+        }
+        // Its owner may have moved on to a newer segment since the listing: then it is alive.
+        let now = owners_of(dir, &owner);
+        if now.last() != Some(newest) {
             continue;
         }
         // A segment it was making when it stopped never took a record.
-        remove_temp_files(&dir, &owner);
-        writer.adopted.insert(owner.clone(), lock);
-        for id in &ids {
-            let path = id.path(&dir);
-            let scanned = File::open(&path).and_then(|f| segment::scan(&f));
-            match scanned {
-                Ok(scan) => {
-                    if scan.torn > 0 {
-                        warn!(segment = %path.display(), bytes = scan.torn,
-                            "the end of a journal segment is not a whole record (a write cut \
-                             short when its process stopped: those uploads were not answered); \
-                             it is left out");
-                    }
-                    adopted_jobs += scan.pending;
-                    if let Ok(mut segments) = writer.view.segments.lock() {
-                        segments.insert(
-                            id.clone(),
-                            SegmentState {
-                                end: scan.end,
-                                ack: scan.ack,
-                                pending: scan.pending,
-                                closed: true,
-                            },
-                        );
-                    }
-                    writer.view.add_to_count(scan.pending as isize);
-                    if scan.pending == 0 {
-                        writer.delete(id);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => set_aside(&dir, &path, &e.to_string()),
-            }
-        }
-        if !writer
-            .view
-            .segments
-            .lock()
-            .is_ok_and(|s| s.keys().any(|id| id.owner == owner))
-        {
-            writer.adopted.remove(&owner);
+        remove_temp_files(dir, &owner);
+        let segments = now
+            .into_iter()
+            .map(|id| {
+                let scan = File::open(id.path(dir)).and_then(|f| segment::scan(&f));
+                (id, scan)
+            })
+            .collect();
+        found.push(Adoption {
+            owner,
+            adopted: Adopted {
+                segment: newest.clone(),
+                _lock: lock,
+            },
+            segments,
+        });
+    }
+    found
+}
+
+fn owners(dir: &Path, own: &str) -> io::Result<BTreeMap<String, Vec<SegmentId>>> {
+    let mut owners: BTreeMap<String, Vec<SegmentId>> = BTreeMap::new();
+    for id in segment::list(dir)? {
+        if id.owner != own {
+            owners.entry(id.owner.clone()).or_default().push(id);
         }
     }
-    if adopted_jobs > 0 {
+    Ok(owners)
+}
+
+fn owners_of(dir: &Path, owner: &str) -> Vec<SegmentId> {
+    segment::list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| id.owner == owner)
+        .collect()
+}
+
+/// Makes an adopted owner's segments part of the journal (the writer thread): they are
+/// published like this process's own, and deleted once confirmed.
+pub(super) fn take(writer: &mut Writer, adoption: Adoption) {
+    let Adoption {
+        owner,
+        adopted,
+        segments,
+    } = adoption;
+    if writer.adopted.contains_key(&owner) {
+        return;
+    }
+    let dir = writer.view.dir.clone();
+    let anchor = adopted.segment.clone();
+    writer.adopted.insert(owner.clone(), adopted);
+    let mut jobs = 0;
+    let mut confirmed = Vec::new();
+    for (id, scanned) in segments {
+        let path = id.path(&dir);
+        let scan = match scanned {
+            Ok(scan) => scan,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if id != anchor => {
+                set_aside(&dir, &path, &e.to_string());
+                continue;
+            }
+            // The one its lock is on stays in place (see `Writer::tidy_owner`), unpublished.
+            Err(e) => {
+                error!(segment = %path.display(), error = %e,
+                    "journal segment cannot be read back; left out");
+                Scan {
+                    ack: segment::HEADER_LEN,
+                    end: segment::HEADER_LEN,
+                    pending: 0,
+                    torn: 0,
+                }
+            }
+        };
+        if scan.torn > 0 {
+            warn!(segment = %path.display(), bytes = scan.torn,
+                "the end of a journal segment is not a whole record (a write cut short when \
+                 its process stopped: those uploads were not answered); it is left out");
+        }
+        jobs += scan.pending;
+        if scan.pending == 0 && id != anchor {
+            confirmed.push(id.clone());
+        }
+        if let Ok(mut state) = writer.view.segments.lock() {
+            state.insert(
+                id,
+                SegmentState {
+                    end: scan.end,
+                    ack: scan.ack,
+                    pending: scan.pending,
+                    closed: true,
+                },
+            );
+        }
+        writer.view.add_to_count(scan.pending as isize);
+    }
+    for id in confirmed {
+        writer.delete(&id);
+    }
+    let left: Vec<_> = writer
+        .view
+        .segments
+        .lock()
+        .map(|s| {
+            s.iter()
+                .filter(|(id, _)| id.owner == owner)
+                .map(|(id, state)| (id.clone(), state.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    writer.tidy_owner(&owner, &left);
+    if jobs > 0 {
         info!(
-            jobs = adopted_jobs,
+            jobs,
             "journaled jobs of an earlier run (or of an instance that is gone) to publish"
         );
         writer.view.commits.send_modify(|n| *n += 1);
@@ -118,7 +199,7 @@ fn remove_temp_files(dir: &Path, owner: &str) {
 
 /// Moves what cannot be read back to `journal/bad/`, for inspection, so that it is not tried
 /// again and again.
-fn set_aside(dir: &Path, path: &Path, reason: &str) {
+pub(super) fn set_aside(dir: &Path, path: &Path, reason: &str) {
     metrics::counter!("vmpipe_journal_bad_entries_total").increment(1);
     let bad = dir.join(BAD_DIR);
     let moved = fs::create_dir_all(&bad)

@@ -114,16 +114,25 @@ pub(crate) fn scan(file: &File) -> io::Result<Scan> {
         u64::from_le_bytes(header[8..16].try_into().unwrap_or_default()).clamp(HEADER_LEN, len);
     let mut offset = HEADER_LEN;
     let mut pending = 0;
+    // Where a record ends at or before the recorded offset (a damaged header cannot point
+    // into the middle of one).
+    let mut snapped = HEADER_LEN;
     loop {
         let (records, next) = read(file, offset, len, SCAN_CHUNK)?;
         if records.is_empty() {
             break;
         }
-        pending += records.iter().filter(|(_, end)| *end > ack).count();
+        for (_, end) in &records {
+            if *end > ack {
+                pending += 1;
+            } else {
+                snapped = *end;
+            }
+        }
         offset = next;
     }
     Ok(Scan {
-        ack: ack.min(offset),
+        ack: snapped,
         end: offset,
         pending,
         torn: len - offset,

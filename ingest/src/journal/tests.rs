@@ -193,3 +193,49 @@ async fn jobs_an_earlier_version_journaled_are_taken_in_and_bad_ones_set_aside()
     assert!(dir.path().join(format!("bad/{bad}.json")).exists());
     assert_eq!(jobs_on_disk(dir.path()).unwrap(), 1);
 }
+
+#[tokio::test]
+async fn an_adopted_owner_stays_adopted_while_its_older_segments_hold_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Journal::open(dir.path()).unwrap();
+    let big = vec![1u8; 9 * 1024 * 1024];
+    first.append(&record(&big)).await.unwrap();
+    first.append(&record(&big)).await.unwrap();
+    // The newest segment's record confirmed, the older one's not.
+    let waiting = unconfirmed(&first).await;
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    let (newest, _, end) = waiting[1].clone();
+    first.ack(newest, end, 1);
+    first.close().await;
+
+    let second = Journal::open(dir.path()).unwrap();
+    assert_eq!(second.count(), 1);
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        2,
+        "the segment its lock is on stays while an older one holds a job"
+    );
+    let third = Journal::open(dir.path()).unwrap();
+    assert_eq!(third.count(), 0, "adopted already: not twice");
+    // Confirmed through: both go.
+    let (older, _, end) = unconfirmed(&second).await[0].clone();
+    second.ack(older, end, 1);
+    second.flush().await;
+    assert!(segment_files(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_segment_that_cannot_be_read_is_set_aside_and_no_longer_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    journal.append(&record(b"x")).await.unwrap();
+    journal.close().await;
+    let next = Journal::open(dir.path()).unwrap();
+    assert_eq!(next.count(), 1);
+    let (id, _) = next.segments()[0].clone();
+    next.forget(id.clone());
+    next.flush().await;
+    assert_eq!(next.count(), 0);
+    assert!(next.segments().is_empty());
+    assert!(dir.path().join("bad").join(id.file_name()).exists());
+}

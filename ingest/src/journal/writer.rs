@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -39,6 +39,9 @@ pub(super) enum Command {
         ack: u64,
         records: usize,
     },
+    /// A segment that cannot be read (gone, or damaged): dropped from the journal, its file
+    /// (if any) set aside in `journal/bad/`.
+    Forget(SegmentId),
     Flush(oneshot::Sender<()>),
     /// Ends the thread (after the commands before it), releasing its files and locks.
     Close(oneshot::Sender<()>),
@@ -50,9 +53,16 @@ pub(super) struct Writer {
     active: Option<(SegmentId, File)>,
     next_seq: u64,
     buffer: Vec<u8>,
-    /// Locks held on the newest segment of each owner adopted, until its segments are gone.
-    pub(super) adopted: HashMap<String, File>,
+    /// Owners adopted: the lock on each one's newest segment, held until its segments are gone.
+    pub(super) adopted: HashMap<String, recover::Adopted>,
     last_adopt: Instant,
+    /// Owners found gone, scanned on the file I/O threads (not to hold up appends).
+    adoptions: (
+        mpsc::Sender<recover::Adoption>,
+        mpsc::Receiver<recover::Adoption>,
+    ),
+    /// A failed write could not be undone: no more appends (see [`Writer::commit`]).
+    broken: bool,
     /// When the jobs waiting last made progress (one confirmed, or the first one journaled).
     progress: Instant,
 }
@@ -67,9 +77,13 @@ pub(super) fn start(view: Arc<View>, commands: Receiver<Command>) -> Result<(), 
         buffer: Vec::new(),
         adopted: HashMap::new(),
         last_adopt: Instant::now(),
+        adoptions: mpsc::channel(),
         progress: Instant::now(),
+        broken: false,
     };
-    writer.adopt();
+    for adoption in recover::find(&writer.view.dir, &writer.view.owner) {
+        recover::take(&mut writer, adoption);
+    }
     recover::import_legacy(&mut writer)?;
     std::thread::Builder::new()
         .name("vmpipe-journal".into())
@@ -101,6 +115,7 @@ impl Writer {
                         appends.push((frame, done));
                     }
                     Command::Ack { id, ack, records } => self.ack(&id, ack, records),
+                    Command::Forget(id) => self.forget(&id),
                     Command::Flush(done) => flushed.push(done),
                     Command::Close(done) => {
                         flushed.push(done);
@@ -134,8 +149,18 @@ impl Writer {
             for done in flushed.drain(..) {
                 let _ = done.send(());
             }
+            while let Ok(adoption) = self.adoptions.1.try_recv() {
+                recover::take(&mut self, adoption);
+            }
             if self.last_adopt.elapsed() >= ADOPT_EVERY {
-                self.adopt();
+                self.last_adopt = Instant::now();
+                let (dir, owner) = (self.view.dir.clone(), self.view.owner.clone());
+                let found = self.adoptions.0.clone();
+                drop(vmpipe_common::store::spawn_file_io(move || {
+                    for adoption in recover::find(&dir, &owner) {
+                        let _ = found.send(adoption);
+                    }
+                }));
             }
             self.report_waiting();
         }
@@ -146,10 +171,22 @@ impl Writer {
         &mut self,
         frames: &[Vec<u8>],
     ) -> Result<(), (&'static str, std::path::PathBuf, io::Error)> {
+        if self.broken {
+            return Err((
+                "write",
+                self.view.dir.clone(),
+                io::Error::other("an earlier failed write could not be undone; restart ingest"),
+            ));
+        }
         let total: u64 = frames.iter().map(|f| f.len() as u64).sum();
         let full = |end: u64| end > HEADER_LEN && end + total > SEGMENT_BYTES;
-        let end = self.active.as_ref().map(|(id, _)| self.state(id).end);
-        if end.is_none_or(full) {
+        // A closed active segment (a failed write that could not be cut back) takes no more.
+        let end = self
+            .active
+            .as_ref()
+            .map(|(id, _)| self.state(id))
+            .filter(|s| !s.closed);
+        if end.is_none_or(|s| full(s.end)) {
             self.rotate()?;
         }
         let Some((id, file)) = &self.active else {
@@ -169,13 +206,23 @@ impl Writer {
             self.buffer = Vec::new();
         }
         if let Err((op, e)) = written {
-            // Nothing of this batch may be read back: cut back to the last committed record.
-            // If even that fails the segment takes no more appends.
-            if let Err(cut) = file.set_len(at).and_then(|()| file.sync_data()) {
-                error!(segment = %path.display(), error = %cut,
+            // Nothing of this batch may be read back: cut back to the last committed record,
+            // or else end the segment's records there (a frame of zeros is no record). Either
+            // way the segment takes no more appends after a failure it could not undo.
+            let cut = file.set_len(at).and_then(|()| file.sync_data());
+            if let Err(cut) = cut {
+                let ended = file
+                    .write_all_at(&[0; super::record::FRAME_HEADER], at)
+                    .and_then(|()| file.sync_data());
+                error!(segment = %path.display(), error = %cut, ended = ended.is_ok(),
                     "could not cut a failed journal write back; the segment is closed");
+                if ended.is_err() {
+                    // Neither: what follows may be read back after a restart. Refuse
+                    // appends rather than risk publishing a job whose upload was refused.
+                    self.broken = true;
+                }
                 let id = id.clone();
-                self.close_active(&id);
+                self.close_segment(&id);
             }
             return Err((op, path, e));
         }
@@ -235,11 +282,6 @@ impl Writer {
         Ok(())
     }
 
-    fn close_active(&mut self, id: &SegmentId) {
-        self.active = None;
-        self.close_segment(id);
-    }
-
     /// No more appends to `id`: deleted now if all of it is confirmed.
     fn close_segment(&mut self, id: &SegmentId) {
         let done = self.view.segments.lock().ok().and_then(|mut s| {
@@ -292,19 +334,63 @@ impl Writer {
             warn!(segment = %path.display(), error = %e,
                 "could not delete a confirmed journal segment");
         }
-        let owner_done = self.view.segments.lock().is_ok_and(|mut s| {
-            s.remove(id);
-            !s.keys().any(|other| other.owner == id.owner)
-        });
-        if owner_done {
-            // An adopted owner's last segment: its lock goes with it.
-            self.adopted.remove(&id.owner);
+        let left: Vec<(SegmentId, SegmentState)> = self
+            .view
+            .segments
+            .lock()
+            .map(|mut s| {
+                s.remove(id);
+                s.iter()
+                    .filter(|(other, _)| other.owner == id.owner)
+                    .map(|(id, state)| (id.clone(), state.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !left.is_empty() || self.adopted.contains_key(&id.owner) {
+            self.tidy_owner(&id.owner, &left);
         }
     }
 
-    fn adopt(&mut self) {
-        self.last_adopt = Instant::now();
-        recover::adopt(self);
+    /// An adopted owner's lock goes with its last segment; the segment it is on is kept while
+    /// older ones remain, so that nobody else takes the owner for unadopted.
+    pub(super) fn tidy_owner(&mut self, owner: &str, left: &[(SegmentId, SegmentState)]) {
+        let Some(anchor) = self.adopted.get(owner).map(|a| a.segment.clone()) else {
+            return;
+        };
+        match left {
+            // An adopted owner's last segment: its lock goes with it.
+            [] => {
+                self.adopted.remove(owner);
+            }
+            // Only the segment its lock is on (kept while older ones remain, so that nobody
+            // takes the owner for unadopted), all confirmed: it goes too.
+            [(only, state)] if *only == anchor && state.ack >= state.end => self.delete(&anchor),
+            _ => {}
+        }
+    }
+
+    /// Drops a segment that cannot be read: set aside, its jobs no longer counted.
+    fn forget(&mut self, id: &SegmentId) {
+        let state = self
+            .view
+            .segments
+            .lock()
+            .ok()
+            .and_then(|s| s.get(id).cloned());
+        let Some(state) = state else { return };
+        self.view.add_to_count(-(state.pending as isize));
+        if let Ok(mut segments) = self.view.segments.lock()
+            && let Some(state) = segments.get_mut(id)
+        {
+            state.pending = 0;
+            state.ack = state.end;
+        }
+        let path = id.path(&self.view.dir);
+        if path.exists() && self.active.as_ref().is_none_or(|(active, _)| active != id) {
+            recover::set_aside(&self.view.dir, &path, "cannot be read back");
+        }
+        self.close_segment(id);
+        self.delete(id);
     }
 
     /// `vmpipe_journal_waiting_seconds`: how long jobs have waited without one confirmed.

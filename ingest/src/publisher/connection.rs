@@ -16,7 +16,10 @@ impl Publisher {
         // Reconnects at most a few seconds apart: the broker is used again soon after its return.
         let mut backoff = Backoff::reconnect();
         loop {
-            let attempt = self.connect().await;
+            let attempt = tokio::select! {
+                attempt = self.connect() => attempt,
+                _ = self.inner.stop.cancelled() => return,
+            };
             let refused = attempt.as_ref().is_err_and(amqp::refused_credentials);
             self.inner
                 .credentials_refused

@@ -37,6 +37,8 @@ pub(super) enum StreamError {
     Journal(#[from] JournalError),
     #[error("lost the RabbitMQ connection")]
     Lost,
+    #[error("RabbitMQ took no message for {0:?} (flow control, an alarm?)")]
+    Stalled(Duration),
 }
 
 /// A record published, its confirm awaited.
@@ -84,8 +86,8 @@ impl Publisher {
         let timeout_ms = self.inner.publish_timeout.as_millis() as u64;
         loop {
             // A group gathers for `linger` before it goes (the first after a pause goes at once).
-            let mut may_send = last_group
-                .is_none_or(|at| at + self.inner.linger <= tokio::time::Instant::now());
+            let mut may_send =
+                last_group.is_none_or(|at| at + self.inner.linger <= tokio::time::Instant::now());
             // Nothing more in the journal: wait for the next commit (not the next group).
             let mut idle = false;
             let room = |confirms: usize, bytes: usize| confirms < WINDOW && bytes < WINDOW_BYTES;
@@ -108,14 +110,26 @@ impl Publisher {
                 };
                 let properties =
                     job_properties_of(record.job_id, &record.request_id, record.received_secs);
-                let pending = publish(
-                    &link.channel,
-                    &self.inner.queue,
-                    &record.payload,
-                    properties,
-                )
-                .await?;
-                let late = !record.held && now_ms().saturating_sub(record.appended_ms) > timeout_ms;
+                // A broker that stops reading (a memory or disk alarm) would hold this forever.
+                let sent = tokio::time::timeout(
+                    self.inner.publish_timeout,
+                    publish(
+                        &link.channel,
+                        &self.inner.queue,
+                        &record.payload,
+                        properties,
+                    ),
+                );
+                let pending = match sent.await {
+                    Ok(pending) => pending?,
+                    Err(_) => {
+                        self.record(settle_ready(&mut confirms, &mut flights, self, timeout_ms));
+                        return Err(StreamError::Stalled(self.inner.publish_timeout));
+                    }
+                };
+                let late = !record.held
+                    && now_ms().saturating_sub(record.appended_ms) > timeout_ms
+                    && self.first_time_late(&segment, end, record.appended_ms);
                 if late {
                     self.count_late(1);
                 }
@@ -157,7 +171,9 @@ impl Publisher {
                 ), if stopping.is_none() && ready.is_empty() && !idle
                     && room(confirms.len(), in_flight_bytes) => {}
                 _ = tick.tick() => {
-                    let late = overdue(&mut flights, timeout_ms);
+                    let late = overdue(&mut flights, timeout_ms, |f| {
+                        self.first_time_late(&f.segment, f.end, f.appended_ms)
+                    });
                     if late > 0 {
                         self.count_late(late);
                         warn!(jobs = late, timeout_ms,
@@ -179,6 +195,7 @@ impl Publisher {
                 }
             }
         }
+        self.record(settle_ready(&mut confirms, &mut flights, self, timeout_ms));
         debug!(unconfirmed = confirms.len(), "publisher stopped");
         journal.flush().await;
         Ok(())
@@ -193,24 +210,33 @@ impl Publisher {
     ) -> Result<bool, StreamError> {
         let mut segments = self.inner.journal.segments();
         read.retain(|id, _| segments.iter().any(|(s, _)| s == id));
+        if let Ok(mut counted) = self.inner.counted_late.lock() {
+            counted.retain(|id, _| segments.iter().any(|(s, _)| s == id));
+        }
         segments.sort_by_key(|(_, state)| !state.closed);
         for (id, state) in segments {
             let from = read.get(&id).copied().unwrap_or(state.ack).max(state.ack);
             if from >= state.end {
                 continue;
             }
-            let (records, next) = self
+            let read_back = self
                 .inner
                 .journal
                 .read(&id, from, state.end, READ_BYTES)
-                .await?;
-            if records.is_empty() {
-                // Committed bytes that are not records: cannot be, short of damage.
-                warn!(segment = %id.file_name(), offset = from,
-                    "journal segment unreadable from here; the rest of it is left out");
-                read.insert(id, state.end);
-                continue;
-            }
+                .await;
+            let (records, next) = match read_back {
+                Ok((records, next)) if !records.is_empty() => (records, next),
+                // Gone, or committed bytes that are not records: cannot be, short of damage
+                // (or someone's hand). Set aside, not tried again and again.
+                outcome => {
+                    let error = outcome.err().map(|e| e.to_string());
+                    tracing::error!(segment = %id.file_name(), offset = from, error,
+                        "journal segment cannot be read back; set aside in journal/bad/");
+                    self.inner.journal.forget(id.clone());
+                    read.insert(id, state.end);
+                    continue;
+                }
+            };
             read.insert(id.clone(), next);
             ready.extend(records.into_iter().map(|(r, end)| (id.clone(), r, end)));
             return Ok(true);
@@ -240,6 +266,24 @@ impl Publisher {
         }
     }
 
+    /// Whether the record ending at `end` of `segment` is counted late for the first time: not
+    /// one counted before a reconnect, nor one journaled before this process started (an
+    /// adopted one, counted by the process that journaled it).
+    fn first_time_late(&self, segment: &SegmentId, end: u64, appended_ms: u64) -> bool {
+        if appended_ms < self.inner.started_ms {
+            return false;
+        }
+        let Ok(mut counted) = self.inner.counted_late.lock() else {
+            return false;
+        };
+        let through = counted.entry(segment.clone()).or_default();
+        if end <= *through {
+            return false;
+        }
+        *through = end;
+        true
+    }
+
     /// `jobs` more were not confirmed in time.
     fn count_late(&self, jobs: usize) {
         metrics::counter!(JOURNALED_TOTAL, "reason" => JournalReason::Timeout.as_str())
@@ -251,18 +295,43 @@ impl Publisher {
     }
 }
 
-/// Marks the flights whose confirm is overdue (and not counted already); how many.
-fn overdue(flights: &mut VecDeque<Flight>, timeout_ms: u64) -> usize {
+/// Marks the flights whose confirm is overdue (and not counted already, `first`); how many.
+fn overdue(
+    flights: &mut VecDeque<Flight>,
+    timeout_ms: u64,
+    mut first: impl FnMut(&Flight) -> bool,
+) -> usize {
     let now = now_ms();
     let mut late = 0;
     for flight in flights.iter_mut() {
         if now.saturating_sub(flight.appended_ms) <= timeout_ms {
             break;
         }
-        if !flight.held && !flight.late {
+        if !flight.held && !flight.late && first(flight) {
             flight.late = true;
             late += 1;
         }
     }
     late
+}
+
+/// The confirms already in (without waiting), taken in order up to the first failure.
+fn settle_ready<F>(
+    confirms: &mut FuturesOrdered<F>,
+    flights: &mut VecDeque<Flight>,
+    publisher: &Publisher,
+    timeout_ms: u64,
+) -> Acks
+where
+    F: std::future::Future<Output = Result<(), PublishError>>,
+{
+    let mut acks = Acks::default();
+    while let Some(Some(Ok(()))) = confirms.next().now_or_never() {
+        let Some(flight) = flights.pop_front() else {
+            break;
+        };
+        publisher.confirmed(&flight, timeout_ms);
+        acks.add(&flight);
+    }
+    acks
 }
