@@ -32,7 +32,7 @@ pub use crate::tls::TlsError;
 pub use crate::upload::fuzz_multipart;
 
 use crate::journal::Journal;
-use crate::publisher::Publisher;
+use crate::publisher::{CommitPoint, Publisher};
 use crate::routes::{AppState, health};
 use crate::server::Drain;
 use crate::upload::Limits;
@@ -89,6 +89,11 @@ impl Application {
             settings.publish_timeout(),
             settings.publish_degraded_after,
             settings.publish_linger(),
+            // The job as durable, and as reachable from another ingest, as its voicemail.
+            match settings.storage {
+                vmpipe_common::settings::StorageKind::Fs => CommitPoint::Journal,
+                vmpipe_common::settings::StorageKind::S3 => CommitPoint::Confirm,
+            },
             journal.clone(),
         );
         jobs.first_attempt(FIRST_CONNECT_WAIT).await;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vmpipe_common::VoicemailJob;
@@ -35,9 +35,22 @@ use self::degraded::ConfirmHealth;
 use self::telemetry::{JOURNALED_TOTAL, JournalReason};
 use crate::journal::{Journal, JournalError, Record, now_ms};
 
+/// What an upload waits for before its 201.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CommitPoint {
+    /// Its job in the journal on disk: the voicemail's own disk (or shared file system), so
+    /// the job is as durable, and as reachable by another ingest, as the voicemail itself.
+    Journal,
+    /// Its job confirmed by RabbitMQ, or else in the journal for `publish_timeout`: for a
+    /// bucket, which outlives any one ingest's disk.
+    Confirm,
+}
+
 /// Where a job went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Enqueued {
+    /// Confirmed by RabbitMQ before the upload was answered.
+    Published,
     /// In the journal, on its way to RabbitMQ.
     Journaled,
     /// In the journal while RabbitMQ is away or not confirming: published once it is back.
@@ -48,6 +61,7 @@ impl Enqueued {
     /// As logged (`enqueued` of the `voicemail stored` line).
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Enqueued::Published => "published",
             Enqueued::Journaled => "journaled",
             Enqueued::Held => "held",
         }
@@ -101,6 +115,9 @@ struct Inner {
     /// The last attempt was refused for its credentials.
     credentials_refused: AtomicBool,
     stop: CancellationToken,
+    commit: CommitPoint,
+    /// Uploads waiting for their job's confirm ([`CommitPoint::Confirm`]), by job id.
+    waiters: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, oneshot::Sender<()>>>,
     /// When this process started (Unix ms): jobs journaled before are an earlier run's.
     started_ms: u64,
     /// By segment, how far jobs have been counted late (so that none is counted twice).
@@ -115,8 +132,14 @@ impl Publisher {
         publish_timeout: Duration,
         degraded_after: u32,
         linger: Duration,
+        commit: CommitPoint,
         journal: Journal,
     ) -> (Self, JoinHandle<()>) {
+        // Uploads waiting for their confirm do not wait for a group to gather.
+        let linger = match commit {
+            CommitPoint::Journal => linger,
+            CommitPoint::Confirm => Duration::ZERO,
+        };
         let queue = Self {
             inner: Arc::new(Inner {
                 amqp_url,
@@ -131,6 +154,8 @@ impl Publisher {
                 attempts: watch::channel(0).0,
                 credentials_refused: Default::default(),
                 stop: CancellationToken::new(),
+                commit,
+                waiters: Default::default(),
                 started_ms: now_ms(),
                 counted_late: Default::default(),
             }),
@@ -169,6 +194,9 @@ impl Publisher {
             request_id: job.request_id.clone(),
             payload,
         };
+        if self.inner.commit == CommitPoint::Confirm && held.is_none() {
+            return self.append_and_wait(&record).await;
+        }
         self.inner.journal.append(&record).await?;
         Ok(match held {
             Some(reason) => {
@@ -177,6 +205,46 @@ impl Publisher {
             }
             None => Enqueued::Journaled,
         })
+    }
+
+    /// Appends `record` and waits (at most `publish_timeout`) for RabbitMQ to confirm it.
+    async fn append_and_wait(&self, record: &Record) -> Result<Enqueued, JournalError> {
+        let (confirmed, waiting) = oneshot::channel();
+        let waiters = &self.inner.waiters;
+        if let Ok(mut waiters) = waiters.lock() {
+            waiters.insert(record.job_id, confirmed);
+        }
+        let forget = || {
+            if let Ok(mut waiters) = waiters.lock() {
+                waiters.remove(&record.job_id);
+            }
+        };
+        if let Err(e) = self.inner.journal.append(record).await {
+            forget();
+            return Err(e);
+        }
+        match tokio::time::timeout(self.inner.publish_timeout, waiting).await {
+            Ok(Ok(())) => Ok(Enqueued::Published),
+            // Not in time (counted by the publisher): durable in the journal all the same.
+            _ => {
+                forget();
+                Ok(Enqueued::Journaled)
+            }
+        }
+    }
+
+    /// Tells the upload waiting for `job_id`'s confirm, if one is.
+    fn confirmed_to_upload(&self, job_id: uuid::Uuid) {
+        if self.inner.commit == CommitPoint::Confirm
+            && let Some(waiter) = self
+                .inner
+                .waiters
+                .lock()
+                .ok()
+                .and_then(|mut w| w.remove(&job_id))
+        {
+            let _ = waiter.send(());
+        }
     }
 
     /// What RabbitMQ looks like to uploads now.

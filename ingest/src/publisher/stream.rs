@@ -43,6 +43,7 @@ pub(super) enum StreamError {
 
 /// A record published, its confirm awaited.
 struct Flight {
+    job_id: uuid::Uuid,
     segment: SegmentId,
     /// Where the record ends in its segment.
     end: u64,
@@ -135,6 +136,7 @@ impl Publisher {
                 }
                 in_flight_bytes += record.payload.len();
                 flights.push_back(Flight {
+                    job_id: record.job_id,
                     segment,
                     end,
                     appended_ms: record.appended_ms,
@@ -245,6 +247,7 @@ impl Publisher {
     }
 
     fn confirmed(&self, flight: &Flight, timeout_ms: u64) {
+        self.confirmed_to_upload(flight.job_id);
         let in_time = !flight.late && now_ms().saturating_sub(flight.appended_ms) <= timeout_ms;
         if in_time {
             self.inner.health.confirmed();
