@@ -34,6 +34,8 @@ struct Run {
 fn stage_of(thread: &str) -> &'static str {
     if thread.starts_with("vmpipe-file-io") {
         "file-io"
+    } else if thread.starts_with("vmpipe-journal") {
+        "journal"
     } else if thread.starts_with("actix-server wo") {
         "http"
     } else if thread.starts_with("lapin") {
@@ -404,8 +406,8 @@ async fn main() {
     if !stage_lines.is_empty() && ingest_pid.is_some() {
         println!(
             "ingest's CPU per request by stage, ms (its threads by name: file-io = vmpipe-file-io, \
-             http = actix workers, runtime = tokio workers (the publisher), amqp-io = lapin's \
-             I/O loop), and RabbitMQ's:"
+             journal = vmpipe-journal (the group commit), http = actix workers, runtime = tokio \
+             workers (the publisher), amqp-io = lapin's I/O loop), and RabbitMQ's:"
         );
         for line in &stage_lines {
             println!("{line}");

@@ -1,6 +1,6 @@
 //! `PUT|POST {prefix}/{key…}`: the upload is streamed into storage and committed, then its job
-//! is appended to the journal (on disk, with the other uploads' of that moment), and only then
-//! answered 201. A job that cannot be made durable (the journal's disk full) takes the commit
+//! is appended to the journal (on disk, with the other uploads' of that moment; with a bucket,
+//! also confirmed by RabbitMQ or the publish timeout passed), and only then answered 201. A job that cannot be made durable (the journal's disk full) takes the commit
 //! back: no file is visible under a key without its job, and KAZOO retries the upload.
 
 use actix_web::{HttpRequest, HttpResponse, web};
