@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Upload benchmark, loopback only: a release ingest (with its durability: fsync before 201,
-# jobs confirmed by RabbitMQ) against nginx's WebDAV PUT (no fsync), alternately, in one run.
+# jobs in its journal before 201) against nginx's WebDAV PUT (no fsync), alternately, in one run.
 #   scripts/bench-upload.sh [SECONDS_PER_RUN]     (default 3; 3 alternating rounds per case:
 #   BENCH_ROUNDS; one case: BENCH_ONLY=raw:128:16)
 # nginx is optional (Debian's nginx or nginx-light); without it only ingest is measured.
