@@ -514,3 +514,90 @@ async fn a_worker_started_while_postgresql_is_down_waits_for_it() {
     TestQueue::declare(&queue).await.delete().await;
     database.drop().await;
 }
+
+/// Uploads `keys` to `port` one after another until one fails (the server gone): the keys
+/// answered 201.
+async fn upload_until_refused(port: u16, keys: Vec<String>, audio: bytes::Bytes) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    for key in keys {
+        let sent = client
+            .put(format!("http://127.0.0.1:{port}/{key}"))
+            .header("content-type", "audio/wav")
+            .body(audio.clone())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status() == 201 => accepted.push(key),
+            _ => break,
+        }
+    }
+    accepted
+}
+
+/// The journal is the upload's commit point on a file system: ingest SIGKILLed under load (8
+/// clients), then started again on the same disk, publishes every job it answered 201 for,
+/// whatever RabbitMQ had confirmed before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_under_load_publishes_every_201_after_its_restart() {
+    const CLIENTS: usize = 8;
+    let sandbox = tempfile::tempdir().unwrap();
+    let queue_name = format!("vmpipe.test.{}", hex32());
+    let queue = TestQueue::declare(&queue_name).await;
+    let settings = Settings {
+        storage_dir: sandbox.path().join("storage"),
+        amqp_url: SecretUrl(amqp_url()),
+        queue: queue_name,
+        ..Settings::default()
+    };
+    let ingest = Service::spawn("ingest", &settings).await;
+    let audio = bytes::Bytes::from(wav_pcm16(8000, 400));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let keys = (0..10_000)
+                .map(|n| format!("{ACCOUNT}/202612-{c:08x}{n:024x}/k{n}.wav"))
+                .collect();
+            tokio::spawn(upload_until_refused(
+                ingest.health_port,
+                keys,
+                audio.clone(),
+            ))
+        })
+        .collect();
+    let voicemails = settings.storage_dir.join("voicemails");
+    eventually("uploads under way", WAIT, async || {
+        all_files(&voicemails).len() >= 200
+    })
+    .await;
+    ingest.sigkill().await;
+    let mut accepted = BTreeSet::new();
+    for client in clients {
+        accepted.extend(client.await.unwrap());
+    }
+    let unconfirmed = vmpipe_ingest::jobs_on_disk(&settings.storage_dir.join("journal")).unwrap();
+    let ingest = Service::spawn("ingest", &settings).await;
+    let mut published = BTreeSet::new();
+    let deadline = Instant::now() + WAIT;
+    while !accepted.is_subset(&published) && Instant::now() < deadline {
+        if let Some((job, _)) = queue.next(Duration::from_secs(2)).await {
+            published.insert(job.storage_key);
+        }
+    }
+    let missing: Vec<_> = accepted.difference(&published).collect();
+    eprintln!(
+        "killed under load: {} answered 201 ({unconfirmed} not confirmed at the kill), {} \
+         published, missing {}",
+        accepted.len(),
+        published.len(),
+        missing.len()
+    );
+    assert!(accepted.len() >= 200, "the load was under way");
+    assert!(missing.is_empty(), "every 201's job published: {missing:?}");
+    eventually("the journal confirmed through", WAIT, async || {
+        vmpipe_ingest::jobs_on_disk(&settings.storage_dir.join("journal")).unwrap_or(1) == 0
+    })
+    .await;
+    ingest.sigkill().await;
+    queue.delete().await;
+}
