@@ -46,6 +46,20 @@ async fn drain_keys(queue: &TestQueue, quiet: Duration) -> Vec<String> {
     keys
 }
 
+/// A storage directory of its own, a queue of its own, and the settings of an ingest on them.
+async fn ingest_on_disk() -> (tempfile::TempDir, TestQueue, Settings) {
+    let sandbox = tempfile::tempdir().unwrap();
+    let queue_name = format!("vmpipe.test.{}", hex32());
+    let queue = TestQueue::declare(&queue_name).await;
+    let settings = Settings {
+        storage_dir: sandbox.path().join("storage"),
+        amqp_url: SecretUrl(amqp_url()),
+        queue: queue_name,
+        ..Settings::default()
+    };
+    (sandbox, queue, settings)
+}
+
 async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check().await {
@@ -212,15 +226,7 @@ async fn worker_killed_mid_jobs_indexes_every_job_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_mid_upload_shows_no_partial_file_and_the_retry_succeeds() {
-    let sandbox = tempfile::tempdir().unwrap();
-    let queue_name = format!("vmpipe.test.{}", hex32());
-    let queue = TestQueue::declare(&queue_name).await;
-    let settings = Settings {
-        storage_dir: sandbox.path().join("storage"),
-        amqp_url: SecretUrl(amqp_url()),
-        queue: queue_name,
-        ..Settings::default()
-    };
+    let (_sandbox, queue, settings) = ingest_on_disk().await;
     let ingest = Service::spawn("ingest", &settings).await;
     let data = nasty_audio(3_000_000);
     let (path, name) = voicemail_path("x", 1);
@@ -542,15 +548,7 @@ async fn upload_until_refused(port: u16, keys: Vec<String>, audio: bytes::Bytes)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_under_load_publishes_every_201_after_its_restart() {
     const CLIENTS: usize = 8;
-    let sandbox = tempfile::tempdir().unwrap();
-    let queue_name = format!("vmpipe.test.{}", hex32());
-    let queue = TestQueue::declare(&queue_name).await;
-    let settings = Settings {
-        storage_dir: sandbox.path().join("storage"),
-        amqp_url: SecretUrl(amqp_url()),
-        queue: queue_name,
-        ..Settings::default()
-    };
+    let (_sandbox, queue, settings) = ingest_on_disk().await;
     let ingest = Service::spawn("ingest", &settings).await;
     let audio = bytes::Bytes::from(wav_pcm16(8000, 400));
     let clients: Vec<_> = (0..CLIENTS)

@@ -176,10 +176,6 @@ impl TestIngest {
     }
 }
 
-pub fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
 /// Every file under `dir`, recursively, relative to it.
 pub fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

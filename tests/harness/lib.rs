@@ -32,7 +32,7 @@ pub use audio::{hex32, nasty_audio, sha256_hex, wav_pcm16};
 pub use database::{TestDatabase, database_admin_url, migrated, text, wait_for_count};
 pub use events::{AmqpEvent, EventConsumer, amqp_sink, settings_file, webhook_sink};
 pub use garage::Garage;
-pub use ingest::{Backend, Options, TestIngest, Tweak, all_files, count_files};
+pub use ingest::{Backend, Options, TestIngest, Tweak, all_files};
 pub use kazoo::{
     ALL_BODIES, Attachment, Body, Kazoo, VOICEMAIL_FETCH_QUERY, Verb, encode_body, kazoo_boundary,
     mailbox_message, start_partial_put,

@@ -178,22 +178,20 @@ impl Journal {
         let _ = self.commands.send(Command::Forget(id));
     }
 
-    /// Waits until everything asked of the writer so far is done (acks recorded).
-    pub(crate) async fn flush(&self) {
-        let (done, flushed) = oneshot::channel();
-        if self.commands.send(Command::Flush(done)).is_ok() {
-            let _ = flushed.await;
-        }
-    }
-}
-
-impl Journal {
     /// Stops the writer once everything asked of it so far is done, releasing its segments
     /// (for another process to adopt). Appends after it fail.
     pub(crate) async fn close(&self) {
         let (done, closed) = oneshot::channel();
         if self.commands.send(Command::Close(done)).is_ok() {
             let _ = closed.await;
+        }
+    }
+
+    /// Waits until everything asked of the writer so far is done (acks recorded).
+    pub(crate) async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.commands.send(Command::Flush(done)).is_ok() {
+            let _ = flushed.await;
         }
     }
 }

@@ -165,18 +165,7 @@ pub(super) fn take(writer: &mut Writer, adoption: Adoption) {
     for id in confirmed {
         writer.delete(&id);
     }
-    let left: Vec<_> = writer
-        .view
-        .segments
-        .lock()
-        .map(|s| {
-            s.iter()
-                .filter(|(id, _)| id.owner == owner)
-                .map(|(id, state)| (id.clone(), state.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    writer.tidy_owner(&owner, &left);
+    writer.tidy_owner(&owner);
     if jobs > 0 {
         info!(
             jobs,

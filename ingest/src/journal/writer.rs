@@ -334,30 +334,30 @@ impl Writer {
             warn!(segment = %path.display(), error = %e,
                 "could not delete a confirmed journal segment");
         }
-        let left: Vec<(SegmentId, SegmentState)> = self
-            .view
-            .segments
-            .lock()
-            .map(|mut s| {
-                s.remove(id);
-                s.iter()
-                    .filter(|(other, _)| other.owner == id.owner)
-                    .map(|(id, state)| (id.clone(), state.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !left.is_empty() || self.adopted.contains_key(&id.owner) {
-            self.tidy_owner(&id.owner, &left);
+        if let Ok(mut segments) = self.view.segments.lock() {
+            segments.remove(id);
         }
+        self.tidy_owner(&id.owner);
     }
 
     /// An adopted owner's lock goes with its last segment; the segment it is on is kept while
     /// older ones remain, so that nobody else takes the owner for unadopted.
-    pub(super) fn tidy_owner(&mut self, owner: &str, left: &[(SegmentId, SegmentState)]) {
+    pub(super) fn tidy_owner(&mut self, owner: &str) {
         let Some(anchor) = self.adopted.get(owner).map(|a| a.segment.clone()) else {
             return;
         };
-        match left {
+        let left: Vec<(SegmentId, SegmentState)> = self
+            .view
+            .segments
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(id, _)| id.owner == owner)
+                    .map(|(id, state)| (id.clone(), state.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match left.as_slice() {
             // An adopted owner's last segment: its lock goes with it.
             [] => {
                 self.adopted.remove(owner);
